@@ -1,0 +1,189 @@
+"""Configuration: read from the environment once, typed, validated at start-up.
+
+Every setting any process reads is declared here, so that one table documents them all (the
+README's table is generated from the same names) and a bad value stops the process at start with
+one clear line instead of failing later under load.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", ROOT / "instance"))
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it and says what is expected."""
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    if not raw.startswith(tuple(s + "://" for s in schemes)) and not (
+        "sqlite" in schemes and raw.startswith("sqlite:")
+    ):
+        raise ConfigError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
+    return raw
+
+
+def _dev_secret() -> str:
+    """A per-checkout random secret, kept under instance/ so every local process shares it."""
+    path = INSTANCE_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str
+    host: str
+    port: int
+    redis_url: str
+    database_url: str
+    secret_key: str
+    redis_prefix: str
+    socketio_channel: str
+    worker_id: str
+    worker_connections: int
+    log_level: str
+    resume_grace: float
+    heartbeat_interval: float
+    interest_wait: float
+    message_rate: float
+    message_burst: int
+    control_rate: float
+    control_burst: int
+    max_message_len: int
+    max_frame_bytes: int
+    ping_interval: int
+    ping_timeout: int
+    match_batch: int
+    stats_interval: float
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    def describe(self) -> str:
+        """One log line of the settings, secrets and credentials left out."""
+        hidden = {"secret_key", "redis_url", "database_url"}
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        return " ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; raise ConfigError naming the first bad setting."""
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str | None = None) -> str | None:
+        value = env.get(name)
+        return default if value is None or value == "" else value
+
+    app_env = _choice("APP_ENV", get("APP_ENV", "development"), ("development", "production"))
+    production = app_env == "production"
+
+    redis_url = get("REDIS_URL")
+    if redis_url is None:
+        if production:
+            raise ConfigError("REDIS_URL is required in production")
+        redis_url = "redis://127.0.0.1:6379/0"
+    _url("REDIS_URL", redis_url, ("redis", "rediss", "unix"))
+
+    database_url = get("DATABASE_URL")
+    if database_url is None:
+        if production:
+            raise ConfigError("DATABASE_URL is required in production")
+        database_url = f"sqlite:///{INSTANCE_DIR / 'chat.db'}"
+    _url("DATABASE_URL", database_url, ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"))
+
+    secret_key = get("SECRET_KEY")
+    if secret_key is None:
+        if production:
+            raise ConfigError("SECRET_KEY is required in production (32 or more random characters)")
+        secret_key = _dev_secret()
+    if len(secret_key) < 32:
+        raise ConfigError("SECRET_KEY must be at least 32 characters")
+
+    resume_grace = _float("RESUME_GRACE", get("RESUME_GRACE", "20"), 1, 3600)
+    heartbeat = get("HEARTBEAT_INTERVAL")
+    heartbeat_interval = (
+        _float("HEARTBEAT_INTERVAL", heartbeat, 0.1, resume_grace / 2)
+        if heartbeat
+        else resume_grace / 4
+    )
+    prefix = get("REDIS_PREFIX", "chat")
+    if not prefix.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"REDIS_PREFIX must be letters, digits, - or _, got {prefix!r}")
+
+    return Settings(
+        app_env=app_env,
+        host=get("HOST", "127.0.0.1"),
+        port=_int("PORT", get("PORT", "5000"), 1, 65535),
+        redis_url=redis_url,
+        database_url=database_url,
+        secret_key=secret_key,
+        redis_prefix=prefix,
+        socketio_channel=get("SOCKETIO_CHANNEL", "flask-socketio"),
+        worker_id=get("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}"),
+        worker_connections=_int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "10000"), 10, 1_000_000),
+        log_level=_choice(
+            "LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
+        ),
+        resume_grace=resume_grace,
+        heartbeat_interval=heartbeat_interval,
+        interest_wait=_float("INTEREST_WAIT", get("INTEREST_WAIT", "3"), 0, 600),
+        message_rate=_float("MESSAGE_RATE", get("MESSAGE_RATE", "5"), 0.01, 10_000),
+        message_burst=_int("MESSAGE_BURST", get("MESSAGE_BURST", "10"), 1, 100_000),
+        control_rate=_float("CONTROL_RATE", get("CONTROL_RATE", "10"), 0.01, 10_000),
+        control_burst=_int("CONTROL_BURST", get("CONTROL_BURST", "30"), 1, 100_000),
+        max_message_len=_int("MAX_MESSAGE_LEN", get("MAX_MESSAGE_LEN", "500"), 1, 10_000),
+        max_frame_bytes=_int("MAX_FRAME_BYTES", get("MAX_FRAME_BYTES", "16384"), 1024, 10_000_000),
+        ping_interval=_int("PING_INTERVAL", get("PING_INTERVAL", "25"), 1, 600),
+        ping_timeout=_int("PING_TIMEOUT", get("PING_TIMEOUT", "20"), 1, 600),
+        match_batch=_int("MATCH_BATCH", get("MATCH_BATCH", "256"), 2, 10_000),
+        stats_interval=_float("STATS_INTERVAL", get("STATS_INTERVAL", "5"), 0.1, 3600),
+    )
+
+
+# The environment variables read anywhere in the project (checked against deploy files by tests).
+ENV_VARS = (
+    "APP_ENV HOST PORT REDIS_URL DATABASE_URL SECRET_KEY REDIS_PREFIX SOCKETIO_CHANNEL WORKER_ID "
+    "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
+    "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
+    "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR"
+).split()

@@ -1,0 +1,53 @@
+"""Socket.IO event names and error codes: the public contract of docs/protocol.md."""
+
+# client -> server
+JOIN = "join"
+MESSAGE = "message"
+TYPING = "typing"
+NEXT = "next"
+LEAVE = "leave"
+REPORT = "report"
+CLIENT_EVENTS = frozenset({JOIN, MESSAGE, TYPING, NEXT, LEAVE, REPORT})
+
+# server -> client
+HELLO = "hello"
+RESUMED = "resumed"
+WAITING = "waiting"
+MATCHED = "matched"
+# MESSAGE and TYPING are also sent to the partner under the same names.
+PARTNER_LEFT = "partner_left"
+STATS = "stats"
+ERROR = "error"
+
+# partner_left reasons
+REASON_NEXT = "next"
+REASON_LEFT = "left"
+REASON_DISCONNECTED = "disconnected"
+
+# states reported by `resumed`
+STATE_IDLE = "idle"
+STATE_WAITING = "waiting"
+STATE_CHATTING = "chatting"
+
+# error codes, with the English message sent beside them (the page translates by code)
+ERRORS = {
+    "bad_payload": "The request is malformed.",
+    "empty": "The message is empty.",
+    "too_long": "The text is too long.",
+    "bad_id": "The message id must be a string of 1 to 64 characters.",
+    "rate_limited": "Too many requests; slow down.",
+    "not_chatting": "You are not in a chat.",
+    "already_chatting": "You are already in a chat; press Next for a new stranger.",
+    "unknown_event": "Unknown event.",
+    "unavailable": "The service is briefly unavailable; try again.",
+    "internal": "Something went wrong on our side.",
+}
+
+
+def error(code: str, message: str | None = None) -> dict:
+    return {"code": code, "message": message or ERRORS[code]}
+
+
+def failed(code: str, message: str | None = None) -> dict:
+    """The acknowledgement of a refused client event."""
+    return {"ok": False, "error": error(code, message)}

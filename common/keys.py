@@ -1,0 +1,93 @@
+"""Every Redis key the project uses, under one prefix (REDIS_PREFIX, default `chat`).
+
+All keys carry the hash tag `{prefix}` so that they live in one Redis Cluster slot and the Lua
+scripts, which touch several of them atomically, stay legal there too.
+
+| key                       | type   | holds |
+|---------------------------|--------|-------|
+| `{p}:alive`               | zset   | user -> presence deadline (ms); refreshed by the worker holding a connection |
+| `{p}:queue`               | zset   | waiting user -> time they started waiting (ms) |
+| `{p}:prefs`               | hash   | user -> JSON list of interests (lower-cased) from their last `join` |
+| `{p}:partner`             | hash   | user -> partner user, while chatting (always both directions) |
+| `{p}:room`                | hash   | user -> room id, while chatting |
+| `{p}:room_seq`            | hash   | room id -> last message seq in that room |
+| `{p}:room_info`           | hash   | room id -> JSON {interests, opened} |
+| `{p}:last`                | hash   | user -> last partner (so Next does not rematch them at once) |
+| `{p}:wake`                | list   | pushed on every join; the matcher blocks on it to wake up |
+| `{p}:outbox`              | list   | JSON events the matcher must emit (written in the same script as the state) |
+| `{p}:history`             | stream | room opened / message / room closed / report, for the archiver |
+| `{p}:sent:<user>`         | list   | the user's recent messages in their room, for replay on resume |
+| `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts", so a resend is delivered once |
+| `{p}:bucket:<user>`       | hash   | the user's message token bucket {tokens, ts} |
+
+Socket.IO rooms (not Redis keys): `u:<user>` holds every connection of one user.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "chat"
+
+    def _k(self, name: str) -> str:
+        return "{" + self.prefix + "}:" + name
+
+    @property
+    def alive(self) -> str:
+        return self._k("alive")
+
+    @property
+    def queue(self) -> str:
+        return self._k("queue")
+
+    @property
+    def prefs(self) -> str:
+        return self._k("prefs")
+
+    @property
+    def partner(self) -> str:
+        return self._k("partner")
+
+    @property
+    def room(self) -> str:
+        return self._k("room")
+
+    @property
+    def room_seq(self) -> str:
+        return self._k("room_seq")
+
+    @property
+    def room_info(self) -> str:
+        return self._k("room_info")
+
+    @property
+    def last(self) -> str:
+        return self._k("last")
+
+    @property
+    def wake(self) -> str:
+        return self._k("wake")
+
+    @property
+    def outbox(self) -> str:
+        return self._k("outbox")
+
+    @property
+    def history(self) -> str:
+        return self._k("history")
+
+    def sent(self, user: str) -> str:
+        return self._k("sent:" + user)
+
+    def dedupe(self, user: str) -> str:
+        return self._k("dedupe:" + user)
+
+    def bucket(self, user: str) -> str:
+        return self._k("bucket:" + user)
+
+
+def user_room(user: str) -> str:
+    """The Socket.IO room that holds every connection of one user."""
+    return "u:" + user

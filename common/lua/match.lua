@@ -1,0 +1,101 @@
+-- Pair waiting users, atomically: nobody is paired twice, with themself, with someone who has a
+-- partner already, or with someone whose presence expired. Users sharing an interest go first;
+-- others once they have waited ARGV[1] ms; the last partner only when nobody else waits.
+-- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 outbox, 8 room_info, 9 history
+-- ARGV: 1 interest wait ms, 2 batch size, 3 history maxlen, 4.. fresh room ids (one per pair)
+-- Returns the number of pairs made. Each pair's `matched` events are queued on the outbox.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interest_wait = tonumber(ARGV[1])
+local entries = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+
+local users, since = {}, {}
+for i = 1, #entries, 2 do
+  local u = entries[i]
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[6], u))
+  if redis.call('HEXISTS', KEYS[3], u) == 1 or not deadline or deadline <= now then
+    redis.call('ZREM', KEYS[1], u)
+  else
+    users[#users + 1] = u
+    since[u] = tonumber(entries[i + 1])
+  end
+end
+if #users < 2 then
+  return 0
+end
+
+local interests, last = {}, {}
+for _, u in ipairs(users) do
+  local raw = redis.call('HGET', KEYS[2], u)
+  local list = raw and cjson.decode(raw) or {}
+  interests[u] = list
+  last[u] = redis.call('HGET', KEYS[5], u)
+end
+
+local function common(a, b)
+  local set, out = {}, {}
+  for _, x in ipairs(interests[a]) do set[x] = true end
+  for _, x in ipairs(interests[b]) do
+    if set[x] then out[#out + 1] = x end
+  end
+  return out
+end
+
+local function patient(u)
+  return #interests[u] == 0 or now - since[u] >= interest_wait
+end
+
+local taken, pairs_made, next_room = {}, 0, 4
+local n = #users
+for i = 1, n do
+  local u = users[i]
+  if not taken[u] and next_room <= #ARGV then
+    local best, best_common, fallback, again, again_common
+    for j = i + 1, n do
+      local v = users[j]
+      if not taken[v] and v ~= u then
+        local repeat_pair = (last[u] == v) or (last[v] == u)
+        local shared = common(u, v)
+        if #shared > 0 then
+          if not repeat_pair then
+            best, best_common = v, shared
+            break
+          elseif not again then
+            again, again_common = v, shared
+          end
+        elseif patient(u) and patient(v) then
+          if not repeat_pair then
+            fallback = fallback or v
+          elseif not again then
+            again, again_common = v, {}
+          end
+        end
+      end
+    end
+    if not best and fallback then
+      best, best_common = fallback, {}
+    end
+    if not best and again and n == 2 then
+      best, best_common = again, again_common
+    end
+    if best then
+      local room = ARGV[next_room]
+      next_room = next_room + 1
+      taken[u], taken[best] = true, true
+      redis.call('HSET', KEYS[3], u, best, best, u)
+      redis.call('HSET', KEYS[4], u, room, best, room)
+      redis.call('ZREM', KEYS[1], u, best)
+      local shared_json = cjson.encode(best_common)
+      if #best_common == 0 then shared_json = '[]' end
+      redis.call('HSET', KEYS[8], room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
+      redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[3], '*', 'type', 'opened', 'room', room,
+        'user1', u, 'user2', best, 'interests', shared_json, 'ts', tostring(now))
+      local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. shared_json .. '}'
+      redis.call('RPUSH', KEYS[7],
+        '{"to":' .. cjson.encode(u) .. ',"event":"matched","data":' .. data .. '}',
+        '{"to":' .. cjson.encode(best) .. ',"event":"matched","data":' .. data .. '}')
+      pairs_made = pairs_made + 1
+    end
+  end
+end
+return pairs_made

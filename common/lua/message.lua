@@ -1,0 +1,42 @@
+-- The whole per-message path in one round trip: de-duplicate the client's id, find the partner,
+-- rate-limit (token bucket), number the message in its room, keep it for resume, append it to
+-- the history stream.
+-- KEYS: 1 partner, 2 room, 3 room_seq, 4 dedupe:<user>, 5 bucket:<user>, 6 sent:<user>, 7 history
+-- ARGV: 1 user, 2 message id, 3 text, 4 rate per s, 5 burst, 6 messages kept for resume,
+--       7 seconds the dedupe and resume keys live, 8 history maxlen
+-- Returns {status, seq, ts, partner, room}; status is 'ok', 'dup', 'not_chatting' or
+-- 'rate_limited'. A 'dup' carries the first delivery's seq and ts and must not be delivered again.
+local user, id = ARGV[1], ARGV[2]
+local seen = redis.call('HGET', KEYS[4], id)
+if seen then
+  local sep = string.find(seen, ':', 1, true)
+  return {'dup', tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1)), '', ''}
+end
+local partner = redis.call('HGET', KEYS[1], user)
+local room = redis.call('HGET', KEYS[2], user)
+if not partner or not room then
+  return {'not_chatting', 0, 0, '', ''}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
+local b = redis.call('HMGET', KEYS[5], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local last = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - last) * rate / 1000)
+if tokens < 1 then
+  redis.call('HSET', KEYS[5], 'tokens', tostring(tokens), 'ts', tostring(now))
+  return {'rate_limited', 0, 0, '', ''}
+end
+redis.call('HSET', KEYS[5], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[5], math.ceil(burst / rate * 1000) + 1000)
+local seq = redis.call('HINCRBY', KEYS[3], room, 1)
+local ttl = tonumber(ARGV[7])
+redis.call('HSET', KEYS[4], id, seq .. ':' .. now)
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('RPUSH', KEYS[6], cjson.encode({id = id, seq = seq, text = ARGV[3], ts = now, room = room}))
+redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[6], ttl)
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'type', 'message', 'room', room,
+  'user', user, 'id', id, 'seq', tostring(seq), 'text', ARGV[3], 'ts', tostring(now))
+return {'ok', seq, now, partner, room}

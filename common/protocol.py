@@ -1,0 +1,101 @@
+"""Validation of every client payload: hostile until checked.
+
+Hand-written rather than a schema library: six tiny shapes, checked on the hot path of every
+message, where a few isinstance() calls cost less than building a model object.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+MAX_INTERESTS = 5
+MAX_INTEREST_LEN = 24
+MAX_ID_LEN = 64
+MAX_REPORT_LEN = 200
+
+
+class Refused(Exception):
+    """A client payload was refused; `code` is one of common.events.ERRORS."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
+def _object(data: Any) -> dict:
+    """An optional object payload; unknown fields are ignored (the protocol may grow)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise Refused("bad_payload")
+    return data
+
+
+def parse_join(data: Any) -> list[str] | None:
+    """Interests, lower-cased, trimmed, without duplicates; None when not given (keep the last)."""
+    d = _object(data)
+    raw = d.get("interests")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_INTERESTS:
+        raise Refused("bad_payload")
+    out: list[str] = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise Refused("bad_payload")
+        item = " ".join(item.split()).lower()
+        if len(item) > MAX_INTEREST_LEN:
+            raise Refused("too_long")
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def parse_message(data: Any, max_len: int) -> tuple[str, str]:
+    """(id, text) with the text trimmed; raises Refused."""
+    if not isinstance(data, dict):
+        raise Refused("bad_payload")
+    msg_id = data.get("id")
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_ID_LEN:
+        raise Refused("bad_id")
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise Refused("bad_payload")
+    text = text.strip()
+    if not text:
+        raise Refused("empty")
+    if len(text) > max_len:
+        raise Refused("too_long")
+    return msg_id, text
+
+
+def parse_typing(data: Any) -> bool:
+    if not isinstance(data, dict) or not isinstance(data.get("typing"), bool):
+        raise Refused("bad_payload")
+    return data["typing"]
+
+
+def parse_empty(data: Any) -> None:
+    """`next` and `leave` take nothing (or an empty object)."""
+    _object(data)
+
+
+def parse_report(data: Any) -> str:
+    d = _object(data)
+    reason = d.get("reason", "")
+    if not isinstance(reason, str):
+        raise Refused("bad_payload")
+    reason = reason.strip()
+    if len(reason) > MAX_REPORT_LEN:
+        raise Refused("too_long")
+    return reason
+
+
+def parse_auth(auth: Any) -> tuple[str | None, int]:
+    """(token or None, since) from the connect `auth`; anything malformed is simply ignored."""
+    if not isinstance(auth, dict):
+        return None, 0
+    token = auth.get("token")
+    since = auth.get("since")
+    token = token if isinstance(token, str) and 0 < len(token) <= 256 else None
+    since = since if isinstance(since, int) and not isinstance(since, bool) and since >= 0 else 0
+    return token, since

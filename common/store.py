@@ -1,0 +1,175 @@
+"""The chat state in Redis: the atomic operations (Lua scripts in ./lua) and the reads around them.
+
+Web workers and the matcher both go through this class, so the key layout (common/keys.py) and
+the scripts are used one way only.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from .config import Settings
+from .keys import Keys
+
+LUA_DIR = Path(__file__).with_name("lua")
+HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
+SENT_KEPT = 200  # messages per user kept for replay on resume
+SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
+
+
+def redis_client(url: str, **kwargs) -> redis.Redis:
+    """A client for short commands; blocking reads use their own timeout (redis-py #4119)."""
+    kwargs.setdefault("socket_connect_timeout", 5)
+    kwargs.setdefault("socket_timeout", 10)
+    kwargs.setdefault("health_check_interval", 30)
+    kwargs.setdefault("retry_on_timeout", True)
+    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+
+
+@dataclass
+class MessageResult:
+    status: str  # ok | dup | not_chatting | rate_limited
+    seq: int
+    ts: int
+    partner: str
+    room: str
+
+
+class Store:
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.r = client
+        self.s = settings
+        self.k = Keys(settings.redis_prefix)
+        self.ttl_ms = int(settings.resume_grace * 1000)
+        self._scripts = {
+            p.stem: client.register_script(p.read_text()) for p in sorted(LUA_DIR.glob("*.lua"))
+        }
+
+    def _run(self, name: str, keys: list[str], args: list) -> object:
+        return self._scripts[name](keys=keys, args=args)
+
+    # presence -------------------------------------------------------------------------------
+    def touch(self, users: list[str]) -> int:
+        """Keep these users alive for one grace period from now; return the online count."""
+        return int(self._run("touch", [self.k.alive], [self.ttl_ms, *users]))
+
+    def online(self) -> int:
+        return int(self._run("touch", [self.k.alive], [self.ttl_ms]))
+
+    # the chat ---------------------------------------------------------------------------------
+    def join(self, user: str, interests: list[str] | None) -> tuple[str, int]:
+        k = self.k
+        prefs = "" if interests is None else json.dumps(interests, ensure_ascii=False)
+        res = self._run("join", [k.alive, k.queue, k.prefs, k.partner, k.wake],
+                        [user, prefs, self.ttl_ms])
+        return res[0], int(res[1]) if len(res) > 1 else 0
+
+    def end_chat(self, user: str, reason: str, requeue: bool) -> tuple[str, str]:
+        k = self.k
+        partner, room = self._run(
+            "end_chat",
+            [k.partner, k.room, k.last, k.queue, k.room_seq, k.room_info, k.history, k.wake],
+            [user, reason, "1" if requeue else "0", HISTORY_MAXLEN],
+        )
+        return partner, room
+
+    def message(self, user: str, msg_id: str, text: str) -> MessageResult:
+        k = self.k
+        res = self._run(
+            "message",
+            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user), k.history],
+            [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
+             HISTORY_MAXLEN],
+        )
+        return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4])
+
+    def partner_of(self, user: str) -> str | None:
+        return self.r.hget(self.k.partner, user)
+
+    def report(self, user: str, reason: str, ts: int) -> bool:
+        """Record a report about the current partner, or the last one if the chat just ended."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self.k.partner, user)
+        pipe.hget(self.k.room, user)
+        pipe.hget(self.k.last, user)
+        partner, room, last = pipe.execute()
+        target = partner or last
+        if not target:
+            return False
+        self.r.xadd(
+            self.k.history,
+            {"type": "report", "user": user, "reported": target, "room": room or "",
+             "reason": reason, "ts": str(ts)},
+            maxlen=HISTORY_MAXLEN, approximate=True,
+        )
+        return True
+
+    def state(self, user: str, since: int) -> dict:
+        """What a resuming client must know: idle, waiting, or chatting with the missed history."""
+        k = self.k
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(k.partner, user)
+        pipe.hget(k.room, user)
+        pipe.zscore(k.queue, user)
+        partner, room, queued = pipe.execute()
+        if partner and room:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hget(k.room_info, room)
+            pipe.lrange(k.sent(user), 0, -1)
+            pipe.lrange(k.sent(partner), 0, -1)
+            info, mine, theirs = pipe.execute()
+            history = []
+            for raw_list, is_mine in ((mine, True), (theirs, False)):
+                for raw in raw_list:
+                    m = json.loads(raw)
+                    if m["room"] == room and m["seq"] > since:
+                        history.append({"id": m["id"], "seq": m["seq"], "text": m["text"],
+                                        "ts": m["ts"], "mine": is_mine})
+            history.sort(key=lambda m: m["seq"])
+            interests = json.loads(info)["interests"] if info else []
+            return {"state": "chatting", "room": room, "interests": interests, "history": history}
+        if queued is not None:
+            return {"state": "waiting"}
+        return {"state": "idle"}
+
+    # the matcher's side ----------------------------------------------------------------------
+    def match(self) -> int:
+        k = self.k
+        pairs = self.s.match_batch // 2
+        rooms = [uuid.uuid4().hex for _ in range(pairs)]
+        return int(self._run(
+            "match",
+            [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.outbox, k.room_info,
+             k.history],
+            [int(self.s.interest_wait * 1000), self.s.match_batch, HISTORY_MAXLEN, *rooms],
+        ))
+
+    def reap(self, limit: int = 500) -> int:
+        k = self.k
+        return int(self._run(
+            "reap",
+            [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.room_seq, k.room_info,
+             k.outbox, k.history],
+            [limit, HISTORY_MAXLEN],
+        ))
+
+    def take_outbox(self, count: int = 200) -> list[dict]:
+        """Pop events to emit. Popped before emitting: two matchers never emit one event twice."""
+        raw = self.r.lpop(self.k.outbox, count)
+        return [json.loads(x) for x in raw or []]
+
+    def counts(self) -> dict:
+        """Online, waiting and chatting users now."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.k.queue)
+        pipe.hlen(self.k.partner)
+        waiting, chatting = pipe.execute()
+        return {"online": self.online(), "waiting": int(waiting), "chatting": int(chatting)}
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a join wakes us or `timeout` passes (outside Lua: BLPOP cannot block there)."""
+        return self.r.blpop([self.k.wake], timeout=timeout) is not None

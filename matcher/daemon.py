@@ -1,0 +1,81 @@
+"""The matcher's loop: wake on a join (or every tick), pair, reap, emit; one step at a time.
+
+No gevent here: a plain blocking loop is all a daemon of one thread needs, and the Socket.IO
+emitter it uses is write-only (it publishes to Redis and never listens).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import socketio
+from redis.exceptions import RedisError
+
+from common import events as ev
+from common.config import Settings
+from common.keys import user_room
+from common.store import Store, redis_client
+
+log = logging.getLogger("matcher")
+
+TICK = 0.25  # seconds between passes when nobody joins: interest waits and reaping need them
+MAX_BACKOFF = 5.0
+
+
+class Matcher:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.store = Store(redis_client(settings.redis_url), settings)
+        self.emitter = socketio.RedisManager(settings.redis_url, channel=settings.socketio_channel,
+                                             write_only=True)
+        self.stopping = False
+        self._next_stats = 0.0
+
+    def stop(self, *_):
+        self.stopping = True
+
+    def step(self) -> None:
+        """One pass: emit what an earlier pass (or a killed matcher) left, pair, reap, emit."""
+        self.flush()
+        while True:
+            made = self.store.match()
+            if made:
+                log.info("matched %d pair(s)", made)
+            self.flush()
+            if made < self.s.match_batch // 2:
+                break
+        gone = self.store.reap()
+        if gone:
+            log.info("reaped %d user(s) gone past the grace period", gone)
+            self.flush()
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.s.stats_interval
+            self.emitter.emit(ev.STATS, self.store.counts(), namespace="/")
+
+    def flush(self) -> None:
+        while not self.stopping:
+            batch = self.store.take_outbox()
+            for item in batch:
+                self.emitter.emit(item["event"], item["data"], namespace="/",
+                                  room=user_room(item["to"]))
+            if not batch:
+                return
+
+    def run(self) -> int:
+        log.info("matcher started: %s", self.s.describe())
+        backoff = 0.5
+        while not self.stopping:
+            try:
+                self.step()
+                backoff = 0.5
+                if not self.stopping:
+                    self.store.wait_for_work(TICK)
+            except RedisError as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                deadline = time.monotonic() + backoff
+                while not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+        log.info("matcher stopped")
+        return 0

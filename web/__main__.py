@@ -1,0 +1,79 @@
+"""`python -m web` / `chat-web`: one gunicorn process with one gevent-websocket worker."""
+from gevent import monkey
+
+monkey.patch_all()
+
+import gc  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from gunicorn.app.base import BaseApplication  # noqa: E402
+
+from common import config  # noqa: E402
+from common.logs import setup_logging  # noqa: E402
+
+log = logging.getLogger("web")
+
+
+class WebServer(BaseApplication):
+    """gunicorn, configured from Settings rather than a config file (one place for each fact)."""
+
+    def __init__(self, settings: config.Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self):
+        s = self.settings
+        for key, value in {
+            "bind": f"{s.host}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}",
+            # Socket.IO needs one worker per process (long-polling cannot be made sticky inside
+            # gunicorn); scale with more processes behind nginx.
+            "workers": 1,
+            "worker_class": "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+            "worker_connections": s.worker_connections,
+            "graceful_timeout": 10,
+            "timeout": 60,
+            "keepalive": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level.lower(),
+            "proc_name": f"chat-web-{s.worker_id}",
+            "post_worker_init": _post_worker_init,
+            "worker_int": _stop_worker,
+            "worker_exit": lambda server, worker: _stop_worker(worker),
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from web.app import create_app
+
+        return create_app(self.settings)
+
+
+def _post_worker_init(worker):
+    # Objects built at start-up live forever: keep them out of the collector's generations so its
+    # pauses stay short with thousands of connections (PITFALLS: gc pauses dominate p99).
+    gc.collect()
+    gc.freeze()
+
+
+def _stop_worker(worker):
+    app = getattr(worker, "wsgi", None)
+    stop = getattr(app, "extensions", {}).get("chat", {}).get("stop")
+    if stop:
+        stop()
+
+
+def main() -> None:
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"chat-web: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_level)
+    log.info("starting web worker %s on %s:%s", settings.worker_id, settings.host, settings.port)
+    WebServer(settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Flask app factory: the page, health endpoints, and the Socket.IO server on the Redis queue."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template
+from flask_socketio import SocketIO
+
+from common import config
+from common.store import Store, redis_client
+from common.tokens import Tokens
+
+from . import sockets
+from .presence import Connections, heartbeat_loop
+
+log = logging.getLogger("web")
+HERE = Path(__file__).resolve().parent
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def create_app(settings: config.Settings | None = None) -> Flask:
+    settings = settings or config.load()
+    app = Flask(__name__, template_folder=str(HERE / "templates"),
+                static_folder=str(HERE / "static"))
+    app.config.update(SECRET_KEY=settings.secret_key, SEND_FILE_MAX_AGE_DEFAULT=3600,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    i18n = json.loads((HERE / "i18n.json").read_text(encoding="utf-8"))
+    static_version = str(int(time.time()))
+
+    socketio = SocketIO(
+        app,
+        async_mode="gevent",
+        message_queue=settings.redis_url,
+        channel=settings.socketio_channel,
+        max_http_buffer_size=settings.max_frame_bytes,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        manage_session=False,
+        logger=False,
+        engineio_logger=False,
+    )
+    store = Store(redis_client(settings.redis_url), settings)
+    conns = Connections()
+    app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
+                              "socketio": socketio}
+    sockets.register(socketio, store, settings, Tokens(settings.secret_key), conns)
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", i18n=i18n, max_len=settings.max_message_len,
+                               static_version=static_version)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True, worker=settings.worker_id)
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            store.r.ping()
+        except Exception as exc:
+            log.warning("not ready: redis: %s", exc)
+            return jsonify(ok=False, redis=False), 503
+        return jsonify(ok=True, redis=True, worker=settings.worker_id, connections=len(conns))
+
+    @app.after_request
+    def security_headers(resp):
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        return resp
+
+    stopping = {"flag": False}
+    app.extensions["chat"]["stop"] = lambda: stopping.__setitem__("flag", True)
+    socketio.start_background_task(heartbeat_loop, socketio.sleep, store, conns,
+                                   settings.heartbeat_interval, lambda: stopping["flag"])
+    log.info("web worker %s ready: %s", settings.worker_id, settings.describe())
+    return app

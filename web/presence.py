@@ -1,0 +1,58 @@
+"""Which users this worker holds connections for, and the heartbeat that keeps them alive.
+
+The worker keeps no chat state: only this map of its own sockets, so that it can refresh the
+presence of its users in Redis. If the worker dies, the refreshes stop and the matcher's reaper
+ends its users' chats once the grace period has passed.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+log = logging.getLogger("web.presence")
+
+CHUNK = 2000  # users per touch call, so one heartbeat never holds Redis long
+
+
+class Connections:
+    def __init__(self):
+        self._sids: dict[str, set[str]] = defaultdict(set)
+        self._user: dict[str, str] = {}
+
+    def add(self, sid: str, user: str) -> None:
+        self._user[sid] = user
+        self._sids[user].add(sid)
+
+    def remove(self, sid: str) -> tuple[str | None, bool]:
+        """(user, whether that was the user's last connection here)."""
+        user = self._user.pop(sid, None)
+        if user is None:
+            return None, False
+        sids = self._sids.get(user)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._sids[user]
+                return user, True
+        return user, False
+
+    def user_of(self, sid: str) -> str | None:
+        return self._user.get(sid)
+
+    def users(self) -> list[str]:
+        return list(self._sids)
+
+    def __len__(self) -> int:
+        return len(self._user)
+
+
+def heartbeat_loop(sleep, store, conns: Connections, interval: float, stopping) -> None:
+    """Refresh every local user's presence each `interval` seconds until `stopping()`."""
+    while not stopping():
+        users = conns.users()
+        try:
+            for i in range(0, len(users), CHUNK):
+                store.touch(users[i:i + CHUNK])
+        except Exception as exc:  # Redis down: keep trying; users resume when it is back
+            log.warning("heartbeat failed for %d users: %s", len(users), exc)
+        sleep(interval)
