@@ -1,0 +1,65 @@
+"""The matcher daemon: atomic pairing under two matchers, restarts, clean shutdown."""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from peer import Peer, pair
+from procs import MatcherProc
+
+
+async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_stack):
+    s = make_stack(workers=2, matchers=2)
+    urls = s.urls()
+    peers = [Peer(urls[i % 2], f"u{i}") for i in range(200)]
+    await asyncio.gather(*(p.connect(timeout=30) for p in peers))
+    acks = await asyncio.gather(*(p.call("join", {}) for p in peers))
+    assert all(a == {"ok": True} for a in acks)
+    matched = await asyncio.gather(*(p.next("matched", timeout=30) for p in peers))
+
+    rooms = Counter(m["room"] for m in matched)
+    assert len(rooms) == 100 and set(rooms.values()) == {2}
+    by_user = {p.user: m["room"] for p, m in zip(peers, matched)}
+    assert len(by_user) == 200  # 200 distinct users, each in one room
+    r = s.redis.client
+    partner = r.hgetall("{chat}:partner")
+    assert len(partner) == 200
+    for u, v in partner.items():
+        assert u != v and partner[v] == u and by_user[u] == by_user[v]
+    assert r.zcard("{chat}:queue") == 0
+    # both matchers did work, and nobody was told of a second match
+    logs = [m.output() for m in s.matchers]
+    assert all("matched" in log for log in logs), logs
+    assert all(p.count("matched") == 1 for p in peers)
+    await asyncio.gather(*(p.close() for p in peers))
+
+
+async def test_users_waiting_while_the_matcher_is_down_are_matched_after_restart(make_stack):
+    s = make_stack(workers=2, matchers=1)
+    s.matchers[0].kill()
+    w1, w2 = s.urls()
+    a, b = Peer(w1), Peer(w2)
+    await a.connect()
+    await b.connect()
+    await a.join()
+    await b.join()
+    s.matchers.append(MatcherProc(s.env, "matcher-restarted"))
+    ma = await a.next("matched", timeout=15)
+    mb = await b.next("matched", timeout=15)
+    assert ma["room"] == mb["room"]
+    await a.close()
+    await b.close()
+
+
+async def test_matcher_stops_cleanly_on_sigterm(make_stack):
+    s = make_stack(workers=1, matchers=1)
+    w = s.urls()[0]
+    a, b = Peer(w), Peer(w)
+    await a.connect()
+    await b.connect()
+    await pair(a, b)  # the matcher is up and working
+    code = s.matchers[0].stop(timeout=10)
+    assert code == 0, s.matchers[0].output()
+    assert "matcher stopped" in s.matchers[0].output()
+    await a.close()
+    await b.close()
