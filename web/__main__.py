@@ -38,6 +38,9 @@ class WebServer(BaseApplication):
             "errorlog": "-",
             "loglevel": s.log_level.lower(),
             "proc_name": f"chat-web-{s.worker_id}",
+            # gunicorn's control socket has one default path per user: several web processes on
+            # one machine would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
             "post_worker_init": _post_worker_init,
             "worker_int": _stop_worker,
             "worker_exit": lambda server, worker: _stop_worker(worker),

