@@ -55,9 +55,9 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def _dev_secret() -> str:
+def _dev_secret(name: str = "secret_key") -> str:
     """A per-checkout random secret, kept under instance/ so every local process shares it."""
-    path = INSTANCE_DIR / "secret_key"
+    path = INSTANCE_DIR / name
     if path.exists():
         return path.read_text().strip()
     INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
@@ -97,6 +97,10 @@ class Settings:
     ping_timeout: int
     match_batch: int
     stats_interval: float
+    admin_password: str | None
+    display_tz: str | None
+    retention_days: int
+    db_pool_size: int
 
     @property
     def production(self) -> bool:
@@ -104,7 +108,7 @@ class Settings:
 
     def describe(self) -> str:
         """One log line of the settings, secrets and credentials left out."""
-        hidden = {"secret_key", "redis_url", "database_url"}
+        hidden = {"secret_key", "redis_url", "database_url", "admin_password"}
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         return " ".join(f"{k}={v}" for k, v in shown.items())
 
@@ -153,6 +157,21 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if not prefix.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"REDIS_PREFIX must be letters, digits, - or _, got {prefix!r}")
 
+    admin_password = get("ADMIN_PASSWORD")
+    if admin_password is None and not production:
+        admin_password = _dev_secret("admin_password")
+    if admin_password is not None and len(admin_password) < 8:
+        raise ConfigError("ADMIN_PASSWORD must be at least 8 characters")
+    display_tz = get("DISPLAY_TZ")
+    if display_tz is not None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(display_tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"DISPLAY_TZ must be an IANA time zone such as Asia/Shanghai, "
+                              f"got {display_tz!r}") from None
+
     return Settings(
         app_env=app_env,
         host=get("HOST", "127.0.0.1"),
@@ -180,6 +199,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ping_timeout=_int("PING_TIMEOUT", get("PING_TIMEOUT", "20"), 1, 600),
         match_batch=_int("MATCH_BATCH", get("MATCH_BATCH", "256"), 2, 10_000),
         stats_interval=_float("STATS_INTERVAL", get("STATS_INTERVAL", "5"), 0.1, 3600),
+        admin_password=admin_password,
+        display_tz=display_tz,
+        retention_days=_int("RETENTION_DAYS", get("RETENTION_DAYS", "30"), 1, 36500),
+        db_pool_size=_int("DB_POOL_SIZE", get("DB_POOL_SIZE", "5"), 1, 200),
     )
 
 
@@ -188,5 +211,6 @@ ENV_VARS = (
     "APP_ENV HOST PORT REDIS_URL DATABASE_URL SECRET_KEY REDIS_PREFIX SOCKETIO_CHANNEL WORKER_ID "
     "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
     "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
-    "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR"
+    "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
+    "DB_POOL_SIZE"
 ).split()

@@ -46,6 +46,8 @@ def embedded_redis(manager: Manager, env: dict) -> str:
 
 def run(args) -> int:
     env = dict(os.environ)
+    new_admin_password = not env.get("ADMIN_PASSWORD") and not (
+        config.INSTANCE_DIR / "admin_password").exists()
     try:
         settings = config.load(env)  # validates, and creates the local secret once for everyone
     except config.ConfigError as exc:
@@ -59,8 +61,17 @@ def run(args) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     manager.add_process("web", f"{PY} -m web", env={**env, "WORKER_ID": "web1"})
     manager.add_process("matcher", f"{PY} -m matcher", env=env)
+    # migrates the schema on start in development, then archives the history stream
+    manager.add_process("archiver", f"{PY} -m archiver", env=env)
     host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
-    print(f"\n  Chat: http://{host}:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
+    if new_admin_password:  # shown once, when generated; it stays in the instance folder
+        admin = f"password: {settings.admin_password} (kept in {config.INSTANCE_DIR}/admin_password)"
+    elif env.get("ADMIN_PASSWORD"):
+        admin = "password: the ADMIN_PASSWORD you set"
+    else:
+        admin = f"password in {config.INSTANCE_DIR}/admin_password"
+    print(f"\n  Chat:  http://{host}:{settings.port}/   (Ctrl-C stops everything)"
+          f"\n  Admin: http://{host}:{settings.port}/admin/  {admin}\n", flush=True)
     manager.loop()
     return manager.returncode or 0
 

@@ -1,0 +1,1 @@
+"""The history archiver: moves the Redis history stream into SQL, off the chat's hot path."""

@@ -1,0 +1,57 @@
+"""`python -m archiver [run|migrate|purge]`.
+
+run      the daemon (default); in development it first brings the schema up to date
+migrate  apply the schema migrations (`make migrate` in production)
+purge    delete rooms, messages and reports older than RETENTION_DAYS (or --days)
+SIGTERM or SIGINT: finish the current batch, exit 0.
+"""
+import argparse
+import logging
+import signal
+import sys
+
+from common import config
+from common.logs import setup_logging
+
+log = logging.getLogger("archiver")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m archiver", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "migrate", "purge"])
+    parser.add_argument("--days", type=int, help="purge: override RETENTION_DAYS")
+    args = parser.parse_args()
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"chat-archiver: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_level)
+
+    from common.migrate import upgrade
+
+    if args.command == "migrate" or (args.command == "run" and not settings.production):
+        upgrade(settings.database_url)
+        log.info("schema is up to date")
+        if args.command == "migrate":
+            return
+    if args.command == "purge":
+        from common.db import make_engine
+
+        from .writer import purge
+
+        days = args.days or settings.retention_days
+        log.info("purged history older than %d days: %s", days,
+                 purge(make_engine(settings.database_url), days))
+        return
+
+    from .daemon import Archiver
+
+    a = Archiver(settings)
+    signal.signal(signal.SIGTERM, a.stop)
+    signal.signal(signal.SIGINT, a.stop)
+    sys.exit(a.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Turn history stream entries into SQL rows, idempotently: replaying an entry inserts nothing.
+
+Rooms are keyed by their id, messages by (room, client message id), reports by the stream entry
+id, and every insert is ON CONFLICT DO NOTHING; a close is an UPDATE of a room still open.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from common.db import utc_from_ms
+from common.models import Message, Report, Room
+
+log = logging.getLogger("archiver.writer")
+
+
+def _insert(engine: Engine, table):
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list, list]:
+    rooms, messages, closes, reports = [], [], [], []
+    for entry_id, f in entries:
+        kind = f.get("type")
+        try:
+            if kind == "opened":
+                rooms.append({"id": f["room"], "user1": f["user1"], "user2": f["user2"],
+                              "interests": json.loads(f.get("interests") or "[]"),
+                              "opened_at": utc_from_ms(f["ts"])})
+            elif kind == "message":
+                messages.append({"room_id": f["room"], "sender": f["user"], "client_id": f["id"],
+                                 "seq": int(f["seq"]), "text": f["text"],
+                                 "sent_at": utc_from_ms(f["ts"])})
+            elif kind == "closed":
+                closes.append({"id": f["room"], "closed_at": utc_from_ms(f["ts"]),
+                               "close_reason": f.get("reason", "")[:16],
+                               "closed_by": f.get("user", "")})
+            elif kind == "report":
+                reports.append({"stream_id": entry_id, "room_id": f.get("room") or None,
+                                "reporter": f["user"], "reported": f["reported"],
+                                "reason": f.get("reason", "")[:200],
+                                "created_at": utc_from_ms(f["ts"])})
+            else:
+                log.warning("skipping history entry %s of unknown type %r", entry_id, kind)
+        except (KeyError, ValueError) as exc:
+            log.warning("skipping malformed history entry %s: %s", entry_id, exc)
+    return rooms, messages, closes, reports
+
+
+def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
+    """Write one batch in one transaction; returns counts by kind."""
+    rooms, messages, closes, reports = rows_from_entries(entries)
+    with engine.begin() as conn:
+        if rooms:
+            conn.execute(_insert(engine, Room).on_conflict_do_nothing(), rooms)
+        if messages:
+            _ensure_rooms(conn, engine, messages)
+            conn.execute(_insert(engine, Message).on_conflict_do_nothing(), messages)
+        for c in closes:
+            conn.execute(update(Room).where(Room.id == c["id"], Room.closed_at.is_(None))
+                         .values(closed_at=c["closed_at"], close_reason=c["close_reason"],
+                                 closed_by=c["closed_by"]))
+        if reports:
+            conn.execute(_insert(engine, Report).on_conflict_do_nothing(), reports)
+    return {"rooms": len(rooms), "messages": len(messages), "closes": len(closes),
+            "reports": len(reports)}
+
+
+def _ensure_rooms(conn, engine: Engine, messages: list[dict]) -> None:
+    """A message whose room row is missing (its `opened` entry was trimmed from the stream) gets
+    a placeholder room rather than failing its batch forever on the foreign key."""
+    wanted = {m["room_id"] for m in messages}
+    have = set(conn.execute(select(Room.id).where(Room.id.in_(wanted))).scalars())
+    missing = wanted - have
+    if not missing:
+        return
+    first = {}
+    for m in messages:
+        if m["room_id"] in missing:
+            first.setdefault(m["room_id"], m)
+    log.warning("creating %d placeholder room(s) for messages without an opened entry",
+                len(missing))
+    conn.execute(_insert(engine, Room).on_conflict_do_nothing(), [
+        {"id": rid, "user1": m["sender"], "user2": "", "interests": [],
+         "opened_at": m["sent_at"]} for rid, m in first.items()])
+
+
+def purge(engine: Engine, days: int, now: datetime | None = None) -> dict:
+    """Delete rooms (with their messages) and reports older than `days`."""
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+    with engine.begin() as conn:
+        old = select(Room.id).where(Room.opened_at < cutoff)
+        m = conn.execute(delete(Message).where(Message.room_id.in_(old))).rowcount
+        r = conn.execute(delete(Room).where(Room.opened_at < cutoff)).rowcount
+        p = conn.execute(delete(Report).where(Report.created_at < cutoff)).rowcount
+    return {"rooms": r, "messages": m, "reports": p, "cutoff": cutoff.isoformat()}
