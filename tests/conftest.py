@@ -8,19 +8,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import MatcherProc, RedisServer, WebWorker, base_env  # noqa: E402
+from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env  # noqa: E402
 
 
 class Stack:
     """Redis + N web workers + M matchers, all real processes, stopped at the end."""
 
     def __init__(self, workers: int = 2, matchers: int = 1, redis: RedisServer | None = None,
-                 **env):
+                 archivers: int = 0, **env):
         self.own_redis = redis is None
         self.redis = redis or RedisServer()
         self.env = base_env(self.redis.url, **env)
         self.webs = [WebWorker(self.env, f"w{i + 1}") for i in range(workers)]
         self.matchers = [MatcherProc(self.env, f"matcher{i + 1}") for i in range(matchers)]
+        self.archivers = [ArchiverProc(self.env, f"archiver{i + 1}") for i in range(archivers)]
         for w in self.webs:
             w.wait_ready()
 
@@ -28,7 +29,7 @@ class Stack:
         return [w.url for w in self.webs]
 
     def procs(self):
-        return [*self.webs, *self.matchers]
+        return [*self.webs, *self.matchers, *self.archivers]
 
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} -----\n{p.output()[-4000:]}" for p in self.procs())

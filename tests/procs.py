@@ -138,3 +138,8 @@ class WebWorker(Proc):
 class MatcherProc(Proc):
     def __init__(self, env: dict, name: str = "matcher"):
         super().__init__(name, [PY, "-m", "matcher"], env)
+
+
+class ArchiverProc(Proc):
+    def __init__(self, env: dict, name: str = "archiver"):
+        super().__init__(name, [PY, "-m", "archiver"], env)
