@@ -2,7 +2,7 @@
 
 An entry is acknowledged (and deleted from the stream) only after its batch is committed. If
 the database is down, nothing is acked: the batch stays pending and is retried with back-off
-while the chat goes on. Entries left pending by a dead archiver are claimed after CLAIM_IDLE.
+while the chat goes on. Entries left pending by a dead archiver are claimed after ARCHIVER_CLAIM_IDLE seconds.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ log = logging.getLogger("archiver")
 GROUP = "archiver"
 BATCH = 500
 BLOCK_MS = 1000
-CLAIM_IDLE_MS = 30_000
-CLAIM_EVERY = 10.0
+CLAIM_EVERY = 2.0
 MAX_BACKOFF = 10.0
 
 
@@ -57,9 +56,9 @@ class Archiver:
 
     def claim_stale(self) -> int:
         """Take over entries another (dead) archiver read but never acknowledged."""
-        _next, claimed, *_ = self.r.xautoclaim(self.stream, GROUP, self.consumer,
-                                               min_idle_time=CLAIM_IDLE_MS, start_id="0-0",
-                                               count=BATCH, justid=True)
+        claimed = self.r.xautoclaim(self.stream, GROUP, self.consumer,
+                                    min_idle_time=int(self.s.archiver_claim_idle * 1000), start_id="0-0",
+                                    count=BATCH, justid=True)  # with justid: a list of ids
         if claimed:
             log.info("claimed %d stale pending entries", len(claimed))
             self.pending_first = True
@@ -115,6 +114,11 @@ class Archiver:
                 self.pending_first = True
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     self.ensure_group()
+                self._pause(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            except Exception:  # a bug must not stop the history: log it, back off, go on
+                log.exception("archiver step failed; retrying in %.1fs", backoff)
+                self.pending_first = True
                 self._pause(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
         self.engine.dispose()

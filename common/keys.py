@@ -19,6 +19,8 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:sent:<user>`         | list   | the user's recent messages in their room, for replay on resume |
 | `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts", so a resend is delivered once |
 | `{p}:bucket:<user>`       | hash   | the user's message token bucket {tokens, ts} |
+| `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
+| `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
 
 Socket.IO rooms (not Redis keys): `u:<user>` holds every connection of one user.
 """
@@ -86,6 +88,10 @@ class Keys:
 
     def bucket(self, user: str) -> str:
         return self._k("bucket:" + user)
+
+    def admin(self, name: str) -> str:
+        """Admin console state: `admin:fail:<address>` and `admin:session:<id>` (see above)."""
+        return self._k("admin:" + name)
 
 
 def user_room(user: str) -> str:

@@ -77,5 +77,11 @@ class Matcher:
                 while not self.stopping and time.monotonic() < deadline:
                     time.sleep(0.1)
                 backoff = min(MAX_BACKOFF, backoff * 2)
+            except Exception:  # a bug must not stop matching for everyone: log, back off, go on
+                log.exception("matcher step failed; retrying in %.1fs", backoff)
+                deadline = time.monotonic() + backoff
+                while not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                backoff = min(MAX_BACKOFF, backoff * 2)
         log.info("matcher stopped")
         return 0

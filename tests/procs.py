@@ -109,6 +109,7 @@ def base_env(redis_url: str, **extra) -> dict:
         "RESUME_GRACE": "3",
         "HEARTBEAT_INTERVAL": "0.5",
         "INTEREST_WAIT": "1",
+        "ARCHIVER_CLAIM_IDLE": "2",
         "LOG_LEVEL": "INFO",
         "INSTANCE_DIR": tempfile.mkdtemp(prefix="instance-"),
         "PYTHONUNBUFFERED": "1",
