@@ -102,6 +102,7 @@ class Settings:
     retention_days: int
     db_pool_size: int
     archiver_claim_idle: float
+    trusted_proxies: int
 
     @property
     def production(self) -> bool:
@@ -204,6 +205,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         display_tz=display_tz,
         retention_days=_int("RETENTION_DAYS", get("RETENTION_DAYS", "30"), 1, 36500),
         db_pool_size=_int("DB_POOL_SIZE", get("DB_POOL_SIZE", "5"), 1, 200),
+        trusted_proxies=_int("TRUSTED_PROXIES", get("TRUSTED_PROXIES", "0"), 0, 5),
         archiver_claim_idle=_float("ARCHIVER_CLAIM_IDLE", get("ARCHIVER_CLAIM_IDLE", "30"), 0.1,
                                    86400),
     )
@@ -215,5 +217,5 @@ ENV_VARS = (
     "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
     "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
     "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
-    "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE"
+    "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES"
 ).split()

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg import postgres  # noqa: E402,F401  (one PostgreSQL server for the session)
 from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env  # noqa: E402
 
 

@@ -13,6 +13,8 @@ from common.models import Message, Report, Room
 from peer import Peer, pair
 from procs import ArchiverProc
 
+import pytest
+
 
 def sqlite_url() -> str:
     return f"sqlite:///{tempfile.mkdtemp(prefix='hist-')}/chat.db"
@@ -41,8 +43,16 @@ async def chat_script(a: Peer, b: Peer, prefix: str, count: int) -> list[str]:
     return ids
 
 
-async def test_every_message_archived_once_through_an_archiver_kill(make_stack):
-    url = sqlite_url()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request):
+    if request.param == "sqlite":
+        return sqlite_url()
+    server = request.getfixturevalue("postgres")
+    return server.create_database(f"hist_{request.node.name[-40:].strip('[]').replace('-', '_')}")
+
+
+async def test_every_message_archived_once_through_an_archiver_kill(make_stack, history_url):
+    url = history_url
     s = make_stack(workers=2, archivers=1, DATABASE_URL=url, MESSAGE_RATE=1000,
                    MESSAGE_BURST=1000)
     engine = make_engine(url)
@@ -79,6 +89,41 @@ async def test_every_message_archived_once_through_an_archiver_kill(make_stack):
             break
         await asyncio.sleep(0.2)
     assert r.close_reason == "left" and r.closed_by == a.user
+    await a.close()
+    await b.close()
+
+
+async def test_database_down_chat_goes_on_and_history_catches_up(make_stack, postgres):
+    url = postgres.create_database("hist_outage")
+    s = make_stack(workers=2, archivers=1, DATABASE_URL=url, MESSAGE_RATE=1000,
+                   MESSAGE_BURST=1000)
+    engine = make_engine(url)
+    w1, w2 = s.urls()
+    a, b = Peer(w1), Peer(w2)
+    await a.connect()
+    await b.connect()
+    await pair(a, b)
+    ids = await chat_script(a, b, "before", 10)
+    assert await wait_rows(engine, Message, 10) == 10
+    engine.dispose()
+
+    postgres.pause()
+    try:
+        ids += await chat_script(a, b, "outage", 30)  # every one acked and delivered meanwhile
+        archiver_log = s.archivers[0]
+        deadline = asyncio.get_running_loop().time() + 30
+        while "database unavailable" not in archiver_log.output():
+            assert asyncio.get_running_loop().time() < deadline, archiver_log.output()
+            await asyncio.sleep(0.2)
+    finally:
+        postgres.resume()
+    ids += await chat_script(a, b, "after", 10)
+
+    assert await wait_rows(engine, Message, len(ids), timeout=60) == len(ids)
+    with engine.connect() as c:
+        got = c.execute(select(Message.client_id).order_by(Message.seq)).scalars().all()
+    assert got == ids
+    assert s.archivers[0].alive()
     await a.close()
     await b.close()
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from flask import Flask, jsonify, render_template
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
 from common.store import Store, redis_client
 from common.tokens import Tokens
 
-from . import sockets
+from . import admin, sockets
 from .presence import Connections, heartbeat_loop
 
 log = logging.getLogger("web")
@@ -36,6 +37,11 @@ def create_app(settings: config.Settings | None = None) -> Flask:
                 static_folder=str(HERE / "static"))
     app.config.update(SECRET_KEY=settings.secret_key, SEND_FILE_MAX_AGE_DEFAULT=3600,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    if settings.trusted_proxies:
+        # Behind nginx: the client's address and scheme come from X-Forwarded-*, trusted for
+        # exactly this many proxy hops (a forged header from a client is not believed).
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     i18n = json.loads((HERE / "i18n.json").read_text(encoding="utf-8"))
     static_version = str(int(time.time()))
 
@@ -80,6 +86,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         for k, v in SECURITY_HEADERS.items():
             resp.headers.setdefault(k, v)
         return resp
+
+    # The admin console (web/admin): its blueprint under /admin and CSRF protection of its forms.
+    admin.init_app(app, settings)
 
     stopping = {"flag": False}
     app.extensions["chat"]["stop"] = lambda: stopping.__setitem__("flag", True)

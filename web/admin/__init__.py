@@ -1,0 +1,58 @@
+"""The admin console: sign-in, live numbers, history charts, transcripts, search, reports, and
+streamed CSV/JSON export. `init_app(app, settings)` registers it (web/app.py does).
+
+Layout: views.py (the blueprint and its endpoints), auth.py (password, lockout and sessions in
+Redis), queries.py (the SQL), export.py (streamed CSV/JSON), zones.py (the viewer's time zone),
+templates/admin/ (pages), and web/static/admin/ (admin.css, admin.js).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from common import config
+
+from .auth import SESSION_MAX, Guard
+from .views import bp, csrf
+
+log = logging.getLogger("web.admin")
+
+__all__ = ["init_app", "bp", "csrf"]
+
+
+def _static_version(app: Flask) -> str:
+    """Changes whenever admin.css or admin.js does, so browsers never mix old and new."""
+    folder = Path(app.static_folder or "") / "admin"
+    stamps = [int(p.stat().st_mtime) for p in folder.glob("*") if p.is_file()]
+    return str(max(stamps, default=0))
+
+
+def init_app(app: Flask, settings: config.Settings) -> None:
+    """Register the console on `app`: the blueprint, CSRF protection of its forms, and the
+    session cookie flags. Needs app.extensions["chat"]["store"] (the Redis store)."""
+    store = app.extensions["chat"]["store"]
+    app.config.update(
+        # CSRF is enforced on every POST of the console (views._guard_request); other parts of
+        # the app (Socket.IO has its own transport) are not made to carry a token.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=SESSION_MAX,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.production,
+    )
+    csrf.init_app(app)
+    app.extensions["admin"] = {"settings": settings, "store": store,
+                               "guard": Guard(store.r, store.k), "engine": None,
+                               "series_cache": {}, "static_version": _static_version(app)}
+    app.register_blueprint(bp)
+    if settings.admin_password is None:
+        log.warning("admin console disabled: ADMIN_PASSWORD is not set, and production "
+                    "(APP_ENV=production) has no default password; /admin answers 404")
+    elif not settings.production and not os.environ.get("ADMIN_PASSWORD"):
+        log.info("admin console at /admin/ (development: the generated password is in %s)",
+                 config.INSTANCE_DIR / "admin_password")
+    else:
+        log.info("admin console at /admin/")
