@@ -8,11 +8,13 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test venv clean help
+.PHONY: run test venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
+	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
+	@echo "make purge  - delete history older than RETENTION_DAYS"
 	@echo "make clean  - remove the virtual environment and local data"
 
 $(BASE): pyproject.toml
@@ -32,6 +34,12 @@ run: $(BASE)
 
 test: $(TEST)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+migrate: $(BASE)
+	$(PY) -m archiver migrate
+
+purge: $(BASE)
+	$(PY) -m archiver purge
 
 clean:
 	rm -rf $(VENV) instance *.egg-info
