@@ -48,9 +48,7 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
-    if not raw.startswith(tuple(s + "://" for s in schemes)) and not (
-        "sqlite" in schemes and raw.startswith("sqlite:")
-    ):
+    if not raw.startswith(tuple(s + "://" for s in schemes)):
         raise ConfigError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return raw
 

@@ -57,6 +57,10 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
+    # Subscribe to the message queue now, not on the first connection (python-socketio's
+    # default): events published for a fresh worker's first clients would otherwise be lost.
+    socketio.server.manager_initialized = True
+    socketio.server.manager.initialize()
     store = Store(redis_client(settings.redis_url), settings)
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
@@ -79,6 +83,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         except Exception as exc:
             log.warning("not ready: redis: %s", exc)
             return jsonify(ok=False, redis=False), 503
+        pubsub = getattr(socketio.server.manager, "pubsub", None)
+        if pubsub is None or not pubsub.subscribed:
+            return jsonify(ok=False, redis=True, queue=False), 503
         return jsonify(ok=True, redis=True, worker=settings.worker_id, connections=len(conns))
 
     @app.after_request

@@ -20,6 +20,8 @@ class Connections:
         self._user: dict[str, str] = {}
 
     def add(self, sid: str, user: str) -> None:
+        if sid in self._user:  # never one socket in two users' sets
+            self.remove(sid)
         self._user[sid] = user
         self._sids[user].add(sid)
 

@@ -42,6 +42,10 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
 
     def wrapped(srv, sid, eio_sid, data, namespace, id):
         state.ack = id is not None
+        if data and (not isinstance(data[0], str) or data[0] in server.reserved_events):
+            # A client may not fire `connect`/`disconnect` handlers, nor name an event with
+            # anything but a string: route them to the catch-all, which answers unknown_event.
+            data = ["\x00not-an-event", *data[1:]]
         return original(srv, sid, eio_sid, data, namespace, id)
 
     server._handle_event_internal = wrapped

@@ -1,0 +1,200 @@
+"""common.config.load: defaults, what production insists on, and one clear line for a bad value.
+
+Pure unit tests with explicit env dicts, plus the two entry points run as real processes to see
+what an operator sees when a setting is wrong.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from common import config
+from common.config import ConfigError, load
+from procs import ROOT
+
+SECRET = "unit-test-secret-" + "Q" * 30  # 47 characters
+PROD = {
+    "APP_ENV": "production",
+    "SECRET_KEY": SECRET,
+    "REDIS_URL": "redis://:redis-pw-XYZ@redis.internal:6379/0",
+    "DATABASE_URL": "postgresql://chat:db-pw-XYZ@db.internal/chat",
+}
+
+
+@pytest.fixture(autouse=True)
+def instance_dir(tmp_path, monkeypatch):
+    """Development defaults keep generated secrets under INSTANCE_DIR: never the checkout's."""
+    path = tmp_path / "instance"
+    monkeypatch.setattr(config, "INSTANCE_DIR", path)
+    return path
+
+
+def dev(**env) -> dict:
+    return {"SECRET_KEY": SECRET, "ADMIN_PASSWORD": "dev-admin-pw", **env}
+
+
+def refused(env: dict, name: str) -> str:
+    """load(env) must raise ConfigError with a one-line message that names `name`."""
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    msg = str(info.value)
+    assert name in msg, f"the error does not name {name}: {msg!r}"
+    assert "\n" not in msg and msg.strip() == msg and msg
+    return msg
+
+
+# -- defaults -----------------------------------------------------------------------------------
+def test_development_defaults(instance_dir):
+    s = load(dev())
+    assert s.app_env == "development" and s.production is False
+    assert (s.host, s.port) == ("127.0.0.1", 5000)
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.database_url.startswith("sqlite:///") and str(instance_dir) in s.database_url
+    assert s.secret_key == SECRET
+    assert (s.redis_prefix, s.socketio_channel, s.log_level) == ("chat", "flask-socketio", "INFO")
+    assert (s.resume_grace, s.heartbeat_interval, s.interest_wait) == (20.0, 5.0, 3.0)
+    assert (s.message_rate, s.message_burst) == (5.0, 10)
+    assert (s.control_rate, s.control_burst) == (10.0, 30)
+    assert (s.max_message_len, s.max_frame_bytes) == (500, 16384)
+    assert (s.ping_interval, s.ping_timeout) == (25, 20)
+    assert (s.match_batch, s.stats_interval) == (256, 5.0)
+    assert s.worker_id  # hostname-pid unless WORKER_ID is set
+
+
+def test_empty_values_count_as_unset():
+    s = load(dev(PORT="", RESUME_GRACE="", REDIS_URL="", LOG_LEVEL=""))
+    assert (s.port, s.resume_grace, s.log_level) == (5000, 20.0, "INFO")
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_values_are_read_and_typed():
+    s = load(dev(PORT="8080", RESUME_GRACE="7.5", LOG_LEVEL="debug", REDIS_PREFIX="chat-2_b",
+                 REDIS_URL="unix:///run/redis.sock", MESSAGE_BURST="3", INTEREST_WAIT="0"))
+    assert (s.port, s.resume_grace, s.heartbeat_interval) == (8080, 7.5, 7.5 / 4)
+    assert (s.log_level, s.redis_prefix, s.message_burst, s.interest_wait) == (
+        "DEBUG", "chat-2_b", 3, 0.0)
+    assert s.redis_url == "unix:///run/redis.sock"
+
+
+def test_development_without_secret_key_makes_one_and_keeps_it(instance_dir):
+    first = load({"ADMIN_PASSWORD": "dev-admin-pw"}).secret_key
+    assert len(first) >= 32
+    assert load({"ADMIN_PASSWORD": "dev-admin-pw"}).secret_key == first  # every process shares it
+    path = instance_dir / "secret_key"
+    assert path.read_text().strip() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- production ---------------------------------------------------------------------------------
+def test_production_loads_with_its_required_settings(instance_dir):
+    s = load(PROD)
+    assert s.production is True
+    assert (s.secret_key, s.redis_url, s.database_url) == (
+        SECRET, PROD["REDIS_URL"], PROD["DATABASE_URL"])
+    # production never invents secrets or files of its own
+    assert not instance_dir.exists() or not any(instance_dir.iterdir())
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "REDIS_URL", "DATABASE_URL"])
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_production_refuses_a_missing_required_setting(name, how, instance_dir):
+    env = dict(PROD)
+    if how == "missing":
+        del env[name]
+    else:
+        env[name] = ""
+    refused(env, name)
+    assert not instance_dir.exists() or not any(instance_dir.iterdir())
+
+
+@pytest.mark.parametrize("base", [dev(), PROD], ids=["development", "production"])
+def test_a_short_secret_key_is_refused(base):
+    refused({**base, "SECRET_KEY": "s" * 31}, "SECRET_KEY")
+    assert load({**base, "SECRET_KEY": "s" * 32}).secret_key == "s" * 32
+
+
+# -- malformed values ---------------------------------------------------------------------------
+BAD = [
+    ("PORT", "abc"), ("PORT", "0"), ("PORT", "70000"), ("PORT", "-1"), ("PORT", "80.5"),
+    ("RESUME_GRACE", "abc"), ("RESUME_GRACE", "0"), ("RESUME_GRACE", "-5"),
+    ("RESUME_GRACE", "3601"), ("RESUME_GRACE", "nan"), ("RESUME_GRACE", "inf"),
+    ("APP_ENV", "prod"), ("APP_ENV", "Production"), ("APP_ENV", "test"),
+    ("REDIS_URL", "http://127.0.0.1:6379"), ("REDIS_URL", "127.0.0.1:6379"),
+    ("REDIS_URL", "postgresql://db/chat"), ("REDIS_URL", "redis:/x"),
+    ("DATABASE_URL", "mysql://db/chat"), ("DATABASE_URL", "chat.db"),
+    ("HEARTBEAT_INTERVAL", "15"),  # more than half the 20 s grace
+    ("HEARTBEAT_INTERVAL", "0"),
+    ("INTEREST_WAIT", "-1"), ("MESSAGE_RATE", "fast"), ("MESSAGE_BURST", "0"),
+    ("CONTROL_BURST", "1.5"), ("MAX_FRAME_BYTES", "100"), ("LOG_LEVEL", "loud"),
+    ("REDIS_PREFIX", "a b"), ("REDIS_PREFIX", "{chat}"), ("MATCH_BATCH", "1"),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD, ids=[f"{n}={v}" for n, v in BAD])
+def test_a_malformed_value_is_refused_naming_the_variable(name, value):
+    refused(dev(**{name: value}), name)
+
+
+def test_a_database_url_that_cannot_be_opened_is_refused_at_start():
+    # "sqlite:" without "//" passes the scheme check but SQLAlchemy cannot parse it: the process
+    # would start and fail later, on first use, instead of stopping with one clear line.
+    refused(dev(DATABASE_URL="sqlite:chat.db"), "DATABASE_URL")
+
+
+@pytest.mark.parametrize("port", ["1", "65535"])
+def test_port_limits_are_accepted(port):
+    assert load(dev(PORT=port)).port == int(port)
+
+
+# -- describe -----------------------------------------------------------------------------------
+def test_describe_never_shows_secrets_or_urls():
+    env = {**PROD, "ADMIN_PASSWORD": "admin-pw-XYZ-123"}
+    s = load(env)
+    line = s.describe()
+    assert "\n" not in line and "port=5000" in line and "app_env=production" in line
+    for secret in (SECRET, env["REDIS_URL"], env["DATABASE_URL"], env["ADMIN_PASSWORD"],
+                   "redis-pw-XYZ", "db-pw-XYZ", "redis://", "postgresql://", "redis.internal",
+                   "db.internal"):
+        assert secret not in line, f"describe() shows {secret!r}: {line}"
+
+
+def test_describe_in_development_hides_the_generated_secret(instance_dir):
+    s = load({"ADMIN_PASSWORD": "dev-admin-pw"})
+    assert s.secret_key not in s.describe()
+    assert "127.0.0.1:6379" not in s.describe() and "sqlite" not in s.describe()
+
+
+# -- the entry points ---------------------------------------------------------------------------
+def clean_env(tmp_path, **extra) -> dict:
+    """The parent's environment without any setting of ours, plus `extra`."""
+    ours = set(config.ENV_VARS) | {"APP_ENV", "PORT", "SECRET_KEY", "REDIS_URL", "DATABASE_URL",
+                                   "RESUME_GRACE", "INSTANCE_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update({"INSTANCE_DIR": str(tmp_path / "instance"), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+ENTRY_CASES = [
+    ("web", {"PORT": "abc", "SECRET_KEY": SECRET}, "PORT"),
+    ("matcher", {"PORT": "abc", "SECRET_KEY": SECRET}, "PORT"),
+    ("web", {k: v for k, v in PROD.items() if k != "SECRET_KEY"}, "SECRET_KEY"),
+    ("matcher", {k: v for k, v in PROD.items() if k != "SECRET_KEY"}, "SECRET_KEY"),
+]
+
+
+@pytest.mark.parametrize("module,env,name", ENTRY_CASES,
+                         ids=[f"{m}-{n}" for m, _e, n in ENTRY_CASES])
+def test_entry_point_exits_2_with_one_clear_line(module, env, name, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=clean_env(tmp_path, **env),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0] and "configuration error" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for secret in ("redis-pw-XYZ", "db-pw-XYZ", SECRET):
+        assert secret not in proc.stderr

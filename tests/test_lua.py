@@ -1,0 +1,523 @@
+"""The Lua scripts, each driven through common.store.Store against a real Redis server.
+
+No web workers, no matcher: the atomic steps themselves, with the state they leave in Redis (the
+key layout of common/keys.py) and what they return. A user's presence is made to expire by
+writing their `{chat}:alive` deadline in the past.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from common import config
+from common.keys import Keys
+from common.store import SENT_KEPT, SENT_TTL, Store, redis_client
+from procs import RedisServer
+
+GRACE = 5  # RESUME_GRACE of these tests, seconds
+TTL_MS = GRACE * 1000
+K = Keys("chat")
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def r(redis_server):
+    redis_server.client.flushall()
+    return redis_server.client
+
+
+@pytest.fixture
+def make_store(redis_server):
+    """make_store(**env) -> a Store on the test Redis with these settings over the defaults."""
+
+    def make(**env) -> Store:
+        settings = config.load({
+            "APP_ENV": "development",
+            "SECRET_KEY": "lua-test-secret-" + "s" * 40,
+            "ADMIN_PASSWORD": "lua-test-admin",
+            "REDIS_URL": redis_server.url,
+            "RESUME_GRACE": str(GRACE),
+            "INTEREST_WAIT": "600",
+            **{k: str(v) for k, v in env.items()},
+        })
+        return Store(redis_client(settings.redis_url), settings)
+
+    return make
+
+
+@pytest.fixture
+def store(make_store) -> Store:
+    return make_store()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def now_ms(r) -> int:
+    """Redis' own clock, the one the scripts read."""
+    sec, usec = r.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def expire(r, *users: str) -> None:
+    """Make these users' presence deadline lie in the past."""
+    past = now_ms(r) - 1000
+    r.zadd(K.alive, {u: past for u in users})
+
+
+def waited(r, user: str, ms: int) -> None:
+    """Pretend `user` joined the wait list `ms` milliseconds ago."""
+    r.zadd(K.queue, {user: now_ms(r) - ms}, xx=True)
+
+
+def enqueue(store: Store, r, *users: str, interests=None) -> None:
+    """Join these users in this order (distinct enqueue times, oldest first)."""
+    for i, u in enumerate(users):
+        state, _ = store.join(u, interests)
+        assert state == "waiting"
+        waited(r, u, 100 * (len(users) - i))
+
+
+def pair_up(store: Store, r, a: str, b: str) -> str:
+    """a and b chatting through the real join + match scripts; returns the room."""
+    enqueue(store, r, a, b)
+    assert store.match() == 1
+    room = r.hget(K.room, a)
+    assert room and r.hget(K.room, b) == room and r.hget(K.partner, a) == b
+    r.delete(K.outbox)
+    return room
+
+
+def history(r, kind: str | None = None) -> list[dict]:
+    return [f for _id, f in r.xrange(K.history) if kind is None or f["type"] == kind]
+
+
+def outbox(r) -> list[dict]:
+    return [json.loads(x) for x in r.lrange(K.outbox, 0, -1)]
+
+
+def pairs(r) -> set[frozenset]:
+    partner = r.hgetall(K.partner)
+    for u, v in partner.items():
+        assert u != v and partner.get(v) == u, partner
+    return {frozenset((u, v)) for u, v in partner.items()}
+
+
+# -- touch.lua ----------------------------------------------------------------------------------
+def test_touch_keeps_users_alive_for_one_grace_and_counts_them(store, r):
+    t0 = now_ms(r)
+    assert store.touch(["u1", "u2"]) == 2
+    t1 = now_ms(r)
+    for u in ("u1", "u2"):
+        assert t0 + TTL_MS <= r.zscore(K.alive, u) <= t1 + TTL_MS
+    assert store.online() == 2
+    assert store.touch([]) == 2
+    assert store.touch(["u2", "u3"]) == 3
+
+
+def test_online_leaves_out_expired_users_and_touch_brings_them_back(store, r):
+    store.touch(["u1", "u2", "u3"])
+    expire(r, "u2")
+    assert store.online() == 2
+    assert store.touch(["u1"]) == 2
+    t0 = now_ms(r)
+    assert store.touch(["u2"]) == 3
+    assert r.zscore(K.alive, "u2") >= t0 + TTL_MS
+
+
+# -- join.lua -----------------------------------------------------------------------------------
+def test_join_queues_the_user_and_wakes_the_matcher(store, r):
+    store.touch(["other"])
+    t0 = now_ms(r)
+    assert store.join("a", ["cats", "music"]) == ("waiting", 2)
+    t1 = now_ms(r)
+    assert t0 <= r.zscore(K.queue, "a") <= t1
+    assert t0 + TTL_MS <= r.zscore(K.alive, "a") <= t1 + TTL_MS  # joining is a sign of life
+    assert json.loads(r.hget(K.prefs, "a")) == ["cats", "music"]
+    assert r.lrange(K.wake, 0, -1) == ["1"]
+
+
+def test_join_is_idempotent_and_keeps_the_first_enqueue_time(store, r):
+    store.join("a", ["cats"])
+    r.zadd(K.queue, {"a": 12345})  # joined long ago
+    assert store.join("a", None)[0] == "waiting"
+    assert r.zscore(K.queue, "a") == 12345
+    assert json.loads(r.hget(K.prefs, "a")) == ["cats"]  # None keeps the last interests
+    assert store.join("a", ["dogs"])[0] == "waiting"
+    assert r.zscore(K.queue, "a") == 12345
+    assert json.loads(r.hget(K.prefs, "a")) == ["dogs"]
+    assert store.join("a", [])[0] == "waiting"
+    assert json.loads(r.hget(K.prefs, "a")) == []
+    assert r.zcard(K.queue) == 1
+    assert r.llen(K.wake) == 1  # the wake list never grows past one token
+
+
+def test_join_refuses_a_user_who_is_chatting(store, r):
+    pair_up(store, r, "a", "b")
+    store.join("x", ["cats"])
+    r.hset(K.prefs, "a", json.dumps(["before"]))
+    assert store.join("a", ["after"]) == ("chatting", 0)
+    assert r.zscore(K.queue, "a") is None
+    assert json.loads(r.hget(K.prefs, "a")) == ["before"]
+    assert r.hget(K.partner, "a") == "b"
+
+
+# -- end_chat.lua -------------------------------------------------------------------------------
+def test_end_chat_with_next_clears_both_sides_remembers_and_requeues(store, r):
+    room = pair_up(store, r, "a", "b")
+    store.message("a", "m1", "hello")
+    r.delete(K.wake)
+    t0 = now_ms(r)
+    assert store.end_chat("a", "next", True) == ("b", room)
+    t1 = now_ms(r)
+    for u in ("a", "b"):
+        assert r.hget(K.partner, u) is None and r.hget(K.room, u) is None
+    assert r.hgetall(K.last) == {"a": "b", "b": "a"}
+    assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
+    assert t0 <= r.zscore(K.queue, "a") <= t1
+    assert r.zscore(K.queue, "b") is None  # the partner is idle, not requeued
+    assert r.llen(K.wake) == 1
+    closed = history(r, "closed")
+    assert len(closed) == 1
+    assert {k: closed[0][k] for k in ("room", "user", "reason")} == {
+        "room": room, "user": "a", "reason": "next"}
+    # a second end is harmless: nothing to end any more
+    assert store.end_chat("a", "next", True) == ("", "")
+    assert len(history(r, "closed")) == 1
+
+
+def test_end_chat_with_leave_does_not_requeue(store, r):
+    room = pair_up(store, r, "a", "b")
+    assert store.end_chat("b", "left", False) == ("a", room)
+    assert r.zcard(K.queue) == 0
+    assert r.hlen(K.partner) == 0 and r.hlen(K.room) == 0
+    assert r.hgetall(K.last) == {"a": "b", "b": "a"}
+    assert [(h["user"], h["reason"]) for h in history(r, "closed")] == [("b", "left")]
+
+
+def test_end_chat_of_a_waiting_or_idle_user(store, r):
+    store.join("w", None)
+    r.zadd(K.queue, {"w": 12345})
+    # Next while waiting keeps the place on the wait list; Leave takes the user off it
+    assert store.end_chat("w", "next", True) == ("", "")
+    assert r.zscore(K.queue, "w") == 12345
+    assert store.end_chat("w", "left", False) == ("", "")
+    assert r.zscore(K.queue, "w") is None
+    # an idle user who presses Next is put on the wait list
+    assert store.end_chat("idle", "next", True) == ("", "")
+    assert r.zscore(K.queue, "idle") is not None
+    assert history(r) == [] and r.hlen(K.last) == 0
+
+
+# -- message.lua --------------------------------------------------------------------------------
+def test_message_is_numbered_per_room_across_both_directions(store, r):
+    room1 = pair_up(store, r, "a", "b")
+    room2 = pair_up(store, r, "c", "d")
+    t0 = now_ms(r)
+    m1 = store.message("a", "a1", "one")
+    t1 = now_ms(r)
+    assert (m1.status, m1.seq, m1.partner, m1.room) == ("ok", 1, "b", room1)
+    assert t0 <= m1.ts <= t1
+    assert (store.message("b", "b1", "two").seq, store.message("c", "c1", "x").seq) == (2, 1)
+    m3 = store.message("a", "a2", "three")
+    assert (m3.status, m3.seq, m3.partner) == ("ok", 3, "b")
+    assert r.hget(K.room_seq, room1) == "3" and r.hget(K.room_seq, room2) == "1"
+    msgs = [(h["room"], h["user"], h["id"], h["seq"], h["text"]) for h in history(r, "message")]
+    assert msgs == [(room1, "a", "a1", "1", "one"), (room1, "b", "b1", "2", "two"),
+                    (room2, "c", "c1", "1", "x"), (room1, "a", "a2", "3", "three")]
+
+
+def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
+    pair_up(store, r, "a", "b")
+    first = store.message("a", "m1", "hello")
+    assert first.status == "ok"
+    again = store.message("a", "m1", "hello (resent)")
+    assert (again.status, again.seq, again.ts) == ("dup", first.seq, first.ts)
+    assert again.partner == ""  # nothing to deliver
+    assert len(history(r, "message")) == 1 and r.llen(K.sent("a")) == 1
+    assert store.message("a", "m2", "next one").seq == 2  # the dup took no seq
+    # ids are per user: the partner may use the same id
+    assert store.message("b", "m1", "mine too").status == "ok"
+    # a resend after the chat ended is still acknowledged with the first seq
+    store.end_chat("a", "left", False)
+    late = store.message("a", "m1", "hello")
+    assert (late.status, late.seq, late.ts) == ("dup", first.seq, first.ts)
+
+
+def test_message_without_a_partner_is_not_chatting_and_records_nothing(store, r):
+    res = store.message("a", "m1", "anyone?")
+    assert (res.status, res.seq, res.partner, res.room) == ("not_chatting", 0, "", "")
+    store.join("a", None)
+    assert store.message("a", "m1", "anyone?").status == "not_chatting"
+    assert history(r, "message") == [] and r.llen(K.sent("a")) == 0
+    pair_up(store, r, "a", "b")
+    res = store.message("a", "m1", "now")  # the refused id was not used up
+    assert (res.status, res.seq) == ("ok", 1)
+
+
+def test_message_token_bucket_allows_the_burst_then_rate_limits(make_store, r):
+    store = make_store(MESSAGE_BURST=3, MESSAGE_RATE=0.01)  # 1 token per 100 s: no refill here
+    room = pair_up(store, r, "a", "b")
+    assert [store.message("a", f"m{i}", "hi").status for i in range(3)] == ["ok"] * 3
+    limited = store.message("a", "m3", "hi")
+    assert (limited.status, limited.seq, limited.partner) == ("rate_limited", 0, "")
+    assert store.message("a", "m4", "hi").status == "rate_limited"
+    assert r.hget(K.room_seq, room) == "3" and len(history(r, "message")) == 3
+    # the partner has a bucket of their own
+    assert store.message("b", "b0", "hi").status == "ok"
+    # 200 s later the bucket holds 2 more tokens (rate 0.01/s)
+    r.hset(K.bucket("a"), "ts", str(now_ms(r) - 200_000))
+    again = store.message("a", "m3", "hi")  # the refused id is not a dup
+    assert (again.status, again.seq) == ("ok", 5)
+    assert store.message("a", "m5", "hi").status == "ok"
+    assert store.message("a", "m6", "hi").status == "rate_limited"
+    assert 0 < r.pttl(K.bucket("a")) <= 3 / 0.01 * 1000 + 1000
+
+
+def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r):
+    store = make_store(MESSAGE_BURST=1000, MESSAGE_RATE=1000)
+    room = pair_up(store, r, "a", "b")
+    n = SENT_KEPT + 5
+    for i in range(n):
+        assert store.message("a", f"a{i}", f"text {i}").status == "ok"
+    b1 = store.message("b", "b1", "reply")
+    kept = [json.loads(x) for x in r.lrange(K.sent("a"), 0, -1)]
+    assert len(kept) == SENT_KEPT
+    assert [m["seq"] for m in kept] == list(range(n - SENT_KEPT + 1, n + 1))
+    last = kept[-1]
+    assert (last["id"], last["text"], last["room"], last["seq"]) == (
+        f"a{n - 1}", f"text {n - 1}", room, n)
+    for key in (K.sent("a"), K.dedupe("a"), K.sent("b"), K.dedupe("b")):
+        assert 0 < r.ttl(key) <= SENT_TTL
+    # what a resuming user gets: the room's messages after `since`, both directions, in order
+    state = store.state("b", since=n - 1)
+    assert state["state"] == "chatting" and state["room"] == room
+    assert [(m["id"], m["seq"], m["mine"]) for m in state["history"]] == [
+        (f"a{n - 1}", n, False), ("b1", b1.seq, True)]
+
+
+# -- match.lua ----------------------------------------------------------------------------------
+def test_match_pairs_two_waiting_users_and_queues_their_matched_events(store, r):
+    enqueue(store, r, "a", "b")
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("ab")}
+    room = r.hget(K.room, "a")
+    assert r.hget(K.room, "b") == room and len(room) == 32
+    assert r.zcard(K.queue) == 0
+    info = json.loads(r.hget(K.room_info, room))
+    assert info["interests"] == [] and info["opened"] > 0
+    assert outbox(r) == [
+        {"to": "a", "event": "matched", "data": {"room": room, "interests": []}},
+        {"to": "b", "event": "matched", "data": {"room": room, "interests": []}},
+    ]
+    opened = history(r, "opened")
+    assert [(h["room"], {h["user1"], h["user2"]}) for h in opened] == [(room, {"a", "b"})]
+    assert store.match() == 0  # nobody left to pair
+    assert len(outbox(r)) == 2
+
+
+def test_match_never_pairs_a_user_with_themself(store, r):
+    store.join("a", None)
+    store.join("a", None)
+    assert store.match() == 0
+    assert r.zscore(K.queue, "a") is not None  # still waiting
+    assert r.hlen(K.partner) == 0 and outbox(r) == []
+
+
+def test_match_drops_expired_and_already_partnered_users_from_the_queue(store, r):
+    enqueue(store, r, "a", "gone", "busy")
+    r.zadd(K.queue, {"ghost": 1})  # on the wait list without any presence
+    expire(r, "gone")
+    r.hset(K.partner, mapping={"busy": "x", "x": "busy"})
+    assert store.match() == 0
+    assert r.zrange(K.queue, 0, -1) == ["a"]
+    assert r.hgetall(K.partner) == {"busy": "x", "x": "busy"} and outbox(r) == []
+    store.join("d", None)
+    assert store.match() == 1
+    assert pairs(r) == {frozenset(("busy", "x")), frozenset("ad")}
+
+
+def test_shared_interests_are_matched_first_with_the_common_ones(store, r):
+    store.join("a", ["music", "cats"])
+    store.join("b", ["hiking"])
+    store.join("c", ["cats", "chess"])
+    for u, ms in (("a", 300), ("b", 200), ("c", 100)):
+        waited(r, u, ms)
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("ac")}
+    assert r.zrange(K.queue, 0, -1) == ["b"]
+    room = r.hget(K.room, "a")
+    assert [(e["to"], e["data"]) for e in outbox(r)] == [
+        ("a", {"room": room, "interests": ["cats"]}), ("c", {"room": room, "interests": ["cats"]})]
+    assert json.loads(r.hget(K.room_info, room))["interests"] == ["cats"]
+
+
+def test_users_without_a_shared_interest_are_paired_only_after_the_interest_wait(store, r):
+    store.join("a", ["chess"])
+    store.join("b", ["surfing"])
+    store.join("c", None)  # no interests: ready at once, but so must be the other one
+    assert store.match() == 0
+    assert r.zcard(K.queue) == 3
+    waited(r, "a", 601_000)  # INTEREST_WAIT is 600 s here
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("ac")}
+    waited(r, "b", 601_000)
+    store.join("d", None)
+    assert store.match() == 1
+    assert frozenset("bd") in pairs(r)
+    assert all(e["data"]["interests"] == [] for e in outbox(r))
+
+
+def test_with_no_interest_wait_different_interests_pair_at_once(make_store, r):
+    store = make_store(INTEREST_WAIT=0)
+    store.join("a", ["chess"])
+    store.join("b", ["surfing"])
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("ab")}
+
+
+def test_the_last_partner_is_avoided_when_someone_else_waits(store, r):
+    enqueue(store, r, "A", "B", "C")
+    r.hset(K.last, "A", "B")
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("AC")}
+    assert r.zrange(K.queue, 0, -1) == ["B"]
+
+
+def test_the_last_partner_is_avoided_even_with_a_shared_interest(store, r):
+    store.join("A", ["cats"])
+    store.join("B", ["cats"])
+    store.join("C", ["cats"])
+    for u, ms in (("A", 300), ("B", 200), ("C", 100)):
+        waited(r, u, ms)
+    r.hset(K.last, mapping={"A": "B", "B": "A"})
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("AC")}
+
+
+def test_the_last_partner_is_not_taken_again_while_someone_else_waits_to_be_ready(store, r):
+    store.join("A", ["cats"])
+    store.join("B", ["cats"])
+    store.join("C", ["dogs"])  # shares nothing: ready only after the interest wait
+    for u, ms in (("A", 300), ("B", 200), ("C", 100)):
+        waited(r, u, ms)
+    r.hset(K.last, mapping={"A": "B", "B": "A"})
+    assert store.match() == 0
+    assert r.zcard(K.queue) == 3
+    for u, ms in (("A", 601_300), ("B", 601_200), ("C", 601_100)):
+        waited(r, u, ms)
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("AC")}
+
+
+def test_last_partners_may_be_paired_again_when_only_they_wait(store, r):
+    enqueue(store, r, "A", "B")
+    r.hset(K.last, mapping={"A": "B", "B": "A"})
+    assert store.match() == 1
+    assert pairs(r) == {frozenset("AB")}
+    # the same with a shared interest, which is then reported
+    r.flushall()
+    store.join("A", ["cats"])
+    store.join("B", ["cats", "dogs"])
+    r.hset(K.last, mapping={"A": "B", "B": "A"})
+    assert store.match() == 1
+    assert [e["data"]["interests"] for e in outbox(r)] == [["cats"], ["cats"]]
+
+
+def test_a_crowd_is_paired_once_each_within_the_batch_size(make_store, r):
+    store = make_store(MATCH_BATCH=4)
+    users = [f"u{i:02d}" for i in range(11)]
+    enqueue(store, r, *users)
+    made = []
+    while (n := store.match()) > 0:
+        assert n <= 2  # MATCH_BATCH=4 users per call
+        made.append(n)
+    assert sum(made) == 5
+    got = pairs(r)
+    assert len(got) == 5 and len(set().union(*got)) == 10
+    assert r.zcard(K.queue) == 1
+    events = outbox(r)
+    assert len(events) == 10 and {e["to"] for e in events} == set().union(*got)
+    rooms = [e["data"]["room"] for e in events]
+    assert len(set(rooms)) == 5 and all(rooms.count(x) == 2 for x in rooms)
+    for e in events:
+        assert r.hget(K.room, e["to"]) == e["data"]["room"]
+
+
+# -- reap.lua -----------------------------------------------------------------------------------
+def test_reap_ends_the_chat_of_a_user_gone_past_the_grace(store, r):
+    room = pair_up(store, r, "a", "b")
+    store.message("a", "m1", "hello")
+    r.hset(K.last, "a", "someone-before")
+    expire(r, "a")
+    assert store.reap() == 1
+    assert r.zscore(K.alive, "a") is None and r.zscore(K.alive, "b") is not None
+    assert r.hlen(K.partner) == 0 and r.hlen(K.room) == 0
+    assert r.hgetall(K.last) == {"b": "a"}
+    assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
+    left = {"event": "partner_left", "data": {"reason": "disconnected"}}
+    assert outbox(r) == [{"to": "b", **left}, {"to": "a", **left}]
+    closed = history(r, "closed")
+    assert [(h["room"], h["user"], h["reason"]) for h in closed] == [(room, "a", "disconnected")]
+    assert r.zcard(K.queue) == 0
+    assert store.message("b", "m2", "still there?").status == "not_chatting"
+    assert store.reap() == 0
+
+
+def test_reap_takes_expired_users_off_the_wait_list_and_spares_the_living(store, r):
+    store.join("gone", ["cats"])
+    store.join("here", ["cats"])
+    expire(r, "gone")
+    assert store.reap() == 1
+    assert r.zrange(K.queue, 0, -1) == ["here"]
+    assert r.hget(K.prefs, "gone") is None and r.hget(K.prefs, "here") is not None
+    assert outbox(r) == []
+    assert store.reap() == 0
+
+
+def test_reap_does_at_most_limit_users_per_call(store, r):
+    store.touch(["a", "b", "c", "alive"])
+    expire(r, "a", "b", "c")
+    assert store.reap(limit=2) == 2
+    assert store.reap(limit=2) == 1
+    assert store.reap(limit=2) == 0
+    assert r.zrange(K.alive, 0, -1) == ["alive"]
+
+
+# -- take_outbox --------------------------------------------------------------------------------
+def test_take_outbox_pops_events_in_order(store, r):
+    events = [{"to": f"u{i}", "event": "matched", "data": {"room": f"r{i}"}} for i in range(5)]
+    r.rpush(K.outbox, *(json.dumps(e) for e in events))
+    assert store.take_outbox(3) == events[:3]
+    assert store.take_outbox() == events[3:]
+    assert store.take_outbox() == []
+    assert r.llen(K.outbox) == 0
+
+
+def test_two_consumers_never_take_the_same_event(make_store, r):
+    n = 3000
+    r.rpush(K.outbox, *(json.dumps({"to": "u", "event": "e", "data": {"i": i}}) for i in range(n)))
+    stores = [make_store(), make_store()]  # separate clients, like two matcher processes
+    taken: list[list[int]] = [[], []]
+    start = threading.Barrier(2)
+
+    def consume(k: int) -> None:
+        start.wait()
+        while batch := stores[k].take_outbox(7):
+            taken[k].extend(e["data"]["i"] for e in batch)
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == list(range(n))
+    assert taken[0] == sorted(taken[0]) and taken[1] == sorted(taken[1])
