@@ -440,6 +440,23 @@
     ui.log.appendChild(node);
   }
 
+  /** An own message got its seq from the ack: moves it to its seq place among the messages that
+   * have one, so both people see the same order (the server may order a quick burst otherwise
+   * than it was typed). Pending messages and notices keep their places. */
+  function placeBySeq(node, seq) {
+    let higher = null;
+    let lastLower = null;
+    for (const other of ui.log.querySelectorAll('.msg[data-seq]')) {
+      if (other === node) continue;
+      const otherSeq = Number(other.dataset.seq);
+      if (otherSeq > seq && !higher) higher = other;
+      if (otherSeq < seq) lastLower = other;
+    }
+    const follows = (x) => Boolean(node.compareDocumentPosition(x) & Node.DOCUMENT_POSITION_FOLLOWING);
+    if (higher && !follows(higher)) ui.log.insertBefore(node, higher);
+    else if (lastLower && follows(lastLower)) lastLower.after(node);
+  }
+
   function rememberSeq(seq) {
     state.seenSeqs.add(seq);
     // `since` is the end of the unbroken run 1..n: a message still in flight when the link
@@ -546,6 +563,7 @@
     if (seq !== null && entry.room === state.room) {
       entry.node.dataset.seq = String(seq);
       rememberSeq(seq);
+      if (entry.node.isConnected) placeBySeq(entry.node, seq);
     }
     if (ack.ts !== undefined) setMessageTime(entry.node, ack.ts);
     setMessageStatus(entry, 'sent');
@@ -586,7 +604,8 @@
       return;
     }
     const now = Date.now();
-    if (now - typingOut.sentAt >= TYPING_REPEAT_MS) {
+    // a new burst of typing is told at once; while it goes on, repeated now and then
+    if (!typingOut.on || now - typingOut.sentAt >= TYPING_REPEAT_MS) {
       typingOut.on = true;
       typingOut.sentAt = now;
       request('typing', { typing: true }, noop);
@@ -603,7 +622,9 @@
   }
 
   function showPartnerTyping() {
-    ui.typing.hidden = false;
+    const stick = isNearBottom();
+    ui.typing.hidden = false;  // the log gets shorter: keep its last message in sight
+    if (stick) scrollToBottom();
     clearTimeout(timers.partnerTyping);
     timers.partnerTyping = setTimeout(hidePartnerTyping, PARTNER_TYPING_TTL_MS);
   }
@@ -799,7 +820,10 @@
 
   function onWaiting(data) {
     if (data) setOnline(data.online);
-    enterWaiting();
+    // `waiting` answers our own join/next, whose ack enters the waiting state as well. The
+    // `matched` that follows comes from the matcher by another path and can overtake it: a
+    // `waiting` that finds a chat on screen is stale and must not wipe that chat.
+    if (state.phase !== 'chatting') enterWaiting();
   }
 
   function onMatched(data) {

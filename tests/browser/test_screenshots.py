@@ -1,0 +1,88 @@
+"""Screenshots of the real page for the README (docs/screenshots/, rewritten on every run).
+
+They are taken from a real chat between two browsers, so they also show that the page works at
+the size and in the scheme each one names."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from playwright.async_api import expect
+
+from .conftest import DESKTOP, PHONE, SCREENSHOTS, Stranger, missing, pair
+
+EN_CHAT = [
+    ("b", "Hi! Where are you writing from?"),
+    ("a", "Hey! Lisbon. Just got back from two weeks in Kyoto, still a bit jet-lagged."),
+    ("b", "Kyoto, nice. What was the best part?"),
+    ("a", "The food, honestly. And a tiny record shop near the river that only plays jazz."),
+]
+ZH_CHAT = [
+    ("b", "嗨！你也喜歡爬山嗎？"),
+    ("a", "對啊，上週末剛去了合歡山，日出超級美。"),
+    ("b", "好羨慕！我一直想去，但怕高山症。"),
+    ("a", "慢慢走、多喝水就好，第一次可以先住清境一晚適應。"),
+    ("b", "好主意，謝謝你的建議"),
+]
+
+
+async def shoot(person: Stranger, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await person.page.evaluate("document.activeElement && document.activeElement.blur()")
+    await person.page.screenshot(path=str(SCREENSHOTS / name), animations="disabled")
+
+
+async def converse(a: Stranger, b: Stranger, lines) -> None:
+    for who, text in lines:
+        sender, receiver = (a, b) if who == "a" else (b, a)
+        await sender.send(text)
+        await receiver.sees(text)
+
+
+def has_cjk_font() -> bool:
+    if not shutil.which("fc-list"):
+        return True  # not fontconfig: trust the system
+    out = subprocess.run(["fc-list", ":lang=zh-tw", "family"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+async def test_screenshots(people):
+    if not has_cjk_font():  # the Chinese shots would show boxes instead of characters
+        missing("no Chinese font for the screenshots (apt-get install fonts-noto-cjk)")
+    # English, light: the start screen, then a chat between a desktop and a phone
+    a = await people(worker=0, lang="en", color_scheme="light", **DESKTOP)
+    b = await people(worker=1, lang="en", color_scheme="light", **PHONE)
+    await a.page.locator("#interests-input").fill("travel, music, ")
+    await expect(a.page.locator("#interest-chips .chip")).to_have_count(2)
+    await shoot(a, "start-desktop-light.png")
+
+    await pair(a, b, ["travel", "music"], ["music", "food", "travel"], ["travel", "music"])
+    await converse(a, b, EN_CHAT)
+    await b.input.press_sequentially("Okay, now I want to go")
+    await expect(a.page.locator("#typing")).to_be_visible()
+    await shoot(a, "chat-desktop-light.png")
+    await b.input.fill("Okay, now I want to go. Any tips for a first trip?")
+    await b.input.press("Enter")
+    await a.sees("Okay, now I want to go. Any tips for a first trip?")
+    await a.input.press_sequentially("Go in autumn")
+    await expect(b.page.locator("#typing")).to_be_visible()
+    await shoot(b, "chat-phone-light.png")
+
+    # Traditional Chinese, dark: desktop and phone
+    c = await people(worker=0, lang="zh-TW", color_scheme="dark", **DESKTOP)
+    d = await people(worker=1, lang="zh-TW", color_scheme="dark", **PHONE)
+    await pair(c, d, ["爬山", "攝影"], ["爬山"], ["爬山"])
+    await converse(c, d, ZH_CHAT[:-1])
+    await d.input.press_sequentially("好主意")
+    await expect(c.page.locator("#typing")).to_be_visible()
+    await shoot(c, "chat-desktop-dark.png")
+    await d.input.fill(ZH_CHAT[-1][1])
+    await d.input.press("Enter")
+    await c.sees(ZH_CHAT[-1][1])
+    await c.input.press_sequentially("不客氣")
+    await expect(d.page.locator("#typing")).to_be_visible()
+    await shoot(d, "chat-phone-dark.png")
+
+    for name in ("start-desktop-light", "chat-desktop-light", "chat-desktop-dark",
+                 "chat-phone-light", "chat-phone-dark"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
