@@ -3,15 +3,17 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+WORKERS ?= 3
 PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test venv migrate purge clean help
+.PHONY: run cluster test venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
+	@echo "make cluster - nginx in front of WORKERS=3 web workers, the matcher, the archiver; PORT=8080 (needs nginx)"
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
 	@echo "make purge  - delete history older than RETENTION_DAYS"
@@ -31,6 +33,9 @@ venv: $(BASE)
 
 run: $(BASE)
 	$(PY) -m stack run
+
+cluster: $(BASE)
+	WORKERS=$(WORKERS) $(PY) -m stack cluster
 
 test: $(TEST)
 	$(PY) -m pytest $(PYTEST_ARGS)

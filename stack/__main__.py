@@ -81,6 +81,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="one web worker, the matcher and a private Redis").set_defaults(
         fn=run)
+    from stack import cluster
+
+    cluster.add_parser(sub)  # `cluster`: N web workers behind nginx (stack/cluster.py)
     args = parser.parse_args()
     sys.exit(args.fn(args))
 

