@@ -37,6 +37,7 @@ class MessageResult:
     ts: int
     partner: str
     room: str
+    text: str
 
 
 class Store:
@@ -77,15 +78,27 @@ class Store:
         )
         return partner, room
 
-    def message(self, user: str, msg_id: str, text: str) -> MessageResult:
+    def message(self, user: str, msg_id: str, text: str, conn: str = "") -> MessageResult:
         k = self.k
         res = self._run(
             "message",
-            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user), k.history],
+            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user), k.history,
+             k.published(user)],
             [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
-             HISTORY_MAXLEN],
+             HISTORY_MAXLEN, conn],
         )
-        return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4])
+        return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4], res[5])
+
+    def mark_published(self, sent: list[tuple[str, str]]) -> None:
+        """Record that these (user, message id) were emitted to their partner (batched)."""
+        pipe = self.r.pipeline(transaction=False)
+        by_user: dict[str, list[str]] = {}
+        for user, msg_id in sent:
+            by_user.setdefault(user, []).append(msg_id)
+        for user, ids in by_user.items():
+            pipe.sadd(self.k.published(user), *ids)
+            pipe.expire(self.k.published(user), SENT_TTL)
+        pipe.execute()
 
     def partner_of(self, user: str) -> str | None:
         return self.r.hget(self.k.partner, user)

@@ -114,3 +114,43 @@ async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fr
     assert (await b.next("matched"))["room"] == ma["room"]
     for p in (a, b):
         await p.close()
+
+
+async def test_a_message_stored_but_never_emitted_is_delivered_on_resend(fresh):
+    """A worker that dies between storing a message and emitting it loses nothing: the client
+    resends the unacked id and the stored message reaches the partner, once."""
+    import redis as redis_lib
+
+    from common.config import load
+    from common.store import Store
+    from procs import TEST_SECRET
+
+    w1, w2 = fresh.urls()
+    a, b = Peer(w1, "A"), Peer(w2, "B")
+    await a.connect()
+    await b.connect()
+    room = await pair(a, b)
+    # what a dying worker leaves behind: stored by message.lua, never emitted or marked
+    store = Store(redis_lib.Redis.from_url(fresh.redis.url, decode_responses=True),
+                  load({"SECRET_KEY": TEST_SECRET, "REDIS_URL": fresh.redis.url,
+                        "ADMIN_PASSWORD": "x" * 12}))
+    stored = store.message(a.user, "x1", "lost in the crash")
+    assert stored.status == "ok"
+    ack = await a.send("x1", "lost in the crash")  # the client's resend after reconnecting
+    assert ack == {"ok": True, "id": "x1", "ts": stored.ts, "seq": stored.seq}
+    got = await b.next("message")
+    assert got == {"id": "x1", "room": room, "text": "lost in the crash", "ts": stored.ts,
+                   "seq": stored.seq}
+    # marked published now: a further resend is acked and not delivered again
+    await a.send("x2", "after")
+    await b.next("message", where=lambda m: m["id"] == "x2")
+    deadline = asyncio.get_running_loop().time() + 10
+    while not fresh.redis.client.sismember("{chat}:published:" + a.user, "x1"):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert (await a.send("x1", "lost in the crash"))["seq"] == stored.seq
+    await a.send("x3", "last")
+    await b.next("message", where=lambda m: m["id"] == "x3")
+    assert [m["id"] for m in b.events["message"]] == ["x1", "x2", "x3"]
+    await a.close()
+    await b.close()

@@ -235,11 +235,18 @@ def test_message_is_numbered_per_room_across_both_directions(store, r):
 
 def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
     pair_up(store, r, "a", "b")
-    first = store.message("a", "m1", "hello")
+    first = store.message("a", "m1", "hello", conn="sid1")
     assert first.status == "ok"
-    again = store.message("a", "m1", "hello (resent)")
+    # not yet marked published (its worker may have died before the emit): hand it back, with
+    # the stored text, to be emitted again
+    assert store.message("a", "m1", "hello", conn="sid1").partner == ""  # same connection
+    lost = store.message("a", "m1", "hello (resent)", conn="sid2")
+    assert (lost.status, lost.seq, lost.ts, lost.partner, lost.text) == (
+        "dup", first.seq, first.ts, "b", "hello")
+    store.mark_published([("a", "m1")])
+    again = store.message("a", "m1", "hello (resent)", conn="sid3")
     assert (again.status, again.seq, again.ts) == ("dup", first.seq, first.ts)
-    assert again.partner == ""  # nothing to deliver
+    assert again.partner == ""  # emitted already: nothing to deliver
     assert len(history(r, "message")) == 1 and r.llen(K.sent("a")) == 1
     assert store.message("a", "m2", "next one").seq == 2  # the dup took no seq
     # ids are per user: the partner may use the same id

@@ -1,9 +1,9 @@
 """Flask app factory: the page, health endpoints, and the Socket.IO server on the Redis queue."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
@@ -15,6 +15,7 @@ from common.store import Store, redis_client
 from common.tokens import Tokens
 
 from . import admin, sockets
+from .delivery import PublishedMarks
 from .presence import Connections, heartbeat_loop
 
 log = logging.getLogger("web")
@@ -31,6 +32,16 @@ SECURITY_HEADERS = {
 }
 
 
+def _static_version(folder: Path) -> str:
+    """A digest of the static files: the same in every worker, new when a file changes."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(folder)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def create_app(settings: config.Settings | None = None) -> Flask:
     settings = settings or config.load()
     app = Flask(__name__, template_folder=str(HERE / "templates"),
@@ -43,7 +54,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     i18n = json.loads((HERE / "i18n.json").read_text(encoding="utf-8"))
-    static_version = str(int(time.time()))
+    static_version = _static_version(HERE / "static")
 
     socketio = SocketIO(
         app,
@@ -63,9 +74,10 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     socketio.server.manager.initialize()
     store = Store(redis_client(settings.redis_url), settings)
     conns = Connections()
+    marks = PublishedMarks(store)
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
                               "socketio": socketio}
-    sockets.register(socketio, store, settings, Tokens(settings.secret_key), conns)
+    sockets.register(socketio, store, settings, Tokens(settings.secret_key), conns, marks)
 
     @app.get("/")
     def index():
@@ -101,5 +113,6 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.extensions["chat"]["stop"] = lambda: stopping.__setitem__("flag", True)
     socketio.start_background_task(heartbeat_loop, socketio.sleep, store, conns,
                                    settings.heartbeat_interval, lambda: stopping["flag"])
+    socketio.start_background_task(marks.loop, socketio.sleep, lambda: stopping["flag"])
     log.info("web worker %s ready: %s", settings.worker_id, settings.describe())
     return app

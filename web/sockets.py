@@ -22,6 +22,7 @@ from common.protocol import (Refused, parse_auth, parse_empty, parse_join, parse
 from common.store import Store
 from common.tokens import Tokens
 
+from .delivery import PublishedMarks
 from .presence import Connections
 from .ratelimit import TokenBucket
 
@@ -53,7 +54,7 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
 
 
 def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Tokens,
-             conns: Connections) -> None:
+             conns: Connections, marks: PublishedMarks) -> None:
     ack_state = _track_ack_requests(socketio)
     buckets: dict[str, TokenBucket] = {}
     server = socketio.server
@@ -138,13 +139,14 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.MESSAGE, limited=False)  # rate-limited per user in message.lua
     def on_message(user, data):
         msg_id, text = parse_message(data, settings.max_message_len)
-        res = store.message(user, msg_id, text)
+        res = store.message(user, msg_id, text, request.sid)
         if res.status in ("not_chatting", "rate_limited"):
             raise Refused(res.status)
-        if res.status == "ok":
-            socketio.emit(ev.MESSAGE, {"id": msg_id, "room": res.room, "text": text,
+        if res.partner:  # a new message, or a stored one whose first emit never happened
+            socketio.emit(ev.MESSAGE, {"id": msg_id, "room": res.room, "text": res.text,
                                        "ts": res.ts, "seq": res.seq},
                           to=user_room(res.partner))
+            marks.add(user, msg_id)
         return {"ok": True, "id": msg_id, "ts": res.ts, "seq": res.seq}
 
     @handler(ev.TYPING)
