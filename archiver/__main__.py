@@ -7,11 +7,8 @@ SIGTERM or SIGINT: finish the current batch, exit 0.
 """
 import argparse
 import logging
-import signal
-import sys
 
-from common import config
-from common.logs import setup_logging
+from common.entry import run_daemon, start
 
 log = logging.getLogger("archiver")
 
@@ -21,12 +18,7 @@ def main() -> None:
     parser.add_argument("command", nargs="?", default="run", choices=["run", "migrate", "purge"])
     parser.add_argument("--days", type=int, help="purge: override RETENTION_DAYS")
     args = parser.parse_args()
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"chat-archiver: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging(settings.log_level)
+    settings = start("chat-archiver")
 
     from common.migrate import upgrade
 
@@ -47,10 +39,7 @@ def main() -> None:
 
     from .daemon import Archiver
 
-    a = Archiver(settings)
-    signal.signal(signal.SIGTERM, a.stop)
-    signal.signal(signal.SIGINT, a.stop)
-    sys.exit(a.run())
+    run_daemon(Archiver(settings))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.config import Settings
+from common.entry import pause
 from common.db import make_engine
 from common.keys import Keys
 from common.store import redis_client
@@ -100,7 +101,7 @@ class Archiver:
                 break
             except RedisError as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                self._pause(backoff)
+                pause(backoff, lambda: self.stopping)
                 backoff = min(MAX_BACKOFF, backoff * 2)
         backoff = 0.5
         while not self.stopping:
@@ -114,18 +115,14 @@ class Archiver:
                 self.pending_first = True
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     self.ensure_group()
-                self._pause(backoff)
+                pause(backoff, lambda: self.stopping)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             except Exception:  # a bug must not stop the history: log it, back off, go on
                 log.exception("archiver step failed; retrying in %.1fs", backoff)
                 self.pending_first = True
-                self._pause(backoff)
+                pause(backoff, lambda: self.stopping)
                 backoff = min(MAX_BACKOFF, backoff * 2)
         self.engine.dispose()
         log.info("archiver stopped after archiving %d entries", self.written)
         return 0
 
-    def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(0.1)

@@ -1,24 +1,12 @@
 """`python -m matcher` / `chat-matcher`. SIGTERM or SIGINT: finish the current step, exit 0."""
-import signal
-import sys
-
-from common import config
-from common.logs import setup_logging
+from common.entry import run_daemon, start
 
 
 def main() -> None:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"chat-matcher: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging(settings.log_level)
+    settings = start("chat-matcher")
     from matcher.daemon import Matcher
 
-    m = Matcher(settings)
-    signal.signal(signal.SIGTERM, m.stop)
-    signal.signal(signal.SIGINT, m.stop)
-    sys.exit(m.run())
+    run_daemon(Matcher(settings))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from common import events as ev
 from common.config import Settings
+from common.entry import pause
 from common.keys import user_room
 from common.store import Store, redis_client
 
@@ -73,15 +74,11 @@ class Matcher:
                     self.store.wait_for_work(TICK)
             except RedisError as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                deadline = time.monotonic() + backoff
-                while not self.stopping and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                pause(backoff, lambda: self.stopping)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             except Exception:  # a bug must not stop matching for everyone: log, back off, go on
                 log.exception("matcher step failed; retrying in %.1fs", backoff)
-                deadline = time.monotonic() + backoff
-                while not self.stopping and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                pause(backoff, lambda: self.stopping)
                 backoff = min(MAX_BACKOFF, backoff * 2)
         log.info("matcher stopped")
         return 0

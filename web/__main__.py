@@ -5,12 +5,11 @@ monkey.patch_all()
 
 import gc  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
 
 from common import config  # noqa: E402
-from common.logs import setup_logging  # noqa: E402
+from common.entry import start  # noqa: E402
 
 log = logging.getLogger("web")
 
@@ -68,12 +67,7 @@ def _stop_worker(worker):
 
 
 def main() -> None:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"chat-web: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging(settings.log_level)
+    settings = start("chat-web")
     log.info("starting web worker %s on %s:%s", settings.worker_id, settings.host, settings.port)
     WebServer(settings).run()
 
