@@ -53,13 +53,13 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def _dev_secret(name: str = "secret_key") -> str:
+def _dev_secret(name: str = "secret_key", nbytes: int = 48) -> str:
     """A per-checkout random secret, kept under instance/ so every local process shares it."""
     path = INSTANCE_DIR / name
     if path.exists():
         return path.read_text().strip()
     INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
+    value = secrets.token_urlsafe(nbytes)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another local process made it first
@@ -159,7 +159,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
     admin_password = get("ADMIN_PASSWORD")
     if admin_password is None and not production:
-        admin_password = _dev_secret("admin_password")
+        admin_password = _dev_secret("admin_password", 12)  # 16 characters to type
     if admin_password is not None and len(admin_password) < 8:
         raise ConfigError("ADMIN_PASSWORD must be at least 8 characters")
     display_tz = get("DISPLAY_TZ")
