@@ -189,3 +189,31 @@ async def pair(a: Stranger, b: Stranger, interests_a=None, interests_b=None, sha
     await b.start(interests_b, waits=False)
     await a.matched(shared)
     await b.matched(shared)
+
+
+@pytest.fixture
+async def strangers(browser: Browser):
+    """Opens strangers at any URL (a worker's, nginx's): `await strangers(url, lang="en",
+    prepare=None, **context_options)`; closes their contexts (a test may close one earlier)
+    and fails on JavaScript errors of any page, as `people` does."""
+    made: list[Stranger] = []
+
+    async def open_one(url: str, lang: str = "en", *, wait_online: bool = True, prepare=None,
+                       **options) -> Stranger:
+        opts = {**DESKTOP, "locale": {"en": "en-US"}.get(lang, lang), **options}
+        context = await browser.new_context(**opts)
+        page = await context.new_page()
+        person = Stranger(context, page, lang)
+        made.append(person)
+        if prepare is not None:
+            await prepare(page)
+        await page.goto(url.rstrip("/") + "/")
+        if wait_online:
+            await expect(page.locator("#online")).to_have_class(re.compile(r"\bis-live\b"))
+        return person
+
+    yield open_one
+    errors = [e for p in made for e in p.errors]
+    for p in made:
+        await p.context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
