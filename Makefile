@@ -9,7 +9,7 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run cluster test venv migrate purge clean help
+.PHONY: screenshots run cluster test venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
@@ -45,6 +45,9 @@ migrate: $(BASE)
 
 purge: $(BASE)
 	$(PY) -m archiver purge
+
+screenshots: $(TEST)
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/browser/test_screenshots.py
 
 clean:
 	rm -rf $(VENV) instance *.egg-info

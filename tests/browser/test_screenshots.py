@@ -1,4 +1,5 @@
-"""Screenshots of the real page for the README (docs/screenshots/, rewritten on every run).
+"""Screenshots of the real page for the README (written to docs/screenshots/ by
+`make screenshots`; to a temporary folder by a plain test run).
 
 They are taken from a real chat between two browsers, so they also show that the page works at
 the size and in the scheme each one names."""
