@@ -9,12 +9,13 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test venv migrate purge clean help
+.PHONY: screenshots run cluster test compose-test venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
 	@echo "make cluster - nginx in front of WORKERS=3 web workers, the matcher, the archiver; PORT=8080 (needs nginx)"
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
+	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
 	@echo "make purge  - delete history older than RETENTION_DAYS"
 	@echo "make clean  - remove the virtual environment and local data"
@@ -39,6 +40,9 @@ cluster: $(BASE)
 
 test: $(TEST)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+compose-test: $(TEST)
+	$(PY) tests/compose/run.py
 
 migrate: $(BASE)
 	$(PY) -m archiver migrate

@@ -7,10 +7,29 @@ SIGTERM or SIGINT: finish the current batch, exit 0.
 """
 import argparse
 import logging
+import time
 
 from common.entry import run_daemon, start
 
 log = logging.getLogger("archiver")
+
+
+def _migrate_when_reachable(upgrade, url: str, patience: float = 120) -> None:
+    """The database may still be starting (containers start together): retry, then give up."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            return upgrade(url)
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database not reachable yet (%s); retrying migration in %.1fs",
+                        str(exc).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 def main() -> None:
@@ -23,7 +42,7 @@ def main() -> None:
     from common.migrate import upgrade
 
     if args.command == "migrate" or (args.command == "run" and not settings.production):
-        upgrade(settings.database_url)
+        _migrate_when_reachable(upgrade, settings.database_url)
         log.info("schema is up to date")
         if args.command == "migrate":
             return
