@@ -468,7 +468,7 @@ def test_reap_ends_the_chat_of_a_user_gone_past_the_grace(store, r):
     assert r.hlen(K.partner) == 0 and r.hlen(K.room) == 0
     assert r.hgetall(K.last) == {"b": "a"}
     assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
-    left = {"event": "partner_left", "data": {"reason": "disconnected"}}
+    left = {"event": "partner_left", "data": {"reason": "disconnected", "room": room}}
     assert outbox(r) == [{"to": "b", **left}, {"to": "a", **left}]
     closed = history(r, "closed")
     assert [(h["room"], h["user"], h["reason"]) for h in closed] == [(room, "a", "disconnected")]

@@ -156,8 +156,8 @@ async def test_clients_of_one_address_spread_over_all_workers_chat_and_rematch_a
                       for x, y in (pair, pair[::-1]) if x.worker != a1.worker)
         for who in (a1, a2):
             assert await who.call("next") == {"ok": True}
-        assert await b1.next("partner_left") == {"reason": "next"}
-        assert await b2.next("partner_left") == {"reason": "next"}
+        assert (await b1.next("partner_left"))["reason"] == "next"
+        assert (await b2.next("partner_left"))["reason"] == "next"
         m1, m2 = await a1.next("matched"), await a2.next("matched")
         assert m1["room"] == m2["room"] and a1.worker != a2.worker
         await exchange(a1, a2, "after-next")

@@ -64,7 +64,7 @@ async def test_vanished_client_makes_partner_get_left_after_grace(fresh):
     await b.connect()
     await pair(a, b)
     await b.vanish()
-    assert await a.next("partner_left", timeout=GRACE + 10) == {"reason": "disconnected"}
+    assert (await a.next("partner_left", timeout=GRACE + 10))["reason"] == "disconnected"
     refused = await a.send("late", "hello?")
     assert refused["error"]["code"] == "not_chatting"
     # coming back after the grace: the same user, idle
@@ -116,7 +116,7 @@ async def test_killed_worker_users_resume_elsewhere_or_partner_is_told(make_stac
     assert [m["id"] for m in resumed["history"]] == ["a2"]
 
     # D never comes back: C is told after the grace; A, whose partner resumed, is not
-    assert await c.next("partner_left", timeout=GRACE + 10) == {"reason": "disconnected"}
+    assert (await c.next("partner_left", timeout=GRACE + 10))["reason"] == "disconnected"
     await b2.send("b1", "I'm back")
     await a.next("message", where=lambda m: m["id"] == "b1")
     assert a.count("partner_left") == 0

@@ -160,9 +160,10 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     def end(user, data, reason: str, requeue: bool):
         parse_empty(data)
-        partner, _room = store.end_chat(user, reason, requeue)
+        partner, room = store.end_chat(user, reason, requeue)
         if partner:
-            socketio.emit(ev.PARTNER_LEFT, {"reason": reason}, to=user_room(partner))
+            socketio.emit(ev.PARTNER_LEFT, {"reason": reason, "room": room},
+                          to=user_room(partner))
         if requeue:
             send_self(ev.WAITING, {"online": store.online()})
         return {"ok": True}

@@ -7,7 +7,6 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local event = '"event":"partner_left","data":{"reason":"disconnected"}}'
 for _, u in ipairs(gone) do
   redis.call('ZREM', KEYS[1], u)
   redis.call('ZREM', KEYS[2], u)
@@ -26,6 +25,8 @@ for _, u in ipairs(gone) do
         'user', u, 'reason', 'disconnected', 'ts', tostring(now))
     end
     -- the user too, in case they come back just now: their chat is over
+    local event = '"event":"partner_left","data":{"reason":"disconnected","room":'
+      .. cjson.encode(room or '') .. '}}'
     redis.call('RPUSH', KEYS[9], '{"to":' .. cjson.encode(partner) .. ',' .. event,
       '{"to":' .. cjson.encode(u) .. ',' .. event)
   end

@@ -655,6 +655,7 @@
     if (state.phase === 'waiting') return;
     clearLog();
     state.room = null;
+    state.lastSeq = 0;  // a resume must not apply the old room's position to a new room
     setPhase('waiting');
     addNotice('notice_waiting');
     ensureFocus(ui.log);
@@ -671,6 +672,7 @@
   function endChat(key, kind) {
     stopTyping();
     state.room = null;
+    state.lastSeq = 0;  // a resume must not apply the old room's position to a new room
     setPhase('ended');
     addNotice(key, null, kind);
     ensureFocus(ui.findNewBtn);
@@ -678,6 +680,7 @@
 
   function goIdle() {
     state.room = null;
+    state.lastSeq = 0;  // a resume must not apply the old room's position to a new room
     setPhase('idle');
     ensureFocus(ui.startBtn);
   }
@@ -853,6 +856,8 @@
 
   function onPartnerLeft(data) {
     if (state.phase !== 'chatting') return;
+    // a late notice about the previous chat must not end the one that has just begun
+    if (data && typeof data.room === 'string' && data.room !== state.room) return;
     const reason = data && LEAVE_REASONS.has(data.reason) ? data.reason : 'left';
     endChat(`notice_partner_${reason}`, 'warn');
   }
