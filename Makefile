@@ -4,18 +4,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 WORKERS ?= 3
+# load test (loadtests/README.md): headless locust against a local cluster, or TARGET (loopback only)
+USERS      ?= 100
+SPAWN_RATE ?= 10
+DURATION   ?= 90s
+TARGET     ?=
+PROCESSES  ?= auto
+LT_WORKERS ?= 2
 PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test compose-test venv migrate purge clean help
+.PHONY: screenshots run cluster test compose-test loadtest venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
 	@echo "make cluster - nginx in front of WORKERS=3 web workers, the matcher, the archiver; PORT=8080 (needs nginx)"
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
 	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
+	@echo "make loadtest USERS=100 SPAWN_RATE=10 DURATION=90s [TARGET=http://127.0.0.1:8080] - locust report in loadtests/results/"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
 	@echo "make purge  - delete history older than RETENTION_DAYS"
 	@echo "make clean  - remove the virtual environment and local data"
@@ -43,6 +51,16 @@ test: $(TEST)
 
 compose-test: $(TEST)
 	$(PY) tests/compose/run.py
+
+LOADTEST := $(VENV)/.loadtest-installed
+
+$(LOADTEST): $(TEST)
+	$(PIP) -e '.[test,loadtest]'
+	@touch $@
+
+loadtest: $(LOADTEST)
+	$(PY) loadtests/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) \
+	  --processes $(PROCESSES) --workers $(LT_WORKERS) $(if $(TARGET),--target $(TARGET))
 
 migrate: $(BASE)
 	$(PY) -m archiver migrate
