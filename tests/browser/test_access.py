@@ -118,6 +118,8 @@ async def test_the_whole_flow_works_with_the_keyboard_only(people):
     # and round again: search, then cancel the search
     await a.page.keyboard.press("Enter")
     await expect(a.notice("notice_waiting")).to_be_visible()
+    # the join's ack may follow the waiting notice; until then the buttons are aria-disabled
+    await expect(a.page.locator("#cancel-btn")).to_have_attribute("aria-disabled", "false")
     await tab_to(a.page, "#cancel-btn")
     await a.page.keyboard.press("Space")
     await expect(a.button("start")).to_be_visible()
