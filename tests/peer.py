@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections import defaultdict
 
@@ -94,3 +95,25 @@ async def pair(a: Peer, b: Peer, timeout: float = 10) -> str:
     mb = await b.next("matched", timeout)
     assert ma["room"] == mb["room"]
     return ma["room"]
+
+
+async def close_all(peers) -> None:
+    """Disconnect every peer, and close the HTTP sessions the polling ones brought."""
+    await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+    for p in peers:
+        http = getattr(p.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
+
+
+async def join_and_pair(peers, timeout: float = 20) -> dict[str, list[Peer]]:
+    """Everyone joins; wait until everyone is matched; {room: [a, b]}."""
+    acks = await asyncio.gather(*(p.call("join", {}) for p in peers))
+    assert all(a == {"ok": True} for a in acks), acks
+    matched = await asyncio.gather(*(p.next("matched", timeout) for p in peers))
+    rooms: dict[str, list[Peer]] = collections.defaultdict(list)
+    for p, m in zip(peers, matched):
+        rooms[m["room"]].append(p)
+    assert all(len(v) == 2 for v in rooms.values()), {k: [p.name for p in v]
+                                                      for k, v in rooms.items()}
+    return rooms

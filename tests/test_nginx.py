@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from conftest import Stack
-from peer import Peer
+from peer import Peer, close_all, join_and_pair
 from procs import Fatal, Proc, free_port, wait_until
 
 from stack.cluster import NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command
@@ -105,23 +105,6 @@ def polling_peer(url: str, name: str, *, cookies: bool = True, upgrade: bool = F
 async def connect_all(peers, **kw):
     await asyncio.gather(*(p.connect(**kw) for p in peers))
     return peers
-
-
-async def close_all(peers):
-    await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
-
-
-async def join_and_pair(peers, timeout: float = 20) -> dict[str, list[Peer]]:
-    """Everyone joins; wait until everyone is matched; {room: [a, b]}."""
-    acks = await asyncio.gather(*(p.call("join", {}) for p in peers))
-    assert all(a == {"ok": True} for a in acks), acks
-    matched = await asyncio.gather(*(p.next("matched", timeout) for p in peers))
-    rooms: dict[str, list[Peer]] = collections.defaultdict(list)
-    for p, m in zip(peers, matched):
-        rooms[m["room"]].append(p)
-    assert all(len(v) == 2 for v in rooms.values()), {k: [p.name for p in v]
-                                                      for k, v in rooms.items()}
-    return rooms
 
 
 async def exchange(a: Peer, b: Peer, tag: str) -> None:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from engine import (BASE_IMAGE, COMPOSE_FILE, Docker, EngineError, Podman,  # noqa: E402
                     compose_images, log, project_image)
-from peer import Peer  # noqa: E402
+from peer import Peer, close_all, join_and_pair  # noqa: E402
 
 COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES = list(COMPOSE["services"])
@@ -206,26 +206,6 @@ def polling_peer(url: str, name: str, jar=None) -> Peer:
 async def connect_all(peers, **kw):
     await asyncio.gather(*(p.connect(**kw) for p in peers))
     return peers
-
-
-async def close_all(peers):
-    await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
-    for p in peers:  # the sessions the polling peers brought
-        http = getattr(p.sio.eio, "http", None)
-        if http is not None and not http.closed:
-            await http.close()
-
-
-async def join_and_pair(peers, timeout: float = 20) -> dict[str, list[Peer]]:
-    acks = await asyncio.gather(*(p.call("join", {}) for p in peers))
-    assert all(a == {"ok": True} for a in acks), acks
-    matched = await asyncio.gather(*(p.next("matched", timeout) for p in peers))
-    rooms: dict[str, list[Peer]] = collections.defaultdict(list)
-    for p, m in zip(peers, matched):
-        rooms[m["room"]].append(p)
-    assert all(len(v) == 2 for v in rooms.values()), {k: [p.name for p in v]
-                                                      for k, v in rooms.items()}
-    return rooms
 
 
 async def send(src: Peer, mid: str, text: str) -> dict:
