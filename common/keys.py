@@ -17,8 +17,7 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:outbox`              | list   | JSON events the matcher must emit (written in the same script as the state) |
 | `{p}:history`             | stream | room opened / message / room closed / report, for the archiver |
 | `{p}:sent:<user>`         | list   | the user's recent messages in their room, for replay on resume |
-| `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts:room:sid", so a resend is delivered once |
-| `{p}:published:<user>`    | set    | message ids whose emit to the partner was done (a resend of one that was not is emitted) |
+| `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts:room", so a resend is delivered once |
 | `{p}:bucket:<user>`       | hash   | the user's message token bucket {tokens, ts} |
 | `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
@@ -87,9 +86,6 @@ class Keys:
     def dedupe(self, user: str) -> str:
         return self._k("dedupe:" + user)
 
-    def published(self, user: str) -> str:
-        return self._k("published:" + user)
-
     def bucket(self, user: str) -> str:
         return self._k("bucket:" + user)
 
@@ -98,6 +94,9 @@ class Keys:
         return self._k("admin:" + name)
 
 
+USER_ROOM_PREFIX = "u:"
+
+
 def user_room(user: str) -> str:
-    """The Socket.IO room that holds every connection of one user."""
-    return "u:" + user
+    """The Socket.IO room that holds every connection of one user (also built in lua/lib/emit.lua)."""
+    return USER_ROOM_PREFIX + user

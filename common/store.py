@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 
 from .config import Settings
-from .keys import Keys
+from .keys import USER_ROOM_PREFIX, Keys
 
 LUA_DIR = Path(__file__).with_name("lua")
 HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
@@ -21,13 +21,37 @@ SENT_KEPT = 200  # messages per user kept for replay on resume
 SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
 
 
+POOL_MAX = 100  # Redis connections per process
+POOL_WAIT = 10.0  # seconds a command may wait for a free one
+
+
 def redis_client(url: str, **kwargs) -> redis.Redis:
-    """A client for short commands; blocking reads use their own timeout (redis-py #4119)."""
+    """A client for short commands; blocking reads use their own timeout (redis-py #4119).
+
+    Its pool is bounded and blocking: when Redis stalls for a moment, a web worker's greenlets
+    (one per busy connection) wait for one of POOL_MAX connections instead of failing with
+    redis-py's "Too many connections" (its default pool refuses a 101st connection).
+    """
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("health_check_interval", 30)
     kwargs.setdefault("retry_on_timeout", True)
-    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=POOL_MAX,
+                                                 timeout=POOL_WAIT, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def lua_string(value: str) -> str:
+    """A Lua string literal of any text: every byte but letters and digits as a decimal escape."""
+    return '"' + "".join(chr(b) if chr(b).isalnum() and b < 128 else "\\%d" % b
+                         for b in value.encode()) + '"'
+
+
+def lua_prelude(settings: Settings) -> str:
+    """What every script can use: the emit() helper of lua/lib/emit.lua and its constants."""
+    return (f"local EMIT_CHANNEL = {lua_string(settings.socketio_channel)}\n"
+            f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
+            + (LUA_DIR / "lib" / "emit.lua").read_text())
 
 
 @dataclass
@@ -35,9 +59,7 @@ class MessageResult:
     status: str  # ok | dup | not_chatting | rate_limited
     seq: int
     ts: int
-    partner: str
     room: str
-    text: str
 
 
 class Store:
@@ -46,8 +68,10 @@ class Store:
         self.s = settings
         self.k = Keys(settings.redis_prefix)
         self.ttl_ms = int(settings.resume_grace * 1000)
+        prelude = lua_prelude(settings)
         self._scripts = {
-            p.stem: client.register_script(p.read_text()) for p in sorted(LUA_DIR.glob("*.lua"))
+            p.stem: client.register_script(prelude + p.read_text())
+            for p in sorted(LUA_DIR.glob("*.lua"))
         }
 
     def _run(self, name: str, keys: list[str], args: list) -> object:
@@ -78,30 +102,22 @@ class Store:
         )
         return partner, room
 
-    def message(self, user: str, msg_id: str, text: str, conn: str = "") -> MessageResult:
+    def message(self, user: str, msg_id: str, text: str) -> MessageResult:
+        """Store a message and emit it to the partner, in one atomic step."""
         k = self.k
         res = self._run(
             "message",
-            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user), k.history,
-             k.published(user)],
+            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user),
+             k.history],
             [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
-             HISTORY_MAXLEN, conn],
+             HISTORY_MAXLEN],
         )
-        return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4], res[5])
+        return MessageResult(res[0], int(res[1]), int(res[2]), res[3])
 
-    def mark_published(self, sent: list[tuple[str, str]]) -> None:
-        """Record that these (user, message id) were emitted to their partner (batched)."""
-        pipe = self.r.pipeline(transaction=False)
-        by_user: dict[str, list[str]] = {}
-        for user, msg_id in sent:
-            by_user.setdefault(user, []).append(msg_id)
-        for user, ids in by_user.items():
-            pipe.sadd(self.k.published(user), *ids)
-            pipe.expire(self.k.published(user), SENT_TTL)
-        pipe.execute()
-
-    def partner_of(self, user: str) -> str | None:
-        return self.r.hget(self.k.partner, user)
+    def typing(self, user: str, typing: bool) -> bool:
+        """Tell the partner; False when the user is not chatting."""
+        return bool(self._run("typing", [self.k.partner, self.k.room],
+                              [user, "1" if typing else "0"]))
 
     def report(self, user: str, reason: str, ts: int) -> bool:
         """Record a report about the current partner, or the last one if the chat just ended."""

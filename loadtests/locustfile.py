@@ -4,7 +4,8 @@ Each locust user is one browser tab (docs/protocol.md is the contract):
 
 - connects (WebSocket transport), gets `hello`, and joins, some with interests;
 - waits for `matched`, then chats: about one message every `--chat-msg-interval` seconds (2 s),
-  each preceded by `typing true` / `typing false` like the page does (`--chat-typing`);
+  each preceded by `typing true` like the page does (`--chat-typing`; the page sends no
+  `typing false` right before a message: the message hides the partner's indicator);
 - ends a conversation after a few messages by pressing Next (most), Leave and coming back a few
   seconds later, or closing the tab (a new user opens it again later); when the stranger leaves
   first it reads the notice for a moment and starts a new chat;
@@ -112,7 +113,7 @@ def _options(parser):
     g.add_argument("--chat-msg-interval", type=float, default=2.0,
                    help="mean seconds between two messages of one chatting user")
     g.add_argument("--chat-typing", type=float, default=1.0,
-                   help="fraction of messages preceded by typing true/false, like the page")
+                   help="fraction of messages preceded by typing true, like the page")
     g.add_argument("--chat-interests", type=float, default=0.3,
                    help="fraction of users who join with interests")
     g.add_argument("--chat-conv-min", type=int, default=6, help="fewest own messages per chat")
@@ -711,7 +712,6 @@ class ChatUser(SocketIOUser):
                 self.typing(True)
                 if not self.pause(interval - think, "chatting", room):
                     return
-                self.typing(False)
             self.send_message()
             if i == reload_at:
                 self.reload()

@@ -42,9 +42,9 @@ async def test_typing_reaches_the_partner_only(fresh):
     a, b, c = Peer(w1), Peer(w2), Peer(w2)
     for p in (a, b, c):
         await p.connect()
-    await pair(a, b)
+    room = await pair(a, b)
     assert await a.call("typing", {"typing": True}) == {"ok": True}
-    assert await b.next("typing") == {"typing": True}
+    assert await b.next("typing") == {"typing": True, "room": room}
     assert c.count("typing") == 0
     for p in (a, b, c):
         await p.close()
@@ -116,9 +116,10 @@ async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fr
         await p.close()
 
 
-async def test_a_message_stored_but_never_emitted_is_delivered_on_resend(fresh):
-    """A worker that dies between storing a message and emitting it loses nothing: the client
-    resends the unacked id and the stored message reaches the partner, once."""
+async def test_a_message_whose_worker_dies_after_storing_it_is_delivered_once(fresh):
+    """Storing and emitting are one script: what a worker leaves behind when it dies right after
+    message.lua (here: the script run by hand, with no worker) has reached the partner; the
+    client's resend of the unacked id is acked with the same seq and not delivered again."""
     import redis as redis_lib
 
     from common.config import load
@@ -130,27 +131,18 @@ async def test_a_message_stored_but_never_emitted_is_delivered_on_resend(fresh):
     await a.connect()
     await b.connect()
     room = await pair(a, b)
-    # what a dying worker leaves behind: stored by message.lua, never emitted or marked
     store = Store(redis_lib.Redis.from_url(fresh.redis.url, decode_responses=True),
                   load({"SECRET_KEY": TEST_SECRET, "REDIS_URL": fresh.redis.url,
                         "ADMIN_PASSWORD": "x" * 12}))
-    stored = store.message(a.user, "x1", "lost in the crash")
+    stored = store.message(a.user, "x1", "sent just before the crash")
     assert stored.status == "ok"
-    ack = await a.send("x1", "lost in the crash")  # the client's resend after reconnecting
-    assert ack == {"ok": True, "id": "x1", "ts": stored.ts, "seq": stored.seq}
     got = await b.next("message")
-    assert got == {"id": "x1", "room": room, "text": "lost in the crash", "ts": stored.ts,
-                   "seq": stored.seq}
-    # marked published now: a further resend is acked and not delivered again
+    assert got == {"id": "x1", "room": room, "text": "sent just before the crash",
+                   "ts": stored.ts, "seq": stored.seq}
+    ack = await a.send("x1", "sent just before the crash")  # the client's resend
+    assert ack == {"ok": True, "id": "x1", "ts": stored.ts, "seq": stored.seq}
     await a.send("x2", "after")
     await b.next("message", where=lambda m: m["id"] == "x2")
-    deadline = asyncio.get_running_loop().time() + 10
-    while not fresh.redis.client.sismember("{chat}:published:" + a.user, "x1"):
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
-    assert (await a.send("x1", "lost in the crash"))["seq"] == stored.seq
-    await a.send("x3", "last")
-    await b.next("message", where=lambda m: m["id"] == "x3")
-    assert [m["id"] for m in b.events["message"]] == ["x1", "x2", "x3"]
+    assert [m["id"] for m in b.events["message"]] == ["x1", "x2"]
     await a.close()
     await b.close()

@@ -13,7 +13,7 @@ import pytest
 
 from common import config
 from common.keys import Keys
-from common.store import SENT_KEPT, SENT_TTL, Store, redis_client
+from common.store import SENT_KEPT, SENT_TTL, MessageResult, Store, redis_client
 from procs import RedisServer
 
 GRACE = 5  # RESUME_GRACE of these tests, seconds
@@ -100,6 +100,31 @@ def history(r, kind: str | None = None) -> list[dict]:
 
 def outbox(r) -> list[dict]:
     return [json.loads(x) for x in r.lrange(K.outbox, 0, -1)]
+
+
+def subscribe(client, channel: str):
+    """A pub/sub connection on `channel`, subscribed by the time this returns."""
+    sub = client.pubsub()
+    sub.subscribe(channel)
+    confirm = sub.get_message(timeout=5)
+    assert confirm is not None and confirm["type"] == "subscribe", confirm
+    return sub
+
+
+def published(sub) -> list[dict]:
+    """What was published on `sub`'s channel until it has been quiet for 0.2 s, decoded."""
+    got = []
+    while (m := sub.get_message(timeout=0.2)) is not None:
+        got.append(json.loads(m["data"]))
+    return got
+
+
+@pytest.fixture
+def emitted(redis_server, store):
+    """emitted() -> the Socket.IO emits the scripts published since the test began, decoded."""
+    sub = subscribe(redis_server.client, store.s.socketio_channel)
+    yield lambda: published(sub)
+    sub.close()
 
 
 def pairs(r) -> set[frozenset]:
@@ -222,31 +247,37 @@ def test_message_is_numbered_per_room_across_both_directions(store, r):
     t0 = now_ms(r)
     m1 = store.message("a", "a1", "one")
     t1 = now_ms(r)
-    assert (m1.status, m1.seq, m1.partner, m1.room) == ("ok", 1, "b", room1)
+    assert (m1.status, m1.seq, m1.room) == ("ok", 1, room1)
     assert t0 <= m1.ts <= t1
     assert (store.message("b", "b1", "two").seq, store.message("c", "c1", "x").seq) == (2, 1)
     m3 = store.message("a", "a2", "three")
-    assert (m3.status, m3.seq, m3.partner) == ("ok", 3, "b")
+    assert (m3.status, m3.seq, m3.room) == ("ok", 3, room1)
     assert r.hget(K.room_seq, room1) == "3" and r.hget(K.room_seq, room2) == "1"
     msgs = [(h["room"], h["user"], h["id"], h["seq"], h["text"]) for h in history(r, "message")]
     assert msgs == [(room1, "a", "a1", "1", "one"), (room1, "b", "b1", "2", "two"),
                     (room2, "c", "c1", "1", "x"), (room1, "a", "a2", "3", "three")]
 
 
+def test_message_is_emitted_to_the_partner_in_the_same_step(store, r, emitted):
+    """What python-socketio's Redis manager would publish for emit(…, to=user_room(partner))."""
+    room = pair_up(store, r, "a", "b")
+    m = store.message("a", "a1", "h\u00e9llo \"/\\ \U0001f600")
+    assert store.message("a", "a1", "resent").status == "dup"  # a dup emits nothing
+    assert store.message("z", "z1", "alone").status == "not_chatting"
+    assert emitted() == [{
+        "method": "emit", "event": "message", "namespace": "/", "room": "u:b",
+        "data": [{"id": "a1", "room": room, "text": "h\u00e9llo \"/\\ \U0001f600",
+                  "ts": m.ts, "seq": 1}],
+    }]
+
+
 def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
     pair_up(store, r, "a", "b")
-    first = store.message("a", "m1", "hello", conn="sid1")
+    first = store.message("a", "m1", "hello")
     assert first.status == "ok"
-    # not yet marked published (its worker may have died before the emit): hand it back, with
-    # the stored text, to be emitted again
-    assert store.message("a", "m1", "hello", conn="sid1").partner == ""  # same connection
-    lost = store.message("a", "m1", "hello (resent)", conn="sid2")
-    assert (lost.status, lost.seq, lost.ts, lost.partner, lost.text) == (
-        "dup", first.seq, first.ts, "b", "hello")
-    store.mark_published([("a", "m1")])
-    again = store.message("a", "m1", "hello (resent)", conn="sid3")
-    assert (again.status, again.seq, again.ts) == ("dup", first.seq, first.ts)
-    assert again.partner == ""  # emitted already: nothing to deliver
+    again = store.message("a", "m1", "hello (resent)")
+    assert (again.status, again.seq, again.ts, again.room) == ("dup", first.seq, first.ts,
+                                                               first.room)
     assert len(history(r, "message")) == 1 and r.llen(K.sent("a")) == 1
     assert store.message("a", "m2", "next one").seq == 2  # the dup took no seq
     # ids are per user: the partner may use the same id
@@ -255,11 +286,14 @@ def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
     store.end_chat("a", "left", False)
     late = store.message("a", "m1", "hello")
     assert (late.status, late.seq, late.ts) == ("dup", first.seq, first.ts)
+    # a de-duplication entry written before the emit moved into the script ends in ':<sid>'
+    r.hset(K.dedupe("a"), "old", f"7:123:{first.room}:sid-1")
+    assert store.message("a", "old", "x") == MessageResult("dup", 7, 123, first.room)
 
 
 def test_message_without_a_partner_is_not_chatting_and_records_nothing(store, r):
     res = store.message("a", "m1", "anyone?")
-    assert (res.status, res.seq, res.partner, res.room) == ("not_chatting", 0, "", "")
+    assert (res.status, res.seq, res.room) == ("not_chatting", 0, "")
     store.join("a", None)
     assert store.message("a", "m1", "anyone?").status == "not_chatting"
     assert history(r, "message") == [] and r.llen(K.sent("a")) == 0
@@ -273,7 +307,7 @@ def test_message_token_bucket_allows_the_burst_then_rate_limits(make_store, r):
     room = pair_up(store, r, "a", "b")
     assert [store.message("a", f"m{i}", "hi").status for i in range(3)] == ["ok"] * 3
     limited = store.message("a", "m3", "hi")
-    assert (limited.status, limited.seq, limited.partner) == ("rate_limited", 0, "")
+    assert (limited.status, limited.seq, limited.room) == ("rate_limited", 0, "")
     assert store.message("a", "m4", "hi").status == "rate_limited"
     assert r.hget(K.room_seq, room) == "3" and len(history(r, "message")) == 3
     # the partner has a bucket of their own
@@ -307,6 +341,30 @@ def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r):
     assert state["state"] == "chatting" and state["room"] == room
     assert [(m["id"], m["seq"], m["mine"]) for m in state["history"]] == [
         (f"a{n - 1}", n, False), ("b1", b1.seq, True)]
+
+
+# -- typing.lua ---------------------------------------------------------------------------------
+def test_typing_goes_to_the_partner_with_the_room_and_not_without_a_chat(store, r, emitted):
+    room = pair_up(store, r, "a", "b")
+    assert store.typing("a", True) is True
+    assert store.typing("b", False) is True
+    assert store.typing("idle", True) is False
+    store.end_chat("a", "left", False)
+    assert store.typing("a", True) is False and store.typing("b", True) is False
+    assert [(e["event"], e["room"], e["data"]) for e in emitted()] == [
+        ("typing", "u:b", [{"typing": True, "room": room}]),
+        ("typing", "u:a", [{"typing": False, "room": room}]),
+    ]
+
+
+def test_an_odd_socketio_channel_name_reaches_the_scripts_intact(make_store, r, redis_server):
+    channel = 'chan "\\ é\n]]'
+    store = make_store(SOCKETIO_CHANNEL=channel)
+    sub = subscribe(redis_server.client, channel)
+    pair_up(store, r, "a", "b")
+    assert store.typing("a", True)
+    assert [e["room"] for e in published(sub)] == ["u:b"]
+    sub.close()
 
 
 # -- match.lua ----------------------------------------------------------------------------------
@@ -528,3 +586,19 @@ def test_two_consumers_never_take_the_same_event(make_store, r):
     assert not set(taken[0]) & set(taken[1])
     assert sorted(taken[0] + taken[1]) == list(range(n))
     assert taken[0] == sorted(taken[0]) and taken[1] == sorted(taken[1])
+
+
+# -- the client's connection pool ---------------------------------------------------------------
+def test_more_concurrent_commands_than_pool_connections_wait_instead_of_failing(redis_server):
+    """A burst of POOL_MAX + 50 commands in flight at once (as in a web worker when Redis stalls)
+    all succeed: they queue for a connection rather than raise "Too many connections"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.store import POOL_MAX
+
+    client = redis_client(redis_server.url)
+    n = POOL_MAX + 50
+    with ThreadPoolExecutor(n) as pool:  # each holds its connection for the BLPOP's 0.3 s
+        results = list(pool.map(lambda i: client.blpop([f"nothing:{i}"], timeout=0.3), range(n)))
+    assert results == [None] * n
+    assert len(client.connection_pool._connections) <= POOL_MAX

@@ -172,9 +172,9 @@ async def test_long_polling_clients_stay_on_their_worker_through_nginx(fresh):
         rooms = await join_and_pair(peers)
         for rnd in range(3):  # many polling requests per session, POSTs and long-poll GETs
             await asyncio.gather(*(exchange(a, b, f"r{rnd}") for a, b in rooms.values()))
-        for a, b in rooms.values():
+        for room, (a, b) in rooms.items():
             assert await a.call("typing", {"typing": True}) == {"ok": True}
-            assert await b.next("typing") == {"typing": True}
+            assert await b.next("typing") == {"typing": True, "room": room}
         # one session each, never dropped: a request on another worker would have ended it
         assert all(p.sio.connected and p.count("hello") == 1 for p in peers)
     finally:

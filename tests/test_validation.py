@@ -259,14 +259,14 @@ TYPING_BAD = [
 async def test_typing_refuses_bad_payloads_and_tells_the_partner_nothing(fresh, peers):
     w1, w2 = fresh.urls()
     a, b = await peers(w1, "A"), await peers(w2, "B")
-    await pair(a, b)
+    room = await pair(a, b)
     await assert_refusals(a, "typing", TYPING_BAD)
     assert await call(a, "typing", {"typing": False}) == {"ok": True}
-    assert await b.next("typing") == {"typing": False}
+    assert await b.next("typing") == {"typing": False, "room": room}
     # the message after it is the sentinel: anything refused earlier would have arrived first
     await a.send("after", "after typing")
     await b.next("message", where=lambda m: m["id"] == "after")
-    assert b.events["typing"] == [{"typing": False}]
+    assert b.events["typing"] == [{"typing": False, "room": room}]
     assert a.count("error") == 0
 
 
@@ -349,7 +349,7 @@ async def test_refusals_without_an_ack_come_as_error_events(fresh, peers):
     w1, w2 = fresh.urls()
     a, b = await peers(w1, "A"), await peers(w2, "B")
     idle = await peers(w2, "idle")
-    await pair(a, b)
+    room = await pair(a, b)
 
     for event, payload, code in NO_ACK_CASES:
         await emit(a, event, payload)
@@ -366,7 +366,7 @@ async def test_refusals_without_an_ack_come_as_error_events(fresh, peers):
 
     # an accepted event without an ack produces no error, and the chat is untouched
     await emit(a, "typing", {"typing": True})
-    assert await b.next("typing") == {"typing": True}
+    assert await b.next("typing") == {"typing": True, "room": room}
     await chat_both_ways(a, b, "after")
     assert a.count("error") == len(NO_ACK_CASES)
     assert [m["id"] for m in b.events["message"]] == ["after-a"]
@@ -509,7 +509,7 @@ async def test_message_flood_is_rate_limited_and_only_accepted_messages_are_deli
 async def test_typing_flood_is_rate_limited_after_the_control_burst(fresh, peers):
     w1, w2 = fresh.urls()
     a, b = await peers(w1, "A"), await peers(w2, "B")
-    await pair(a, b)  # the join used one control token of A's connection
+    room = await pair(a, b)  # the join used one control token of A's connection
     n = 3 * CONTROL_BURST
     acks = await asyncio.gather(*(call(a, "typing", {"typing": i % 2 == 0}) for i in range(n)))
     ok = [x for x in acks if x == {"ok": True}]
@@ -525,7 +525,7 @@ async def test_typing_flood_is_rate_limited_after_the_control_burst(fresh, peers
     assert b.count("typing") == len(ok)
     # the partner's own connection is not limited by A's flood
     assert await call(b, "typing", {"typing": True}) == {"ok": True}
-    assert await a.next("typing") == {"typing": True}
+    assert await a.next("typing") == {"typing": True, "room": room}
     await assert_workers_still_serve(fresh, "after-typing-flood")
 
 

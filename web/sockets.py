@@ -2,6 +2,11 @@
 
 Refusals follow docs/protocol.md: a failed ack when the client asked for one, else an `error`
 event; never a traceback, and the worker keeps serving.
+
+The handlers are registered on python-socketio's server, not through Flask-SocketIO's
+decorators: those push a Flask request context around every event, which cost ~15 % of a web
+worker under load (loadtests/RESULTS.md), and the handlers need nothing from Flask but the sid,
+which python-socketio passes.
 """
 from __future__ import annotations
 
@@ -10,8 +15,7 @@ import logging
 import time
 
 import gevent.local
-from flask import request
-from flask_socketio import SocketIO, join_room
+from flask_socketio import SocketIO
 from redis.exceptions import RedisError
 
 from common import events as ev
@@ -22,7 +26,6 @@ from common.protocol import (Refused, parse_auth, parse_empty, parse_join, parse
 from common.store import Store
 from common.tokens import Tokens
 
-from .delivery import PublishedMarks
 from .presence import Connections
 from .ratelimit import TokenBucket
 
@@ -54,71 +57,82 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
 
 
 def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Tokens,
-             conns: Connections, marks: PublishedMarks) -> None:
+             conns: Connections) -> None:
     ack_state = _track_ack_requests(socketio)
     buckets: dict[str, TokenBucket] = {}
     server = socketio.server
 
-    def send_self(event: str, data: dict) -> None:
-        """To this connection only, without a trip through the message queue."""
-        server.emit(event, data, to=request.sid, namespace="/", ignore_queue=True)
-
-    def refuse(code: str):
-        if getattr(ack_state, "ack", False):
-            return ev.failed(code)
-        send_self(ev.ERROR, ev.error(code))
-        return None
-
-    def handler(event: str, limited: bool = True):
-        """Register `fn` for `event` with rate limiting and the refusal rules around it."""
+    def on(event: str):
         def deco(fn):
-            @functools.wraps(fn)
-            def run(*args):
-                user = conns.user_of(request.sid)
-                if user is None:
-                    return refuse("internal")
-                if limited:
-                    bucket = buckets.get(request.sid)
-                    if bucket is not None and not bucket.take():
-                        return refuse("rate_limited")
-                try:
-                    return fn(user, args[0] if args else None)
-                except Refused as exc:
-                    return refuse(exc.code)
-                except RedisError as exc:
-                    log.warning("%s from %s: redis unavailable: %s", event, user, exc)
-                    return refuse("unavailable")
-                except Exception:
-                    log.exception("%s from %s failed", event, user)
-                    return refuse("internal")
-            socketio.on_event(event, run)
+            server.on(event, fn, namespace="/")
             return fn
         return deco
 
-    @socketio.on("connect")
-    def on_connect(auth=None):
+    def send_self(sid: str, event: str, data: dict) -> None:
+        """To this connection only, without a trip through the message queue."""
+        server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
+
+    def refuse(sid: str, code: str):
+        if getattr(ack_state, "ack", False):
+            return ev.failed(code)
+        send_self(sid, ev.ERROR, ev.error(code))
+        return None
+
+    def guarded(what: str, sid: str, fn, *args):
+        """Run a handler body; whatever escapes becomes a refusal, never a dead connection."""
+        try:
+            return fn(*args)
+        except Refused as exc:
+            return refuse(sid, exc.code)
+        except RedisError as exc:
+            log.warning("%s from %s: redis unavailable: %s", what, conns.user_of(sid), exc)
+            return refuse(sid, "unavailable")
+        except Exception:
+            log.exception("%s from %s failed", what, conns.user_of(sid))
+            return refuse(sid, "internal")
+
+    def handler(event: str, limited: bool = True):
+        """Register `fn(sid, user, data)` for `event` with rate limiting and the refusal rules."""
+        def deco(fn):
+            @functools.wraps(fn)
+            def run(sid, *args):
+                user = conns.user_of(sid)
+                if user is None:
+                    return refuse(sid, "internal")
+                if limited:
+                    bucket = buckets.get(sid)
+                    if bucket is not None and not bucket.take():
+                        return refuse(sid, "rate_limited")
+                return guarded(event, sid, fn, sid, user, args[0] if args else None)
+            on(event)(run)
+            return fn
+        return deco
+
+    @on("connect")
+    def on_connect(sid, environ, auth=None):
         token, since = parse_auth(auth)
         known = tokens.verify(token)
         user = known or tokens.new_user()
-        sid = request.sid
         conns.add(sid, user)
         buckets[sid] = TokenBucket(settings.control_rate, settings.control_burst)
-        join_room(user_room(user))
+        server.enter_room(sid, user_room(user), namespace="/")
         try:
             online = store.touch([user])
-            send_self(ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
-                                 "worker": settings.worker_id})
+            send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
+                                      "worker": settings.worker_id})
             if known:
-                send_self(ev.RESUMED, store.state(user, since))
+                send_self(sid, ev.RESUMED, store.state(user, since))
         except RedisError as exc:
             log.warning("connect of %s: redis unavailable: %s", user, exc)
-            send_self(ev.HELLO, {"user": user, "token": tokens.sign(user), "online": 0,
-                                 "worker": settings.worker_id})
-            send_self(ev.ERROR, ev.error("unavailable"))
+            send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": 0,
+                                      "worker": settings.worker_id})
+            send_self(sid, ev.ERROR, ev.error("unavailable"))
+        except Exception:
+            log.exception("connect of %s failed", user)
+            send_self(sid, ev.ERROR, ev.error("internal"))
 
-    @socketio.on("disconnect")
-    def on_disconnect(reason=None):
-        sid = request.sid
+    @on("disconnect")
+    def on_disconnect(sid, reason=None):
         buckets.pop(sid, None)
         user, last_here = conns.remove(sid)
         if user and last_here:
@@ -128,70 +142,57 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                 log.warning("disconnect of %s: redis unavailable: %s", user, exc)
 
     @handler(ev.JOIN)
-    def on_join(user, data):
+    def on_join(sid, user, data):
         interests = parse_join(data)
         state, online = store.join(user, interests)
         if state == "chatting":
             raise Refused("already_chatting")
-        send_self(ev.WAITING, {"online": online})
+        send_self(sid, ev.WAITING, {"online": online})
         return {"ok": True}
 
     @handler(ev.MESSAGE, limited=False)  # rate-limited per user in message.lua
-    def on_message(user, data):
+    def on_message(sid, user, data):
         msg_id, text = parse_message(data, settings.max_message_len)
-        res = store.message(user, msg_id, text, request.sid)
+        res = store.message(user, msg_id, text)  # stores and emits to the partner
         if res.status in ("not_chatting", "rate_limited"):
             raise Refused(res.status)
-        if res.partner:  # a new message, or a stored one whose first emit never happened
-            socketio.emit(ev.MESSAGE, {"id": msg_id, "room": res.room, "text": res.text,
-                                       "ts": res.ts, "seq": res.seq},
-                          to=user_room(res.partner))
-            marks.add(user, msg_id)
         return {"ok": True, "id": msg_id, "ts": res.ts, "seq": res.seq}
 
     @handler(ev.TYPING)
-    def on_typing(user, data):
-        typing = parse_typing(data)
-        partner = store.partner_of(user)
-        if not partner:
+    def on_typing(sid, user, data):
+        if not store.typing(user, parse_typing(data)):  # looks up the partner and emits
             raise Refused("not_chatting")
-        socketio.emit(ev.TYPING, {"typing": typing}, to=user_room(partner))
         return {"ok": True}
 
-    def end(user, data, reason: str, requeue: bool):
+    def end(sid, user, data, reason: str, requeue: bool):
         parse_empty(data)
         partner, room = store.end_chat(user, reason, requeue)
         if partner:
             socketio.emit(ev.PARTNER_LEFT, {"reason": reason, "room": room},
                           to=user_room(partner))
         if requeue:
-            send_self(ev.WAITING, {"online": store.online()})
+            send_self(sid, ev.WAITING, {"online": store.online()})
         return {"ok": True}
 
     @handler(ev.NEXT)
-    def on_next(user, data):
-        return end(user, data, ev.REASON_NEXT, requeue=True)
+    def on_next(sid, user, data):
+        return end(sid, user, data, ev.REASON_NEXT, requeue=True)
 
     @handler(ev.LEAVE)
-    def on_leave(user, data):
-        return end(user, data, ev.REASON_LEFT, requeue=False)
+    def on_leave(sid, user, data):
+        return end(sid, user, data, ev.REASON_LEFT, requeue=False)
 
     @handler(ev.REPORT)
-    def on_report(user, data):
+    def on_report(sid, user, data):
         reason = parse_report(data)
         if not store.report(user, reason, int(time.time() * 1000)):
             raise Refused("not_chatting")
         return {"ok": True}
 
-    @socketio.on("*")
-    def on_unknown(event, *args):
-        bucket = buckets.get(request.sid)
+    @on("*")
+    def on_unknown(event, sid, *args):
+        bucket = buckets.get(sid)
         if bucket is not None and not bucket.take():
-            return refuse("rate_limited")
-        log.info("unknown event %r from %s", str(event)[:64], conns.user_of(request.sid))
-        return refuse("unknown_event")
-
-    @socketio.on_error_default
-    def on_error(exc):  # a handler above let something escape: log it, tell the client little
-        log.exception("unhandled error in a socket handler: %s", exc)
-        return refuse("internal")
+            return refuse(sid, "rate_limited")
+        log.info("unknown event %r from %s", str(event)[:64], conns.user_of(sid))
+        return refuse(sid, "unknown_event")

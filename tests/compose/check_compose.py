@@ -280,7 +280,7 @@ async def test_two_strangers_chat_and_a_third_takes_over_after_next(cluster):
         assert ma["room"] == mb["room"]
         await exchange(a, b, "first")
         assert await a.call("typing", {"typing": True}) == {"ok": True}
-        assert await b.next("typing") == {"typing": True}
+        assert await b.next("typing") == {"typing": True, "room": ma["room"]}
 
         await c.join()  # nobody free: carol waits
         await asyncio.sleep(1.0)

@@ -537,7 +537,7 @@
     state.outbox.set(entry.id, entry);
     ui.input.value = '';
     onComposerChanged();
-    stopTyping();
+    stopTyping(true);
     transmit(entry);
   }
 
@@ -614,11 +614,12 @@
     timers.typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
   }
 
-  function stopTyping() {
+  /** quiet: the message being sent hides the partner's indicator by itself; say nothing. */
+  function stopTyping(quiet = false) {
     clearTimeout(timers.typingIdle);
     if (!typingOut.on) return;
     typingOut.on = false;
-    if (state.phase === 'chatting' && isOnline()) request('typing', { typing: false }, noop);
+    if (!quiet && state.phase === 'chatting' && isOnline()) request('typing', { typing: false }, noop);
   }
 
   function showPartnerTyping() {
@@ -850,6 +851,7 @@
 
   function onTyping(data) {
     if (state.phase !== 'chatting') return;
+    if (data && typeof data.room === 'string' && data.room !== state.room) return;  // a late one
     if (data && data.typing) showPartnerTyping();
     else hidePartnerTyping();
   }
