@@ -19,6 +19,7 @@ LUA_DIR = Path(__file__).with_name("lua")
 HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
 SENT_KEPT = 200  # messages per user kept for replay on resume
 SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
+RESUME_TRIES = 5  # resume.lua retries when the partner changed between its read and the script
 
 
 POOL_MAX = 100  # Redis connections per process
@@ -137,33 +138,19 @@ class Store:
         )
         return True
 
-    def state(self, user: str, since: int) -> dict:
-        """What a resuming client must know: idle, waiting, or chatting with the missed history."""
+    def resume(self, user: str, since: int, sid: str) -> str:
+        """Emit `resumed` to connection `sid` (resume.lua); returns the state it told."""
         k = self.k
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hget(k.partner, user)
-        pipe.hget(k.room, user)
-        pipe.zscore(k.queue, user)
-        partner, room, queued = pipe.execute()
-        if partner and room:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hget(k.room_info, room)
-            pipe.lrange(k.sent(user), 0, -1)
-            pipe.lrange(k.sent(partner), 0, -1)
-            info, mine, theirs = pipe.execute()
-            history = []
-            for raw_list, is_mine in ((mine, True), (theirs, False)):
-                for raw in raw_list:
-                    m = json.loads(raw)
-                    if m["room"] == room and m["seq"] > since:
-                        history.append({"id": m["id"], "seq": m["seq"], "text": m["text"],
-                                        "ts": m["ts"], "mine": is_mine})
-            history.sort(key=lambda m: m["seq"])
-            interests = json.loads(info)["interests"] if info else []
-            return {"state": "chatting", "room": room, "interests": interests, "history": history}
-        if queued is not None:
-            return {"state": "waiting"}
-        return {"state": "idle"}
+        for _ in range(RESUME_TRIES):
+            partner = self.r.hget(k.partner, user) or ""
+            state = self._run(
+                "resume",
+                [k.partner, k.room, k.queue, k.room_info, k.sent(user),
+                 k.sent(partner) if partner else k.sent(user)],
+                [user, partner, since, sid])
+            if state != "retry":
+                return state
+        raise redis.RedisError(f"the partner of {user} kept changing during a resume")
 
     # the matcher's side ----------------------------------------------------------------------
     def match(self) -> int:

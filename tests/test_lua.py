@@ -321,7 +321,7 @@ def test_message_token_bucket_allows_the_burst_then_rate_limits(make_store, r):
     assert 0 < r.pttl(K.bucket("a")) <= 3 / 0.01 * 1000 + 1000
 
 
-def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r):
+def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r, emitted):
     store = make_store(MESSAGE_BURST=1000, MESSAGE_RATE=1000)
     room = pair_up(store, r, "a", "b")
     n = SENT_KEPT + 5
@@ -337,10 +337,60 @@ def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r):
     for key in (K.sent("a"), K.dedupe("a"), K.sent("b"), K.dedupe("b")):
         assert 0 < r.ttl(key) <= SENT_TTL
     # what a resuming user gets: the room's messages after `since`, both directions, in order
-    state = store.state("b", since=n - 1)
+    assert store.resume("b", n - 1, "sid-b") == "chatting"
+    state = resumed_to(emitted(), "sid-b")
     assert state["state"] == "chatting" and state["room"] == room
     assert [(m["id"], m["seq"], m["mine"]) for m in state["history"]] == [
         (f"a{n - 1}", n, False), ("b1", b1.seq, True)]
+
+
+# -- resume.lua ---------------------------------------------------------------------------------
+def resumed_to(events: list[dict], sid: str) -> dict:
+    """The one `resumed` emitted to connection `sid` among `events`."""
+    found = [e["data"] for e in events if e["event"] == "resumed" and e["room"] == sid]
+    assert len(found) == 1 and len(found[0]) == 1, found
+    return found[0][0]
+
+
+def test_resume_emits_each_state_to_the_connection_only(store, r, emitted):
+    store.join("w", None)
+    assert store.resume("w", 0, "sid-w") == "waiting"
+    assert store.resume("nobody", 0, "sid-n") == "idle"
+    room = pair_up(store, r, "a", "b")
+    assert store.resume("a", 0, "sid-a") == "chatting"
+    events = emitted()
+    assert resumed_to(events, "sid-w") == {"state": "waiting"}
+    assert resumed_to(events, "sid-n") == {"state": "idle"}
+    # no messages and no shared interests: empty lists, not the empty objects cjson would make
+    assert resumed_to(events, "sid-a") == {"state": "chatting", "room": room, "interests": [],
+                                           "history": []}
+    assert {e["namespace"] for e in events} == {"/"}
+
+
+def test_resume_carries_the_shared_interests_and_skips_other_rooms(store, r, emitted):
+    enqueue(store, r, "a", "b", interests=["chess", "go"])
+    assert store.match() == 1
+    old_room = r.hget(K.room, "a")
+    store.message("a", "a1", "in the first room")
+    store.end_chat("a", "next", True)
+    enqueue(store, r, "c", interests=["chess"])  # a is waiting again; b was a's last partner
+    assert store.match() == 1
+    room = r.hget(K.room, "a")
+    assert room != old_room and r.hget(K.partner, "a") == "c"
+    store.message("c", "c1", "in the second room")
+    assert store.resume("a", 0, "sid") == "chatting"
+    state = resumed_to(emitted(), "sid")
+    assert state["room"] == room and state["interests"] == ["chess"]
+    assert [m["id"] for m in state["history"]] == ["c1"]
+
+
+def test_resume_retries_when_the_partner_changed_after_it_was_read(store, r, emitted):
+    pair_up(store, r, "a", "b")
+    k = store.k
+    stale = store._run("resume", [k.partner, k.room, k.queue, k.room_info, k.sent("a"),
+                                  k.sent("x")], ["a", "x", 0, "sid"])
+    assert stale == "retry"
+    assert [e for e in emitted() if e["event"] == "resumed"] == []  # nothing was told
 
 
 # -- typing.lua ---------------------------------------------------------------------------------

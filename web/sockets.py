@@ -120,8 +120,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             online = store.touch([user])
             send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
                                       "worker": settings.worker_id})
-            if known:
-                send_self(sid, ev.RESUMED, store.state(user, since))
+            if known:  # after the hello: published through Redis, in order with chat events
+                store.resume(user, since, sid)
         except RedisError as exc:
             log.warning("connect of %s: redis unavailable: %s", user, exc)
             send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": 0,

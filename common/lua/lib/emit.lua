@@ -1,12 +1,19 @@
--- emit(event, user, payload): send a Socket.IO event to every connection of `user`, on whichever
--- web worker holds it, from inside a script, so that a state change and its event are one atomic
--- step and one round trip. It publishes what python-socketio's Redis manager publishes for
--- `emit(event, payload, to=user_room(user))`: a JSON object on the Socket.IO channel (no
--- host_id, so every worker handles it, the publishing one included). EMIT_CHANNEL and
--- USER_ROOM_PREFIX are defined above this file by common/store.py, from the configuration and
--- common/keys.py. tests/test_chat.py fails if a python-socketio update changes the format.
+-- Socket.IO emits from inside a script, so that a state change (or a snapshot of the state) and
+-- its event are one atomic step. Each publishes what python-socketio's Redis manager publishes
+-- for `emit(event, payload, to=room)`: a JSON object on the Socket.IO channel (no host_id, so
+-- every worker handles it, the publishing one included). All emits of the chat travel on this
+-- one channel, so every worker sees them in the order Redis ran the scripts that made them.
+-- EMIT_CHANNEL and USER_ROOM_PREFIX are defined above this file by common/store.py, from the
+-- configuration and common/keys.py. tests/test_lua.py checks the format, tests/test_chat.py
+-- that python-socketio delivers it.
+
+-- payload_json: the payload already encoded (cjson would turn an empty list into an object)
+local function emit_json(event, room, payload_json)
+  redis.call('PUBLISH', EMIT_CHANNEL, '{"method":"emit","event":' .. cjson.encode(event)
+    .. ',"namespace":"/","room":' .. cjson.encode(room) .. ',"data":[' .. payload_json .. ']}')
+end
+
+-- to every connection of `user`
 local function emit(event, user, payload)
-  redis.call('PUBLISH', EMIT_CHANNEL, cjson.encode({
-    method = 'emit', event = event, data = {payload}, namespace = '/',
-    room = USER_ROOM_PREFIX .. user}))
+  emit_json(event, USER_ROOM_PREFIX .. user, cjson.encode(payload))
 end

@@ -1,0 +1,45 @@
+-- A resuming connection's `resumed`: a snapshot of the user's state (idle, waiting, or chatting
+-- with the room's messages after `since`), emitted to that connection from inside the script.
+-- Published on the Socket.IO channel like every chat event, it reaches the client in the order
+-- of the changes: a `partner_left` or `matched` from a change after the snapshot arrives after
+-- it, never before (a `resumed` sent directly could be overtaken and revive an ended chat).
+-- KEYS: 1 partner, 2 room, 3 queue, 4 room_info, 5 sent:<user>, 6 sent:<expected partner>
+-- ARGV: 1 user, 2 expected partner ('' if none), 3 since, 4 the connection's sid
+-- Returns the state emitted, or 'retry' when the partner is no longer the expected one (the
+-- caller read it just before, to name its sent list in KEYS; it changed in between).
+local user, since = ARGV[1], tonumber(ARGV[3])
+local partner = redis.call('HGET', KEYS[1], user)
+if (partner or '') ~= ARGV[2] then
+  return 'retry'
+end
+local room = redis.call('HGET', KEYS[2], user)
+if partner and room then
+  local items = {}
+  for i, key in ipairs({KEYS[5], KEYS[6]}) do
+    for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      local m = cjson.decode(raw)
+      if m.room == room and m.seq > since then
+        table.insert(items, {id = m.id, seq = m.seq, text = m.text, ts = m.ts, mine = i == 1})
+      end
+    end
+  end
+  table.sort(items, function(a, b) return a.seq < b.seq end)
+  local history = {}
+  for i, m in ipairs(items) do
+    history[i] = cjson.encode(m)
+  end
+  local interests = '[]'
+  local info = redis.call('HGET', KEYS[4], room)
+  if info then
+    local shared = cjson.decode(info).interests
+    if shared and #shared > 0 then
+      interests = cjson.encode(shared)
+    end
+  end
+  emit_json('resumed', ARGV[4], '{"state":"chatting","room":' .. cjson.encode(room)
+    .. ',"interests":' .. interests .. ',"history":[' .. table.concat(history, ',') .. ']}')
+  return 'chatting'
+end
+local state = redis.call('ZSCORE', KEYS[3], user) and 'waiting' or 'idle'
+emit_json('resumed', ARGV[4], '{"state":"' .. state .. '"}')
+return state
