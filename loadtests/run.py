@@ -551,7 +551,7 @@ def main(argv=None) -> int:
                     help="loopback base URL(s), comma-separated; none: start a local stack")
     ap.add_argument("--processes", default=os.environ.get("PROCESSES") or "auto",
                     help="locust processes: auto (1 up to 300 users, else 2), or a number")
-    ap.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 2),
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 1),
                     help="web workers of the local cluster")
     ap.add_argument("--stack", choices=("auto", "cluster", "run"), default="auto")
     ap.add_argument("--mode", choices=("chat", "idle"), default="chat")
