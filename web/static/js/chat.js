@@ -667,7 +667,9 @@
     if (state.phase !== 'waiting') clearLog();
     beginRoom(room, list);
     addNotice(list.length ? 'notice_matched_interests' : 'notice_matched', { interests: list }, 'good');
-    ensureFocus(ui.input, [ui.log]);
+    // from the control that asked for a stranger, too: `matched` can come before the ack of
+    // Next, while the Next button (still shown) holds the focus
+    ensureFocus(ui.input, [ui.log, ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.findNewBtn]);
   }
 
   function endChat(key, kind) {
