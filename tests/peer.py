@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import itertools
 from collections import defaultdict
 
+import aiohttp
 import socketio
 
 _ids = itertools.count(1)
@@ -117,3 +119,54 @@ async def join_and_pair(peers, timeout: float = 20) -> dict[str, list[Peer]]:
     assert all(len(v) == 2 for v in rooms.values()), {k: [p.name for p in v]
                                                       for k, v in rooms.items()}
     return rooms
+
+
+async def wait_for(cond, timeout: float, what: str, step: float = 0.1):
+    """Poll `cond()` (a value or an awaitable) until it is truthy; return it, or fail naming `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        got = cond()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(step)
+
+
+def polling_peer(url: str, name: str, *, cookies: bool = True, upgrade: bool = False,
+                 jar=None) -> Peer:
+    """A client that starts with long-polling, as a browser does, and keeps cookies like one.
+
+    aiohttp's default cookie jar refuses cookies from an IP address (127.0.0.1); a browser
+    keeps them, so these clients get a jar that does (`cookies=False`: a jar that keeps none).
+    """
+    p = Peer(url, name, transports=("polling", "websocket") if upgrade else ("polling",))
+    if jar is None:
+        jar = aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
+    p.jar = jar
+    p.sio.eio.http = aiohttp.ClientSession(cookie_jar=jar)
+    return p
+
+
+async def connect_all(peers, **kw):
+    await asyncio.gather(*(p.connect(**kw) for p in peers))
+    return peers
+
+
+async def exchange(a: Peer, b: Peer, tag: str, sent: set[str] | None = None) -> None:
+    """a -> b and b -> a, each acked and received with the acked seq; ids are added to `sent`."""
+    for src, dst in ((a, b), (b, a)):
+        mid = f"{tag}-{src.name}"  # the tag and the names make it unique in a run
+        ack = await src.send(mid, f"hello from {src.name} on {src.worker}")
+        assert ack["ok"], ack
+        if sent is not None:
+            sent.add(mid)
+        got = await dst.next("message", where=lambda m, mid=mid: m["id"] == mid)
+        assert got["seq"] == ack["seq"] and got["text"].startswith("hello from")
+
+
+def partners(rooms: dict[str, list[Peer]]) -> dict[Peer, Peer]:
+    """Each peer's partner, from join_and_pair's rooms."""
+    return {p: (b if p is a else a) for a, b in rooms.values() for p in (a, b)}

@@ -10,7 +10,7 @@ from archiver.writer import purge, write_batch
 from common.db import make_engine
 from common.migrate import upgrade
 from common.models import Message, Report, Room
-from peer import Peer, pair
+from peer import Peer, pair, wait_for
 from procs import ArchiverProc
 
 import pytest
@@ -81,13 +81,12 @@ async def test_every_message_archived_once_through_an_archiver_kill(make_stack, 
     assert [row.seq for row in rows] == list(range(1, len(ids) + 1))
     assert rows[0].text == "first message 0 你好" and rows[0].sender == a.user
     assert r.id == room and {r.user1, r.user2} == {a.user, b.user}
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:  # the close arrives after the last messages
+    def closed_room():  # the close arrives after the last messages
         with engine.connect() as c:
             r = c.execute(select(Room)).one()
-        if r.closed_at is not None or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.2)
+        return r if r.closed_at is not None else None
+
+    r = await wait_for(closed_room, 30, "the room's close in SQL", step=0.2)
     assert r.close_reason == "left" and r.closed_by == a.user
     await a.close()
     await b.close()
@@ -111,10 +110,8 @@ async def test_database_down_chat_goes_on_and_history_catches_up(make_stack, pos
     try:
         ids += await chat_script(a, b, "outage", 30)  # every one acked and delivered meanwhile
         archiver_log = s.archivers[0]
-        deadline = asyncio.get_running_loop().time() + 30
-        while "database unavailable" not in archiver_log.output():
-            assert asyncio.get_running_loop().time() < deadline, archiver_log.output()
-            await asyncio.sleep(0.2)
+        await wait_for(lambda: "database unavailable" in archiver_log.output(), 30,
+                       "the archiver to notice the outage", step=0.2)
     finally:
         postgres.resume()
     ids += await chat_script(a, b, "after", 10)

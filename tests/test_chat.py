@@ -1,8 +1,6 @@
 """The core chat across two web workers and the matcher: real processes, real Socket.IO clients."""
 from __future__ import annotations
 
-import asyncio
-
 from peer import Peer, pair
 
 

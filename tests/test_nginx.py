@@ -14,11 +14,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from conftest import Stack
-from peer import Peer, close_all, join_and_pair
+from peer import (Peer, close_all, connect_all, exchange, join_and_pair, partners,
+                  polling_peer, wait_for)
 from procs import Fatal, Proc, free_port, wait_until
 
 from stack.cluster import NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command
@@ -87,36 +87,6 @@ def own_stack():
     print(s.logs())
 
 
-def polling_peer(url: str, name: str, *, cookies: bool = True, upgrade: bool = False,
-                 jar=None) -> Peer:
-    """A client that starts with long-polling, as a browser does, and keeps cookies like one.
-
-    aiohttp's default cookie jar refuses cookies from an IP address (127.0.0.1); a browser
-    keeps them, so these clients get a jar that does (`cookies=False`: a jar that keeps none).
-    """
-    p = Peer(url, name, transports=("polling", "websocket") if upgrade else ("polling",))
-    if jar is None:
-        jar = aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
-    p.jar = jar
-    p.sio.eio.http = aiohttp.ClientSession(cookie_jar=jar)
-    return p
-
-
-async def connect_all(peers, **kw):
-    await asyncio.gather(*(p.connect(**kw) for p in peers))
-    return peers
-
-
-async def exchange(a: Peer, b: Peer, tag: str) -> None:
-    """a -> b and b -> a, each acked and received."""
-    for src, dst in ((a, b), (b, a)):
-        mid = f"{tag}-{src.name}"
-        ack = await src.send(mid, f"hello from {src.name} on {src.worker}")
-        assert ack["ok"], ack
-        got = await dst.next("message", where=lambda m, mid=mid: m["id"] == mid)
-        assert got["seq"] == ack["seq"]
-
-
 async def test_clients_of_one_address_spread_over_all_workers_chat_and_rematch_across(fresh):
     peers = [Peer(fresh.url, f"c{i}") for i in range(90)]
     try:
@@ -181,14 +151,6 @@ async def test_long_polling_clients_stay_on_their_worker_through_nginx(fresh):
         await close_all(peers)
 
 
-async def wait_for(cond, timeout: float, what: str):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stack):
     s = own_stack
     ws = [Peer(s.url, f"ws{i}") for i in range(24)]
@@ -202,7 +164,7 @@ async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stac
 
         # the worker to kill: the one with most polling clients whose partner is on another
         # worker (their cookie's key must find a survivor), then most such clients in all
-        partner_of = {p: (b if p is a else a) for a, b in rooms.values() for p in (a, b)}
+        partner_of = partners(rooms)
 
         def victims_on(worker):
             return [p for p in peers if p.worker == worker and partner_of[p].worker != worker]

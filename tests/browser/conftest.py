@@ -160,30 +160,45 @@ class Stranger:
         await expect(self.bubbles("theirs").filter(has_text=text)).to_have_count(1)
 
 
-@pytest.fixture
-async def people(browser: Browser, fresh: Stack):
-    """Opens strangers: `await people(worker=0, lang="en", prepare=None, **context_options)`."""
-    made: list[Stranger] = []
+class Opener:
+    """Opens strangers' pages in fresh browser contexts; `close()` closes them all and fails on
+    JavaScript errors of any page (a test may close one earlier)."""
 
-    async def open_one(worker: int = 0, lang: str = "en", *, wait_online: bool = True,
-                       prepare=None, **options) -> Stranger:
+    def __init__(self, browser: Browser):
+        self.browser = browser
+        self.made: list[Stranger] = []
+
+    async def open(self, url: str, lang: str = "en", *, wait_online: bool = True, prepare=None,
+                   **options) -> Stranger:
         opts = {**DESKTOP, "locale": {"en": "en-US"}.get(lang, lang), **options}
-        context = await browser.new_context(**opts)
+        context = await self.browser.new_context(**opts)
         page = await context.new_page()
         person = Stranger(context, page, lang)
-        made.append(person)
+        self.made.append(person)
         if prepare is not None:  # e.g. routes, before the page loads
             await prepare(page)
-        await page.goto(fresh.urls()[worker] + "/")
+        await page.goto(url.rstrip("/") + "/")
         if wait_online:
             await expect(page.locator("#online")).to_have_class(re.compile(r"\bis-live\b"))
         return person
 
+    async def close(self) -> None:
+        errors = [e for p in self.made for e in p.errors]
+        for p in self.made:
+            await p.context.close()
+        assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+async def people(browser: Browser, fresh: Stack):
+    """Opens strangers: `await people(worker=0, lang="en", prepare=None, **context_options)`."""
+    opener = Opener(browser)
+
+    async def open_one(worker: int = 0, lang: str = "en", **kwargs) -> Stranger:
+        return await opener.open(fresh.urls()[worker], lang, **kwargs)
+
     yield open_one
-    errors = [e for p in made for e in p.errors]
-    for p in made:
-        await p.context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    await opener.close()
 
 
 async def pair(a: Stranger, b: Stranger, interests_a=None, interests_b=None, shared=None):
@@ -197,26 +212,7 @@ async def pair(a: Stranger, b: Stranger, interests_a=None, interests_b=None, sha
 @pytest.fixture
 async def strangers(browser: Browser):
     """Opens strangers at any URL (a worker's, nginx's): `await strangers(url, lang="en",
-    prepare=None, **context_options)`; closes their contexts (a test may close one earlier)
-    and fails on JavaScript errors of any page, as `people` does."""
-    made: list[Stranger] = []
-
-    async def open_one(url: str, lang: str = "en", *, wait_online: bool = True, prepare=None,
-                       **options) -> Stranger:
-        opts = {**DESKTOP, "locale": {"en": "en-US"}.get(lang, lang), **options}
-        context = await browser.new_context(**opts)
-        page = await context.new_page()
-        person = Stranger(context, page, lang)
-        made.append(person)
-        if prepare is not None:
-            await prepare(page)
-        await page.goto(url.rstrip("/") + "/")
-        if wait_online:
-            await expect(page.locator("#online")).to_have_class(re.compile(r"\bis-live\b"))
-        return person
-
-    yield open_one
-    errors = [e for p in made for e in p.errors]
-    for p in made:
-        await p.context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    prepare=None, **context_options)`; closes them as `people` does."""
+    opener = Opener(browser)
+    yield opener.open
+    await opener.close()

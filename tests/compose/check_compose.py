@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import os
 import secrets
 import socket
@@ -22,7 +21,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 
@@ -32,7 +30,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from engine import (BASE_IMAGE, COMPOSE_FILE, Docker, EngineError, Podman,  # noqa: E402
                     compose_images, log, project_image)
-from peer import Peer, close_all, join_and_pair  # noqa: E402
+from peer import (Peer, close_all, connect_all, join_and_pair, partners,  # noqa: E402
+                  polling_peer, wait_for)
+from peer import exchange as peer_exchange  # noqa: E402
 
 COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES = list(COMPOSE["services"])
@@ -195,19 +195,6 @@ def logs_on_failure(request, cluster):
 
 # ----------------------------------------------------------------------------- helpers
 
-def polling_peer(url: str, name: str, jar=None) -> Peer:
-    """A long-polling client that keeps nginx's affinity cookie, like a browser."""
-    p = Peer(url, name, transports=("polling",))
-    p.jar = jar or aiohttp.CookieJar(unsafe=True)  # unsafe: keeps cookies of 127.0.0.1
-    p.sio.eio.http = aiohttp.ClientSession(cookie_jar=p.jar)
-    return p
-
-
-async def connect_all(peers, **kw):
-    await asyncio.gather(*(p.connect(**kw) for p in peers))
-    return peers
-
-
 async def send(src: Peer, mid: str, text: str) -> dict:
     ack = await src.send(mid, text)
     assert ack["ok"], ack
@@ -216,25 +203,8 @@ async def send(src: Peer, mid: str, text: str) -> dict:
 
 
 async def exchange(a: Peer, b: Peer, tag: str) -> None:
-    """a -> b and b -> a, each acked and received once."""
-    for src, dst in ((a, b), (b, a)):
-        mid = f"{tag}-{src.name}"  # the tag and the names make it unique in the run
-        ack = await send(src, mid, f"hello from {src.name} on {src.worker}")
-        got = await dst.next("message", where=lambda m, mid=mid: m["id"] == mid)
-        assert got["seq"] == ack["seq"] and got["text"].startswith("hello from")
-
-
-async def wait_for(cond, timeout: float, what: str, step: float = 0.1):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        got = cond()
-        if inspect.isawaitable(got):
-            got = await got
-        if got:
-            return got
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(step)
+    """a -> b and b -> a, each acked and received once; the ids are kept for the history check."""
+    await peer_exchange(a, b, tag, sent_ids)
 
 
 def psql(engine, sql: str) -> str:
@@ -362,7 +332,7 @@ async def test_killed_web_container_clients_resume_on_the_others(cluster):
         await connect_all(peers)
         rooms = await join_and_pair(peers)
         await asyncio.gather(*(exchange(a, b, "before") for a, b in rooms.values()))
-        partner_of = {p: (b if p is a else a) for a, b in rooms.values() for p in (a, b)}
+        partner_of = partners(rooms)
 
         def victims_on(worker):
             return [p for p in peers if p.worker == worker and partner_of[p].worker != worker]
