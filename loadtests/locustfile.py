@@ -521,6 +521,12 @@ class ChatUser(SocketIOUser):
         if sio is not self.sio:
             return
         LEDGER.counts[f"partner_left {(d or {}).get('reason')}"] += 1
+        room = (d or {}).get("room")
+        if isinstance(room, str) and room != self.room:
+            # a late notice about the previous chat (both pressed Next at once): the page
+            # ignores it too (docs/protocol.md)
+            LEDGER.counts["partner_left for another room"] += 1
+            return
         self.partner_left_t = _now()
         self.partner_left_reason = (d or {}).get("reason")
         if self.state == "chatting":
