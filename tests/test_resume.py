@@ -122,3 +122,19 @@ async def test_killed_worker_users_resume_elsewhere_or_partner_is_told(make_stac
     assert a.count("partner_left") == 0
     for p in (a, b2, c):
         await p.close()
+
+
+async def test_a_reconnect_while_redis_is_down_gets_one_hello_then_unavailable(make_stack):
+    """The worker still answers without Redis: the page gets its hello (online 0) and learns
+    why nothing else comes, instead of a connection that hangs."""
+    s = make_stack(workers=1, matchers=0)
+    a = await Peer(s.urls()[0], "A").connect()
+    token = a.token
+    await a.close()
+    s.redis.stop()
+    again = await Peer(s.urls()[0], "A again").connect(token=token)
+    assert (await again.next("error"))["code"] == "unavailable"
+    # the error is sent after the hello on the same connection: a second hello would be here
+    assert [h["online"] for h in again.events["hello"]] == [0]
+    assert again.count("resumed") == 0
+    await again.close()

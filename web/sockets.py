@@ -116,20 +116,25 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         conns.add(sid, user)
         buckets[sid] = TokenBucket(settings.control_rate, settings.control_burst)
         server.enter_room(sid, user_room(user), namespace="/")
+        code = None  # an error to tell after the hello, which always comes, once
         try:
             online = store.touch([user])
-            send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
-                                      "worker": settings.worker_id})
-            if known:  # after the hello: published through Redis, in order with chat events
-                store.resume(user, since, sid)
         except RedisError as exc:
             log.warning("connect of %s: redis unavailable: %s", user, exc)
-            send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": 0,
-                                      "worker": settings.worker_id})
-            send_self(sid, ev.ERROR, ev.error("unavailable"))
-        except Exception:
-            log.exception("connect of %s failed", user)
-            send_self(sid, ev.ERROR, ev.error("internal"))
+            online, code = 0, "unavailable"
+        send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
+                                  "worker": settings.worker_id})
+        if known and code is None:
+            try:  # after the hello: published through Redis, in order with chat events
+                store.resume(user, since, sid)
+            except RedisError as exc:
+                log.warning("resume of %s: redis unavailable: %s", user, exc)
+                code = "unavailable"
+            except Exception:
+                log.exception("resume of %s failed", user)
+                code = "internal"
+        if code:
+            send_self(sid, ev.ERROR, ev.error(code))
 
     @on("disconnect")
     def on_disconnect(sid, reason=None):
