@@ -20,8 +20,6 @@ HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver
 SENT_KEPT = 200  # messages per user kept for replay on resume
 SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
 RESUME_TRIES = 5  # resume.lua retries when the partner changed between its read and the script
-
-
 POOL_MAX = 100  # Redis connections per process
 POOL_WAIT = 10.0  # seconds a command may wait for a free one
 

@@ -2,7 +2,9 @@
 -- its event are one atomic step. Each publishes what python-socketio's Redis manager publishes
 -- for `emit(event, payload, to=room)`: a JSON object on the Socket.IO channel (no host_id, so
 -- every worker handles it, the publishing one included). All emits of the chat travel on this
--- one channel, so every worker sees them in the order Redis ran the scripts that made them.
+-- one channel and reach every worker in the order they were published; an emit made here is
+-- published at the very moment of its change (matched and partner_left are published just
+-- after theirs, by the matcher and the web worker).
 -- EMIT_CHANNEL and USER_ROOM_PREFIX are defined above this file by common/store.py, from the
 -- configuration and common/keys.py. tests/test_lua.py checks the format, tests/test_chat.py
 -- that python-socketio delivers it.
