@@ -159,7 +159,16 @@ async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stac
     newer: list[Peer] = []
     try:
         await connect_all(peers)
-        rooms = await join_and_pair(peers)
+        # each polling client chats with a WebSocket client on another worker, so that whichever
+        # worker dies, some polling clients have a partner who survives (left to the matcher's
+        # order, polling clients often paired with each other on one worker)
+        rooms: dict[str, list[Peer]] = {}
+        rest = list(ws)
+        for p in polling:
+            mate = next(w for w in rest if w.worker != p.worker)
+            rest.remove(mate)
+            rooms.update(await join_and_pair([p, mate]))
+        rooms.update(await join_and_pair(rest))
         await asyncio.gather(*(exchange(a, b, "before") for a, b in rooms.values()))
 
         # the worker to kill: the one with most polling clients whose partner is on another
