@@ -101,6 +101,13 @@ class Settings:
     db_pool_size: int
     archiver_claim_idle: float
     trusted_proxies: int
+    token_ttl: int
+    packet_rate: float
+    packet_burst: int
+    max_body_bytes: int
+    header_timeout: float
+    max_conns_per_addr: int
+    drain_timeout: float
 
     @property
     def production(self) -> bool:
@@ -195,8 +202,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         control_burst=_int("CONTROL_BURST", get("CONTROL_BURST", "30"), 1, 100_000),
         max_message_len=_int("MAX_MESSAGE_LEN", get("MAX_MESSAGE_LEN", "500"), 1, 10_000),
         max_frame_bytes=_int("MAX_FRAME_BYTES", get("MAX_FRAME_BYTES", "16384"), 1024, 10_000_000),
-        ping_interval=_int("PING_INTERVAL", get("PING_INTERVAL", "25"), 1, 600),
-        ping_timeout=_int("PING_TIMEOUT", get("PING_TIMEOUT", "20"), 1, 600),
+        # 15 + 10: a silent network loss is noticed within 25 s on both ends.
+        ping_interval=_int("PING_INTERVAL", get("PING_INTERVAL", "15"), 1, 600),
+        ping_timeout=_int("PING_TIMEOUT", get("PING_TIMEOUT", "10"), 1, 600),
         match_batch=_int("MATCH_BATCH", get("MATCH_BATCH", "256"), 2, 10_000),
         stats_interval=_float("STATS_INTERVAL", get("STATS_INTERVAL", "5"), 0.1, 3600),
         admin_password=admin_password,
@@ -206,6 +214,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_int("TRUSTED_PROXIES", get("TRUSTED_PROXIES", "0"), 0, 5),
         archiver_claim_idle=_float("ARCHIVER_CLAIM_IDLE", get("ARCHIVER_CLAIM_IDLE", "30"), 0.1,
                                    86400),
+        token_ttl=_int("TOKEN_TTL", get("TOKEN_TTL", "86400"), 60, 30 * 86400),
+        packet_rate=_float("PACKET_RATE", get("PACKET_RATE", "20"), 1, 10_000),
+        packet_burst=_int("PACKET_BURST", get("PACKET_BURST", "60"), 1, 100_000),
+        max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES", "65536"), 1024, 100_000_000),
+        header_timeout=_float("HEADER_TIMEOUT", get("HEADER_TIMEOUT", "10"), 0.5, 600),
+        max_conns_per_addr=_int("MAX_CONNS_PER_ADDR", get("MAX_CONNS_PER_ADDR", "64"), 0, 1_000_000),
+        drain_timeout=_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT", "3"), 0, 60),
     )
 
 
@@ -215,5 +230,6 @@ ENV_VARS = (
     "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
     "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
     "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
-    "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES"
+    "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES TOKEN_TTL PACKET_RATE PACKET_BURST "
+    "MAX_BODY_BYTES HEADER_TIMEOUT MAX_CONNS_PER_ADDR DRAIN_TIMEOUT"
 ).split()
