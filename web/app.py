@@ -14,7 +14,7 @@ from common import config
 from common.store import Store, redis_client
 from common.tokens import Tokens
 
-from . import admin, sockets
+from . import admin, drain, listener, sockets
 from .presence import Connections, heartbeat_loop
 
 log = logging.getLogger("web")
@@ -80,6 +80,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
                               "socketio": socketio}
     sockets.register(socketio, store, settings, Tokens(settings.secret_key), conns)
+    listener.install(socketio, store, conns, settings)
+    app.extensions["chat"]["drain"] = lambda: drain.drain(socketio, conns, settings)
 
     @app.get("/")
     def index():

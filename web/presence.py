@@ -18,6 +18,9 @@ class Connections:
     def __init__(self):
         self._sids: dict[str, set[str]] = defaultdict(set)
         self._user: dict[str, str] = {}
+        # Set by web/drain.py when the worker stops: its clients are told to resume elsewhere,
+        # so their disconnects are not a user going away.
+        self.draining = False
 
     def add(self, sid: str, user: str) -> None:
         if sid in self._user:  # never one socket in two users' sets

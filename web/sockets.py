@@ -26,6 +26,7 @@ from common.protocol import (Refused, parse_auth, parse_empty, parse_join, parse
 from common.store import Store
 from common.tokens import Tokens
 
+from . import packets
 from .presence import Connections
 from .ratelimit import TokenBucket
 
@@ -42,6 +43,7 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
     """
     state = gevent.local.local()
     server = socketio.server
+    packets.guard(server, settings, conns)
     original = server._handle_event_internal
 
     def wrapped(srv, sid, eio_sid, data, namespace, id):
