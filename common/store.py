@@ -150,6 +150,10 @@ class Store:
                 return state
         raise redis.RedisError(f"the partner of {user} kept changing during a resume")
 
+    def snapshot(self, user: str, since: int, sid: str) -> str:
+        """Emit `resumed` to `sid` without counting it as a reconnection (a replay after a gap)."""
+        return self.resume(user, since, sid)
+
     # the matcher's side ----------------------------------------------------------------------
     def match(self) -> int:
         k = self.k
