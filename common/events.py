@@ -16,8 +16,15 @@ WAITING = "waiting"
 MATCHED = "matched"
 # MESSAGE and TYPING are also sent to the partner under the same names.
 PARTNER_LEFT = "partner_left"
+PARTNER_AWAY = "partner_away"
+PARTNER_BACK = "partner_back"
+DRAINING = "draining"
 STATS = "stats"
 ERROR = "error"
+
+# The events the Lua scripts publish, handed to them by name (common/store.py lua_prelude): the
+# scripts say EV.matched, never a string of their own.
+LUA_EVENTS = (MESSAGE, TYPING, RESUMED, MATCHED, PARTNER_LEFT, PARTNER_AWAY, PARTNER_BACK, ERROR)
 
 # partner_left reasons
 REASON_NEXT = "next"
@@ -39,6 +46,7 @@ ERRORS = {
     "not_chatting": "You are not in a chat.",
     "already_chatting": "You are already in a chat; press Next for a new stranger.",
     "unknown_event": "Unknown event.",
+    "replaced": "This chat was opened in another tab or window, which took it over.",
     "unavailable": "The service is briefly unavailable; try again.",
     "internal": "Something went wrong on our side.",
 }

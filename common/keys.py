@@ -14,7 +14,10 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:room_info`           | hash   | room id -> JSON {interests, opened} |
 | `{p}:last`                | hash   | user -> last partner (so Next does not rematch them at once) |
 | `{p}:wake`                | list   | pushed on every join; the matcher blocks on it to wake up |
-| `{p}:outbox`              | list   | JSON events the matcher must emit (written in the same script as the state) |
+| `{p}:away`                | hash   | user -> when their last connection closed (ms); out of the online count until they return or are reaped |
+| `{p}:parked`              | hash   | away user -> their place in the queue (ms), given back if they return within the grace |
+| `{p}:workers`             | zset   | web worker id -> heartbeat deadline (ms); connections on a worker past it are dead |
+| `{p}:where:<user>`        | hash   | the user's connections: sid -> web worker id (one live one; a new one replaces it) |
 | `{p}:history`             | stream | room opened / message / room closed / report, for the archiver |
 | `{p}:sent:<user>`         | list   | the user's recent messages in their room, for replay on resume |
 | `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts:room", so a resend is delivered once |
@@ -73,8 +76,19 @@ class Keys:
         return self._k("wake")
 
     @property
-    def outbox(self) -> str:
-        return self._k("outbox")
+    def away(self) -> str:
+        return self._k("away")
+
+    @property
+    def parked(self) -> str:
+        return self._k("parked")
+
+    @property
+    def workers(self) -> str:
+        return self._k("workers")
+
+    def where(self, user: str) -> str:
+        return self._k("where:" + user)
 
     @property
     def history(self) -> str:

@@ -11,6 +11,7 @@ MAX_INTERESTS = 5
 MAX_INTEREST_LEN = 24
 MAX_ID_LEN = 64
 MAX_REPORT_LEN = 200
+MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client can hold exactly
 
 
 class Refused(Exception):
@@ -19,6 +20,19 @@ class Refused(Exception):
     def __init__(self, code: str):
         super().__init__(code)
         self.code = code
+
+
+def _is_text(value: Any) -> bool:
+    """A str that can be stored: JSON may carry lone surrogates ("\\ud800"), UTF-8 cannot."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _object(data: Any) -> dict:
@@ -40,7 +54,7 @@ def parse_join(data: Any) -> list[str] | None:
         raise Refused("bad_payload")
     out: list[str] = []
     for item in raw:
-        if not isinstance(item, str):
+        if not _is_text(item):
             raise Refused("bad_payload")
         item = " ".join(item.split()).lower()
         if len(item) > MAX_INTEREST_LEN:
@@ -55,10 +69,10 @@ def parse_message(data: Any, max_len: int) -> tuple[str, str]:
     if not isinstance(data, dict):
         raise Refused("bad_payload")
     msg_id = data.get("id")
-    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_ID_LEN:
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_ID_LEN or not _is_text(msg_id):
         raise Refused("bad_id")
     text = data.get("text")
-    if not isinstance(text, str):
+    if not _is_text(text):
         raise Refused("bad_payload")
     text = text.strip()
     if not text:
@@ -82,7 +96,7 @@ def parse_empty(data: Any) -> None:
 def parse_report(data: Any) -> str:
     d = _object(data)
     reason = d.get("reason", "")
-    if not isinstance(reason, str):
+    if not _is_text(reason):
         raise Refused("bad_payload")
     reason = reason.strip()
     if len(reason) > MAX_REPORT_LEN:
@@ -96,6 +110,7 @@ def parse_auth(auth: Any) -> tuple[str | None, int]:
         return None, 0
     token = auth.get("token")
     since = auth.get("since")
-    token = token if isinstance(token, str) and 0 < len(token) <= 256 else None
-    since = since if isinstance(since, int) and not isinstance(since, bool) and since >= 0 else 0
+    token = token if isinstance(token, str) and 0 < len(token) <= 256 and token.isascii() else None
+    if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_SEQ:
+        since = 0
     return token, since

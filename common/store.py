@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from . import events as ev
 from .config import Settings
 from .keys import USER_ROOM_PREFIX, Keys
 
@@ -19,6 +20,7 @@ LUA_DIR = Path(__file__).with_name("lua")
 HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
 SENT_KEPT = 200  # messages per user kept for replay on resume
 SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
+WHERE_TTL = 86400  # seconds a user's connection list outlives their last connection
 RESUME_TRIES = 5  # resume.lua retries when the partner changed between its read and the script
 POOL_MAX = 100  # Redis connections per process
 POOL_WAIT = 10.0  # seconds a command may wait for a free one
@@ -47,10 +49,12 @@ def lua_string(value: str) -> str:
 
 
 def lua_prelude(settings: Settings) -> str:
-    """What every script can use: the emit() helper of lua/lib/emit.lua and its constants."""
+    """What every script can use: the helpers of lua/lib/*.lua and the constants they need."""
+    names = ", ".join(f"{name} = {lua_string(name)}" for name in ev.LUA_EVENTS)
     return (f"local EMIT_CHANNEL = {lua_string(settings.socketio_channel)}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
-            + (LUA_DIR / "lib" / "emit.lua").read_text())
+            f"local EV = {{{names}}}\n"
+            + "".join(p.read_text() for p in sorted((LUA_DIR / "lib").glob("*.lua"))))
 
 
 @dataclass
@@ -77,12 +81,32 @@ class Store:
         return self._scripts[name](keys=keys, args=args)
 
     # presence -------------------------------------------------------------------------------
-    def touch(self, users: list[str]) -> int:
-        """Keep these users alive for one grace period from now; return the online count."""
-        return int(self._run("touch", [self.k.alive], [self.ttl_ms, *users]))
+    def touch(self, users: list[str], worker: str = "") -> int:
+        """Keep these users (and their worker) alive for one grace period; the online count."""
+        k = self.k
+        return int(self._run("touch", [k.alive, k.away, k.workers], [self.ttl_ms, worker, *users]))
 
     def online(self) -> int:
-        return int(self._run("touch", [self.k.alive], [self.ttl_ms]))
+        return self.touch([])
+
+    def connect(self, user: str, sid: str, worker: str) -> tuple[int, int]:
+        """A connection of `user` arrived: (online, how many older connections it replaced)."""
+        k = self.k
+        online, replaced = self._run(
+            "connect",
+            [k.alive, k.away, k.workers, k.where(user), k.parked, k.queue, k.partner, k.room,
+             k.wake],
+            [user, sid, worker, self.ttl_ms, WHERE_TTL,
+             json.dumps(ev.error("replaced"), ensure_ascii=False)])
+        return int(online), int(replaced)
+
+    def disconnect(self, user: str, sid: str, draining: bool = False) -> str:
+        """A connection of `user` closed: 'here', 'draining' or 'away' (see disconnect.lua)."""
+        k = self.k
+        return self._run(
+            "disconnect",
+            [k.alive, k.away, k.workers, k.where(user), k.parked, k.queue, k.partner, k.room],
+            [user, sid, self.ttl_ms, "1" if draining else "0"])
 
     # the chat ---------------------------------------------------------------------------------
     def join(self, user: str, interests: list[str] | None) -> tuple[str, int]:
@@ -161,8 +185,7 @@ class Store:
         rooms = [uuid.uuid4().hex for _ in range(pairs)]
         return int(self._run(
             "match",
-            [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.outbox, k.room_info,
-             k.history],
+            [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.room_info, k.history],
             [int(self.s.interest_wait * 1000), self.s.match_batch, HISTORY_MAXLEN, *rooms],
         ))
 
@@ -171,14 +194,9 @@ class Store:
         return int(self._run(
             "reap",
             [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.room_seq, k.room_info,
-             k.outbox, k.history],
+             k.away, k.history, k.parked],
             [limit, HISTORY_MAXLEN],
         ))
-
-    def take_outbox(self, count: int = 200) -> list[dict]:
-        """Pop events to emit. Popped before emitting: two matchers never emit one event twice."""
-        raw = self.r.lpop(self.k.outbox, count)
-        return [json.loads(x) for x in raw or []]
 
     def counts(self) -> dict:
         """Online, waiting and chatting users now."""

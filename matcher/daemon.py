@@ -1,4 +1,7 @@
-"""The matcher's loop: wake on a join (or every tick), pair, reap, emit; one step at a time.
+"""The matcher's loop: wake on a join (or every tick), pair, reap; one step at a time.
+
+Pairing and reaping publish their own `matched` / `partner_left` from their Lua scripts, in the
+same atomic step as the change: nothing is left to emit if this process dies.
 
 No gevent here: a plain blocking loop is all a daemon of one thread needs, and the Socket.IO
 emitter it uses is write-only (it publishes to Redis and never listens).
@@ -14,7 +17,6 @@ from redis.exceptions import RedisError
 from common import events as ev
 from common.config import Settings
 from common.entry import pause
-from common.keys import user_room
 from common.store import Store, redis_client
 
 log = logging.getLogger("matcher")
@@ -36,32 +38,20 @@ class Matcher:
         self.stopping = True
 
     def step(self) -> None:
-        """One pass: emit what an earlier pass (or a killed matcher) left, pair, reap, emit."""
-        self.flush()
+        """One pass: pair until the queue is done, reap, and now and then broadcast the counts."""
         while True:
             made = self.store.match()
             if made:
                 log.info("matched %d pair(s)", made)
-            self.flush()
             if made < self.s.match_batch // 2:
                 break
         gone = self.store.reap()
         if gone:
             log.info("reaped %d user(s) gone past the grace period", gone)
-            self.flush()
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.s.stats_interval
             self.emitter.emit(ev.STATS, self.store.counts(), namespace="/")
-
-    def flush(self) -> None:
-        while not self.stopping:
-            batch = self.store.take_outbox()
-            for item in batch:
-                self.emitter.emit(item["event"], item["data"], namespace="/",
-                                  room=user_room(item["to"]))
-            if not batch:
-                return
 
     def run(self) -> int:
         log.info("matcher started: %s", self.s.describe())

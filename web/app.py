@@ -79,7 +79,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
                               "socketio": socketio}
-    sockets.register(socketio, store, settings, Tokens(settings.secret_key), conns)
+    sockets.register(socketio, store, settings, Tokens(settings.secret_key, settings.token_ttl),
+                     conns)
     listener.install(socketio, store, conns, settings)
     app.extensions["chat"]["drain"] = lambda: drain.drain(socketio, conns, settings)
 
@@ -99,6 +100,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         except Exception as exc:
             log.warning("not ready: redis: %s", exc)
             return jsonify(ok=False, redis=False), 503
+        if conns.draining:
+            return jsonify(ok=False, draining=True), 503
         pubsub = getattr(socketio.server.manager, "pubsub", None)
         if pubsub is None or not pubsub.subscribed:
             return jsonify(ok=False, redis=True, queue=False), 503
@@ -116,6 +119,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     stopping = {"flag": False}
     app.extensions["chat"]["stop"] = lambda: stopping.__setitem__("flag", True)
     socketio.start_background_task(heartbeat_loop, socketio.sleep, store, conns,
-                                   settings.heartbeat_interval, lambda: stopping["flag"])
+                                   settings.heartbeat_interval, lambda: stopping["flag"],
+                                   settings.worker_id)
     log.info("web worker %s ready: %s", settings.worker_id, settings.describe())
     return app

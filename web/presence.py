@@ -51,13 +51,19 @@ class Connections:
         return len(self._user)
 
 
-def heartbeat_loop(sleep, store, conns: Connections, interval: float, stopping) -> None:
-    """Refresh every local user's presence each `interval` seconds until `stopping()`."""
+def heartbeat_loop(sleep, store, conns: Connections, interval: float, stopping,
+                   worker: str) -> None:
+    """Refresh this worker's and every local user's presence each `interval` s until `stopping()`.
+
+    The worker's own deadline says its connections are live (common/lua/lib/presence.lua): it is
+    refreshed even with no user, and a worker killed -9 stops refreshing it.
+    """
     while not stopping():
         users = conns.users()
         try:
-            for i in range(0, len(users), CHUNK):
-                store.touch(users[i:i + CHUNK])
+            store.touch(users[:CHUNK], worker)
+            for i in range(CHUNK, len(users), CHUNK):
+                store.touch(users[i:i + CHUNK], worker)
         except Exception as exc:  # Redis down: keep trying; users resume when it is back
             log.warning("heartbeat failed for %d users: %s", len(users), exc)
         sleep(interval)

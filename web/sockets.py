@@ -31,6 +31,7 @@ from .presence import Connections
 from .ratelimit import TokenBucket
 
 log = logging.getLogger("web.sockets")
+UNKNOWN = "\x00not-an-event"  # what a forbidden event name is renamed to before dispatch
 
 
 def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
@@ -43,15 +44,17 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
     """
     state = gevent.local.local()
     server = socketio.server
-    packets.guard(server, settings, conns)
     original = server._handle_event_internal
 
     def wrapped(srv, sid, eio_sid, data, namespace, id):
         state.ack = id is not None
-        if data and (not isinstance(data[0], str) or data[0] in server.reserved_events):
+        if data and (not isinstance(data[0], str) or data[0] in server.reserved_events
+                     or data[0] == "*"):
             # A client may not fire `connect`/`disconnect` handlers, nor name an event with
-            # anything but a string: route them to the catch-all, which answers unknown_event.
-            data = ["\x00not-an-event", *data[1:]]
+            # anything but a string, nor call the catch-all by its own name `*` (python-socketio
+            # 5.18 then calls it without the event name, shifting every argument): route them
+            # to the catch-all as an ordinary unknown event.
+            data = [UNKNOWN, *data[1:]]
         return original(srv, sid, eio_sid, data, namespace, id)
 
     server._handle_event_internal = wrapped
@@ -61,8 +64,11 @@ def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
 def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Tokens,
              conns: Connections) -> None:
     ack_state = _track_ack_requests(socketio)
+    # Control-event budgets per user, not per connection: a user's connections share one (a
+    # token opened on ten sockets gets no more than one), dropped with their last connection.
     buckets: dict[str, TokenBucket] = {}
     server = socketio.server
+    packets.guard(server, settings, conns)
 
     def on(event: str):
         def deco(fn):
@@ -72,6 +78,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     def send_self(sid: str, event: str, data: dict) -> None:
         """To this connection only, without a trip through the message queue."""
+        if not isinstance(sid, str):  # `to=None` would be every connection of the worker
+            raise TypeError(f"send_self to {sid!r}")
         server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
 
     def refuse(sid: str, code: str):
@@ -102,7 +110,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                 if user is None:
                     return refuse(sid, "internal")
                 if limited:
-                    bucket = buckets.get(sid)
+                    bucket = buckets.get(user)
                     if bucket is not None and not bucket.take():
                         return refuse(sid, "rate_limited")
                 return guarded(event, sid, fn, sid, user, args[0] if args else None)
@@ -116,11 +124,15 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         known = tokens.verify(token)
         user = known or tokens.new_user()
         conns.add(sid, user)
-        buckets[sid] = TokenBucket(settings.control_rate, settings.control_burst)
+        if user not in buckets:
+            buckets[user] = TokenBucket(settings.control_rate, settings.control_burst)
         server.enter_room(sid, user_room(user), namespace="/")
         code = None  # an error to tell after the hello, which always comes, once
         try:
-            online = store.touch([user])
+            # presence, and the takeover of this user's older connections (one live tab)
+            online, replaced = store.connect(user, sid, settings.worker_id)
+            if replaced:
+                log.info("connection of %s replaced %d older one(s)", user, replaced)
         except RedisError as exc:
             log.warning("connect of %s: redis unavailable: %s", user, exc)
             online, code = 0, "unavailable"
@@ -140,13 +152,15 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     @on("disconnect")
     def on_disconnect(sid, reason=None):
-        buckets.pop(sid, None)
         user, last_here = conns.remove(sid)
-        if user and last_here:
-            try:
-                store.touch([user])  # the grace period starts now
-            except RedisError as exc:
-                log.warning("disconnect of %s: redis unavailable: %s", user, exc)
+        if user is None:
+            return
+        if last_here:
+            buckets.pop(user, None)
+        try:  # the grace period starts when the user's last connection anywhere is gone
+            store.disconnect(user, sid, draining=conns.draining)
+        except RedisError as exc:
+            log.warning("disconnect of %s: redis unavailable: %s", user, exc)
 
     @handler(ev.JOIN)
     def on_join(sid, user, data):
@@ -173,10 +187,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     def end(sid, user, data, reason: str, requeue: bool):
         parse_empty(data)
-        partner, room = store.end_chat(user, reason, requeue)
-        if partner:
-            socketio.emit(ev.PARTNER_LEFT, {"reason": reason, "room": room},
-                          to=user_room(partner))
+        store.end_chat(user, reason, requeue)  # tells the partner (end_chat.lua)
         if requeue:
             send_self(sid, ev.WAITING, {"online": store.online()})
         return {"ok": True}
@@ -197,9 +208,12 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         return {"ok": True}
 
     @on("*")
-    def on_unknown(event, sid, *args):
-        bucket = buckets.get(sid)
+    def on_unknown(event, sid=None, *args):
+        if not isinstance(sid, str):  # never answer to anything but the sender's own sid
+            return None
+        user = conns.user_of(sid)
+        bucket = buckets.get(user) if user else None
         if bucket is not None and not bucket.take():
             return refuse(sid, "rate_limited")
-        log.info("unknown event %r from %s", str(event)[:64], conns.user_of(sid))
+        log.debug("unknown event %r from %s", str(event)[:64], user)
         return refuse(sid, "unknown_event")

@@ -6,8 +6,7 @@ local user = ARGV[1]
 if redis.call('HEXISTS', KEYS[4], user) == 1 then
   return {'chatting'}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), user)
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[3], user, ARGV[2])

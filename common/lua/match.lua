@@ -1,11 +1,11 @@
 -- Pair waiting users, atomically: nobody is paired twice, with themself, with someone who has a
 -- partner already, or with someone whose presence expired. Users sharing an interest go first;
 -- others once they have waited ARGV[1] ms; the last partner only when nobody else waits.
--- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 outbox, 8 room_info, 9 history
+-- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 room_info, 8 history
 -- ARGV: 1 interest wait ms, 2 batch size, 3 history maxlen, 4.. fresh room ids (one per pair)
--- Returns the number of pairs made. Each pair's `matched` events are queued on the outbox.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Returns the number of pairs made. Each pair's `matched` is published by this script: a
+-- matcher killed or a Redis failure can never leave a pair made and not told.
+local now = now_ms()
 local interest_wait = tonumber(ARGV[1])
 local entries = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 
@@ -87,13 +87,12 @@ for i = 1, n do
       redis.call('ZREM', KEYS[1], u, best)
       local shared_json = cjson.encode(best_common)
       if #best_common == 0 then shared_json = '[]' end
-      redis.call('HSET', KEYS[8], room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
-      redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[3], '*', 'type', 'opened', 'room', room,
+      redis.call('HSET', KEYS[7], room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
+      redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[3], '*', 'type', 'opened', 'room', room,
         'user1', u, 'user2', best, 'interests', shared_json, 'ts', tostring(now))
       local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. shared_json .. '}'
-      redis.call('RPUSH', KEYS[7],
-        '{"to":' .. cjson.encode(u) .. ',"event":"matched","data":' .. data .. '}',
-        '{"to":' .. cjson.encode(best) .. ',"event":"matched","data":' .. data .. '}')
+      emit_json(EV.matched, USER_ROOM_PREFIX .. u, data)
+      emit_json(EV.matched, USER_ROOM_PREFIX .. best, data)
       pairs_made = pairs_made + 1
     end
   end

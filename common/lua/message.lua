@@ -22,8 +22,7 @@ local room = redis.call('HGET', KEYS[2], user)
 if not partner or not room then
   return {'not_chatting', 0, 0, ''}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
 local b = redis.call('HMGET', KEYS[5], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
@@ -44,5 +43,5 @@ redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
 redis.call('EXPIRE', KEYS[6], ttl)
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'type', 'message', 'room', room,
   'user', user, 'id', id, 'seq', tostring(seq), 'text', ARGV[3], 'ts', tostring(now))
-emit('message', partner, {id = id, room = room, text = ARGV[3], ts = now, seq = seq})
+emit(EV.message, partner, {id = id, room = room, text = ARGV[3], ts = now, seq = seq})
 return {'ok', seq, now, room}

@@ -36,10 +36,10 @@ if partner and room then
       interests = cjson.encode(shared)
     end
   end
-  emit_json('resumed', ARGV[4], '{"state":"chatting","room":' .. cjson.encode(room)
+  emit_json(EV.resumed, ARGV[4], '{"state":"chatting","room":' .. cjson.encode(room)
     .. ',"interests":' .. interests .. ',"history":[' .. table.concat(history, ',') .. ']}')
   return 'chatting'
 end
 local state = redis.call('ZSCORE', KEYS[3], user) and 'waiting' or 'idle'
-emit_json('resumed', ARGV[4], '{"state":"' .. state .. '"}')
+emit_json(EV.resumed, ARGV[4], '{"state":"' .. state .. '"}')
 return state

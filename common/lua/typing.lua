@@ -8,5 +8,5 @@ local room = redis.call('HGET', KEYS[2], ARGV[1])
 if not partner or not room then
   return 0
 end
-emit('typing', partner, {typing = ARGV[2] == '1', room = room})
+emit(EV.typing, partner, {typing = ARGV[2] == '1', room = room})
 return 1

@@ -19,3 +19,10 @@ end
 local function emit(event, user, payload)
   emit_json(event, USER_ROOM_PREFIX .. user, cjson.encode(payload))
 end
+
+-- Close connection `sid` wherever it is (python-socketio's queued `disconnect`): its worker
+-- sends it a Socket.IO DISCONNECT, after every event published before this one.
+local function disconnect_sid(sid)
+  redis.call('PUBLISH', EMIT_CHANNEL, '{"method":"disconnect","sid":' .. cjson.encode(sid)
+    .. ',"namespace":"/"}')
+end

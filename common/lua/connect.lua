@@ -1,0 +1,45 @@
+-- A connection of a known user arrives: presence, takeover of older tabs, and "back".
+-- KEYS: 1 alive, 2 away, 3 workers, 4 where:<user>, 5 parked, 6 queue, 7 partner, 8 room,
+--       9 wake
+-- ARGV: 1 user, 2 sid, 3 worker id, 4 presence ttl ms, 5 where ttl s, 6 `replaced` error JSON
+-- Returns {online, replaced connections}.
+-- One live tab per user: the user's other live connections are told `error {code: replaced}`
+-- and closed, so a copied token takes the chat over visibly instead of reading it in silence.
+-- A user who was away (no connection left) is back: a waiting user returns to the queue with
+-- their first waiting time, a chatting user's partner gets `partner_back`.
+local alive, away, workers, where = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local parked, queue, partner_key, room_key, wake = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local user, sid, worker = ARGV[1], ARGV[2], ARGV[3]
+local ttl_ms, where_ttl, replaced_json = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+redis.call('ZADD', workers, now + ttl_ms, worker)  -- before its first heartbeat, too
+
+local others = live_sids(where, workers, now)
+for _, old in ipairs(others) do
+  if old ~= sid then
+    emit_json(EV.error, old, replaced_json)
+    disconnect_sid(old)
+    redis.call('HDEL', where, old)
+  end
+end
+redis.call('HSET', where, sid, worker)
+redis.call('EXPIRE', where, where_ttl)
+redis.call('ZADD', alive, now + ttl_ms, user)
+
+if redis.call('HDEL', away, user) == 1 then
+  local since = redis.call('HGET', parked, user)
+  if since then
+    redis.call('HDEL', parked, user)
+    if redis.call('HEXISTS', partner_key, user) == 0 then
+      redis.call('ZADD', queue, 'NX', since, user)
+      redis.call('LPUSH', wake, '1')
+      redis.call('LTRIM', wake, 0, 0)
+    end
+  end
+  local partner = redis.call('HGET', partner_key, user)
+  local room = redis.call('HGET', room_key, user)
+  if partner and room then
+    emit(EV.partner_back, partner, {room = room})
+  end
+end
+return {online_count(alive, away, now), #others}

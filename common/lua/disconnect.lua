@@ -1,0 +1,35 @@
+-- A connection closed. When it was the user's last live one, the grace period starts: a waiting
+-- user leaves the queue (nobody is matched with a closed tab) until they come back, a chatting
+-- user's partner is told `partner_away` at once; the reaper ends it all after the grace.
+-- KEYS: 1 alive, 2 away, 3 workers, 4 where:<user>, 5 parked, 6 queue, 7 partner, 8 room
+-- ARGV: 1 user, 2 sid, 3 presence ttl ms, 4 '1' when the worker is draining (its clients are
+--       resuming elsewhere now: not "away", only the grace starts)
+-- Returns 'here' (another connection is live), 'draining' or 'away'.
+local alive, away, workers, where = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local parked, queue, partner_key, room_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local user, sid, ttl_ms, draining = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local now = now_ms()
+
+redis.call('HDEL', where, sid)
+if #live_sids(where, workers, now) > 0 then
+  return 'here'
+end
+if not redis.call('ZSCORE', alive, user) then
+  return 'away'  -- reaped already (or never known): nothing to keep
+end
+redis.call('ZADD', alive, now + ttl_ms, user)
+if draining then
+  return 'draining'
+end
+redis.call('HSET', away, user, now)
+local since = redis.call('ZSCORE', queue, user)
+if since then
+  redis.call('ZREM', queue, user)
+  redis.call('HSET', parked, user, since)
+end
+local partner = redis.call('HGET', partner_key, user)
+local room = redis.call('HGET', room_key, user)
+if partner and room then
+  emit(EV.partner_away, partner, {room = room})
+end
+return 'away'

@@ -1,0 +1,23 @@
+-- Who is online: users with a presence deadline in the future, less those whose connections are
+-- all gone (the `away` hash: they keep their chat or their place in the queue for the grace,
+-- but nobody is talking to them now).
+local function online_count(alive_key, away_key, now)
+  local n = redis.call('ZCOUNT', alive_key, '(' .. now, '+inf') - redis.call('HLEN', away_key)
+  if n < 0 then return 0 end
+  return n
+end
+
+-- The sids in a user's `where` hash whose worker is alive (its heartbeat deadline not passed).
+local function live_sids(where_key, workers_key, now)
+  local out = {}
+  local flat = redis.call('HGETALL', where_key)
+  for i = 1, #flat, 2 do
+    local deadline = tonumber(redis.call('ZSCORE', workers_key, flat[i + 1]))
+    if deadline and deadline > now then
+      out[#out + 1] = flat[i]
+    else
+      redis.call('HDEL', where_key, flat[i])  -- a dead worker's connection
+    end
+  end
+  return out
+end
