@@ -90,7 +90,8 @@ def pair_up(store: Store, r, a: str, b: str) -> str:
     assert store.match() == 1
     room = r.hget(K.room, a)
     assert room and r.hget(K.room, b) == room and r.hget(K.partner, a) == b
-    r.delete(K.outbox)
+    outbox(r)
+    _seen.clear()  # the test looks at what comes after the pairing
     return room
 
 
@@ -98,8 +99,27 @@ def history(r, kind: str | None = None) -> list[dict]:
     return [f for _id, f in r.xrange(K.history) if kind is None or f["type"] == kind]
 
 
+_seen: list[dict] = []  # every user-room emit published since the test began
+_sub = {}
+
+
+@pytest.fixture(autouse=True)
+def _record_emits(redis_server, r):
+    """Subscribe before the test acts, so that outbox() sees every emit its scripts publish."""
+    _seen.clear()
+    _sub["sub"] = subscribe(redis_server.client, config.load({
+        "APP_ENV": "development", "SECRET_KEY": "x" * 40,
+        "ADMIN_PASSWORD": "lua-test-admin"}).socketio_channel)
+    yield
+    _sub.pop("sub").close()
+
+
 def outbox(r) -> list[dict]:
-    return [json.loads(x) for x in r.lrange(K.outbox, 0, -1)]
+    """The events the scripts published to users so far, as {to, event, data}, in order."""
+    for m in published(_sub["sub"]):
+        if m.get("method") == "emit" and str(m.get("room", "")).startswith("u:"):
+            _seen.append({"to": m["room"][2:], "event": m["event"], "data": m["data"][0]})
+    return list(_seen)
 
 
 def subscribe(client, channel: str):
@@ -264,7 +284,7 @@ def test_message_is_emitted_to_the_partner_in_the_same_step(store, r, emitted):
     m = store.message("a", "a1", "h\u00e9llo \"/\\ \U0001f600")
     assert store.message("a", "a1", "resent").status == "dup"  # a dup emits nothing
     assert store.message("z", "z1", "alone").status == "not_chatting"
-    assert emitted() == [{
+    assert [e for e in emitted() if e["event"] != "matched"] == [{
         "method": "emit", "event": "message", "namespace": "/", "room": "u:b",
         "data": [{"id": "a1", "room": room, "text": "h\u00e9llo \"/\\ \U0001f600",
                   "ts": m.ts, "seq": 1}],
@@ -401,7 +421,7 @@ def test_typing_goes_to_the_partner_with_the_room_and_not_without_a_chat(store, 
     assert store.typing("idle", True) is False
     store.end_chat("a", "left", False)
     assert store.typing("a", True) is False and store.typing("b", True) is False
-    assert [(e["event"], e["room"], e["data"]) for e in emitted()] == [
+    assert [(e["event"], e["room"], e["data"]) for e in emitted() if e["event"] == "typing"] == [
         ("typing", "u:b", [{"typing": True, "room": room}]),
         ("typing", "u:a", [{"typing": False, "room": room}]),
     ]
@@ -413,7 +433,7 @@ def test_an_odd_socketio_channel_name_reaches_the_scripts_intact(make_store, r, 
     sub = subscribe(redis_server.client, channel)
     pair_up(store, r, "a", "b")
     assert store.typing("a", True)
-    assert [e["room"] for e in published(sub)] == ["u:b"]
+    assert [e["room"] for e in published(sub) if e["event"] == "typing"] == ["u:b"]
     sub.close()
 
 
@@ -538,6 +558,8 @@ def test_last_partners_may_be_paired_again_when_only_they_wait(store, r):
     assert pairs(r) == {frozenset("AB")}
     # the same with a shared interest, which is then reported
     r.flushall()
+    outbox(r)
+    _seen.clear()
     store.join("A", ["cats"])
     store.join("B", ["cats", "dogs"])
     r.hset(K.last, mapping={"A": "B", "B": "A"})
@@ -577,7 +599,8 @@ def test_reap_ends_the_chat_of_a_user_gone_past_the_grace(store, r):
     assert r.hgetall(K.last) == {"b": "a"}
     assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
     left = {"event": "partner_left", "data": {"reason": "disconnected", "room": room}}
-    assert outbox(r) == [{"to": "b", **left}, {"to": "a", **left}]
+    assert [e for e in outbox(r) if e["event"] != "message"] == [{"to": "b", **left},
+                                                                  {"to": "a", **left}]
     closed = history(r, "closed")
     assert [(h["room"], h["user"], h["reason"]) for h in closed] == [(room, "a", "disconnected")]
     assert r.zcard(K.queue) == 0
@@ -605,50 +628,59 @@ def test_reap_does_at_most_limit_users_per_call(store, r):
     assert r.zrange(K.alive, 0, -1) == ["alive"]
 
 
-# -- take_outbox --------------------------------------------------------------------------------
-def test_take_outbox_pops_events_in_order(store, r):
-    events = [{"to": f"u{i}", "event": "matched", "data": {"room": f"r{i}"}} for i in range(5)]
-    r.rpush(K.outbox, *(json.dumps(e) for e in events))
-    assert store.take_outbox(3) == events[:3]
-    assert store.take_outbox() == events[3:]
-    assert store.take_outbox() == []
-    assert r.llen(K.outbox) == 0
+# -- connect.lua / disconnect.lua ---------------------------------------------------------------
+def test_a_waiting_user_whose_last_connection_closes_leaves_the_queue_and_comes_back(store, r):
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w1")
+    enqueue(store, r, "a")
+    first = r.zscore(K.queue, "a")
+    assert store.online() == 2
+    assert store.disconnect("a", "sa") == "away"
+    assert r.zscore(K.queue, "a") is None and store.online() == 1  # a closed tab is not online
+    store.join("b", None)
+    assert store.match() == 0  # nobody to pair b with: a is gone
+    assert store.connect("a", "sa2", "w2") == (2, 0)
+    assert r.zscore(K.queue, "a") == first  # back in line with their first waiting time
+    assert store.match() == 1 and pairs(r) == {frozenset("ab")}
 
 
-def test_two_consumers_never_take_the_same_event(make_store, r):
-    n = 3000
-    r.rpush(K.outbox, *(json.dumps({"to": "u", "event": "e", "data": {"i": i}}) for i in range(n)))
-    stores = [make_store(), make_store()]  # separate clients, like two matcher processes
-    taken: list[list[int]] = [[], []]
-    start = threading.Barrier(2)
-
-    def consume(k: int) -> None:
-        start.wait()
-        while batch := stores[k].take_outbox(7):
-            taken[k].extend(e["data"]["i"] for e in batch)
-
-    threads = [threading.Thread(target=consume, args=(k,)) for k in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads)
-    assert not set(taken[0]) & set(taken[1])
-    assert sorted(taken[0] + taken[1]) == list(range(n))
-    assert taken[0] == sorted(taken[0]) and taken[1] == sorted(taken[1])
+def test_partner_away_at_once_and_back_on_return_only_for_the_last_connection(store, r):
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w1")
+    room = pair_up(store, r, "a", "b")
+    assert store.disconnect("a", "sa") == "away"
+    assert outbox(r) == [{"to": "b", "event": "partner_away", "data": {"room": room}}]
+    assert store.connect("a", "sa2", "w2")[1] == 0
+    assert outbox(r)[1:] == [{"to": "b", "event": "partner_back", "data": {"room": room}}]
+    assert store.disconnect("a", "unknown-sid") == "here"  # a stale sid: a is still connected
+    assert store.disconnect("a", "sa2", draining=True) == "draining"  # resuming elsewhere
+    assert len(outbox(r)) == 2 and r.hget(K.away, "a") is None
+    assert r.hget(K.partner, "a") == "b"
 
 
-# -- the client's connection pool ---------------------------------------------------------------
-def test_more_concurrent_commands_than_pool_connections_wait_instead_of_failing(redis_server):
-    """A burst of POOL_MAX + 50 commands in flight at once (as in a web worker when Redis stalls)
-    all succeed: they queue for a connection rather than raise "Too many connections"."""
-    from concurrent.futures import ThreadPoolExecutor
+def test_a_second_connection_with_the_same_user_replaces_the_first(store, r, emitted):
+    store.touch([], "w1")
+    assert store.connect("a", "old", "w1") == (1, 0)
+    assert store.connect("a", "new", "w2") == (1, 1)
+    assert r.hgetall(K.where("a")) == {"new": "w2"}
+    got = [e for e in emitted() if e.get("room") == "old" or e.get("sid") == "old"]
+    assert got[0]["event"] == "error" and got[0]["data"][0]["code"] == "replaced"
+    assert got[1] == {"method": "disconnect", "sid": "old", "namespace": "/"}
+    # the replaced connection's own disconnect afterwards changes nothing
+    assert store.disconnect("a", "old") == "here"
 
-    from common.store import POOL_MAX
 
-    client = redis_client(redis_server.url)
-    n = POOL_MAX + 50
-    with ThreadPoolExecutor(n) as pool:  # each holds its connection for the BLPOP's 0.3 s
-        results = list(pool.map(lambda i: client.blpop([f"nothing:{i}"], timeout=0.3), range(n)))
-    assert results == [None] * n
-    assert len(client.connection_pool._connections) <= POOL_MAX
+def test_connections_on_a_dead_worker_do_not_count(store, r):
+    store.connect("a", "s1", "dead")
+    r.zadd(K.workers, {"dead": now_ms(r) - 1})  # its heartbeat stopped
+    assert store.connect("a", "s2", "w2") == (1, 0)  # nothing live to replace
+    assert r.hgetall(K.where("a")) == {"s2": "w2"}
+
+
+def test_end_chat_tells_the_partner_with_the_reason_and_room(store, r):
+    room = pair_up(store, r, "a", "b")
+    assert store.end_chat("a", "next", True) == ("b", room)
+    assert outbox(r) == [{"to": "b", "event": "partner_left",
+                          "data": {"reason": "next", "room": room}}]
+    assert store.end_chat("a", "left", False) == ("", "")
+    assert len(outbox(r)) == 1
