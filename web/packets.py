@@ -1,9 +1,238 @@
 """The Socket.IO packet gate: every packet a client sends passes here before python-socketio.
 
-(Placeholder; filled in by the packet-gate work.)
+python-socketio 5.18 trusts what arrives: a binary packet's announced attachment count makes it
+store every following frame until that many came (9,999,999 of them grew a worker by 300 MiB),
+a malformed packet raises out of `Server._handle_eio_message` and Engine.IO logs a traceback,
+and packets cost their sender nothing, so 200,000 cheap ones starved the worker's other users.
+
+`guard` replaces that dispatch with one that
+
+- charges every packet to a per-connection token bucket (PACKET_RATE/s, burst PACKET_BURST,
+  valid or not), and closes the Engine.IO connection with one `error {code: "rate_limited"}`
+  when the bucket is empty;
+- refuses binary Socket.IO packets (types 5, 6) and binary Engine.IO messages outright: this
+  protocol has no binary events, so nothing is ever stored for attachments;
+- refuses whatever cannot be decoded or is not one of CONNECT (to `/`, once), DISCONNECT (from
+  `/`) or EVENT (on `/`, a non-empty list): `error {code: "bad_payload"}` to that connection when
+  it is connected to `/`, a CONNECT_ERROR carrying the same code while it is not yet, never an
+  exception, and at most one WARNING line per LOG_EVERY seconds for all of them;
+- sends these answers straight to the connection (pre-encoded Engine.IO packets), never through
+  the Redis queue.
+
+A refused packet costs REFUSED_COST tokens instead of one, and so does an event the handlers
+refuse for a protocol fault no honest client makes (PROTOCOL_FAULTS): see REFUSED_COST.
+
+The valid path is a dict lookup, the bucket's arithmetic, a first-character test and the
+decode python-socketio did anyway.
 """
 from __future__ import annotations
 
+import collections
+import logging
+import time
 
-def guard(server, settings, conns) -> None:
-    """Wrap `server` so that hostile packets cost their sender and never reach a handler."""
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from common import events as ev
+
+from .ratelimit import TokenBucket
+
+log = logging.getLogger("web.packets")
+
+# What a refused packet costs, in packets. An honest client (the page, the load test's users,
+# any Socket.IO client library) never sends one, so the price can be steep without hurting
+# anybody; it has to be, because a refusal is work for the worker (a decode that failed, an
+# error packet encoded and sent back) that gives nothing to anyone. At 5, a connection that
+# sends only garbage gets PACKET_BURST / 5 = 12 answers in a burst, then PACKET_RATE / 5 = 4 a
+# second, and is closed as soon as it sends faster than that; a buggy but honest client still
+# sees its first errors before anything is closed.
+REFUSED_COST = 5
+# Refusals by the event handlers that only a broken or hostile client provokes, charged like a
+# refused packet. Not charged: what a person can cause (`empty`, `too_long`, `not_chatting`,
+# `already_chatting` after a race, `rate_limited`, which has its own budget) and server faults.
+PROTOCOL_FAULTS = frozenset({"bad_payload", "bad_id", "unknown_event"})
+LOG_EVERY = 10.0  # seconds between two WARNING lines about refused packets (one line, summed)
+
+BINARY_TEXT = "Binary packets are not accepted."
+
+
+class Gate:
+    """The per-connection budget and the dispatch of one worker's Socket.IO server."""
+
+    def __init__(self, server, settings):
+        self.server = server
+        self.rate, self.burst = settings.packet_rate, settings.packet_burst
+        self.buckets: dict[str, TokenBucket] = {}
+        self.manager = server.manager
+        self.decode = server.packet_class
+        self.handle_event = server._handle_event  # bound once: the hot path
+        self.send_eio = server._send_eio_packet
+        self.client_disconnect = server.reason.CLIENT_DISCONNECT
+        self.answers = {
+            "bad_payload": self._event(ev.error("bad_payload")),
+            "binary": self._event(ev.error("bad_payload", BINARY_TEXT)),
+            "rate_limited": self._event(ev.error("rate_limited")),
+        }
+        self.connect_error = self._eio(sio_packet.Packet(
+            sio_packet.CONNECT_ERROR, namespace="/",
+            data={"message": ev.ERRORS["bad_payload"], "data": ev.error("bad_payload")}))
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.last_log = -LOG_EVERY
+
+    # -- pre-encoded answers -------------------------------------------------------------------
+    def _eio(self, pkt) -> eio_packet.Packet:
+        # One Engine.IO packet object can be sent to many connections: python-socketio's own
+        # broadcast does the same (its encoded form is cached in the object).
+        return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+
+    def _event(self, payload: dict) -> eio_packet.Packet:
+        return self._eio(sio_packet.Packet(sio_packet.EVENT, namespace="/",
+                                           data=[ev.ERROR, payload]))
+
+    # -- Engine.IO events ----------------------------------------------------------------------
+    def on_connect(self, original):
+        def connect(eio_sid, *args):
+            r = original(eio_sid, *args)
+            if r is not False:
+                self.buckets[eio_sid] = TokenBucket(self.rate, self.burst)
+            return r
+        return connect
+
+    def on_disconnect(self, original):
+        def disconnect(eio_sid, *args):
+            self.buckets.pop(eio_sid, None)
+            self.server._binary_packet.pop(eio_sid, None)  # never filled; cleaned all the same
+            return original(eio_sid, *args)
+        return disconnect
+
+    def message(self, eio_sid, data):
+        """python-socketio's `_handle_eio_message`, with a budget and without trust."""
+        bucket = self.buckets.get(eio_sid)
+        if bucket is None:  # closed by the gate, or gone: what is still in flight is dropped
+            return
+        if not bucket.take():
+            return self.flood(eio_sid)
+        if data.__class__ is str and data[:1] == "2":  # EVENT: the hot path
+            try:
+                pkt = self.decode(encoded_packet=data)
+            except Exception as exc:  # anything json or the decoder raise: refused, not logged
+                return self.refuse(eio_sid, bucket, "undecodable event", exc)
+            args = pkt.data
+            if args.__class__ is list and args and (pkt.namespace is None
+                                                    or pkt.namespace == "/"):
+                return self.handle_event(eio_sid, "/", pkt.id, args)
+            return self.refuse(eio_sid, bucket, "event that is not a non-empty list on /")
+        return self.other(eio_sid, bucket, data)
+
+    def other(self, eio_sid, bucket, data):
+        """Everything but an EVENT: CONNECT and DISCONNECT pass, the rest is refused."""
+        if data.__class__ is not str:
+            if isinstance(data, (bytes, bytearray)):
+                return self.refuse(eio_sid, bucket, "binary message", answer="binary")
+            # Engine.IO decodes `4{…}`, `4[…]`, `4null` to JSON before Socket.IO sees them
+            return self.refuse(eio_sid, bucket, f"Engine.IO message of type "
+                                                f"{type(data).__name__}")
+        kind = data[:1]
+        if kind == "5" or kind == "6":
+            return self.refuse(eio_sid, bucket, "binary packet", answer="binary")
+        if kind != "0" and kind != "1":
+            return self.refuse(eio_sid, bucket, f"packet type {kind!r}")
+        try:
+            pkt = self.decode(encoded_packet=data)
+        except Exception as exc:
+            return self.refuse(eio_sid, bucket, "undecodable packet", exc)
+        if pkt.namespace is not None and pkt.namespace != "/":
+            return self.refuse(eio_sid, bucket, "another namespace")
+        if kind == "1":
+            return self.server._handle_disconnect(eio_sid, "/", self.client_disconnect)
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            return self.refuse(eio_sid, bucket, "second CONNECT")
+        if pkt.data is not None and pkt.data.__class__ is not dict:
+            return self.refuse(eio_sid, bucket, "CONNECT with auth that is not an object")
+        return self.server._handle_connect(eio_sid, "/", pkt.data)
+
+    # -- refusals ------------------------------------------------------------------------------
+    def refuse(self, eio_sid, bucket, what: str, exc: BaseException | None = None,
+               answer: str = "bad_payload") -> None:
+        bucket.tokens -= REFUSED_COST - 1  # may go below zero: the next packet closes it
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            self.send_eio(eio_sid, self.answers[answer])
+        else:  # not connected to `/` yet: the client waits for a CONNECT answer
+            self.send_eio(eio_sid, self.connect_error)
+        self.note(eio_sid, what if exc is None else f"{what} ({type(exc).__name__})")
+
+    def flood(self, eio_sid) -> None:
+        """The budget is spent: one `rate_limited`, then the Engine.IO connection is closed."""
+        del self.buckets[eio_sid]
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            self.send_eio(eio_sid, self.answers["rate_limited"])
+        sock = self.server.eio.sockets.get(eio_sid)
+        if sock is not None:
+            # wait=False: from inside this connection's own request or reader, waiting for its
+            # queue to drain could wait for a poll that never comes.
+            sock.close(wait=False, abort=False,
+                       reason=self.server.eio.reason.SERVER_DISCONNECT)
+        self.note(eio_sid, "over its packet budget: closed", "closed")
+
+    def charge(self, eio_sid, code) -> None:
+        """A handler refused an event for a protocol fault: it costs like a refused packet."""
+        if code in PROTOCOL_FAULTS:
+            bucket = self.buckets.get(eio_sid)
+            if bucket is not None:
+                bucket.tokens -= REFUSED_COST - 1
+
+    def note(self, eio_sid, what: str, counter: str = "refused") -> None:
+        """Count; at most one WARNING line per LOG_EVERY seconds, never a traceback."""
+        self.counts[counter] += 1
+        now = time.monotonic()
+        if now - self.last_log < LOG_EVERY:
+            return
+        environ = self.server.environ.get(eio_sid) or {}
+        log.warning("packet gate: %d packet(s) refused and %d connection(s) closed over budget "
+                    "since the last report; latest: %s from %s", self.counts["refused"],
+                    self.counts["closed"], what, environ.get("REMOTE_ADDR", "?"))
+        self.counts.clear()
+        self.last_log = now
+
+
+def guard(server, settings, conns) -> Gate:
+    """Wrap `server` so that hostile packets cost their sender and never reach a handler.
+
+    Engine.IO holds python-socketio's bound methods in `server.eio.handlers`, so the gate is
+    installed there as well as on the server object. `conns` is not needed at this level.
+    """
+    gate = Gate(server, settings)
+    handlers = server.eio.handlers
+    handlers["connect"] = gate.on_connect(handlers["connect"])
+    handlers["disconnect"] = gate.on_disconnect(handlers["disconnect"])
+    handlers["message"] = server._handle_eio_message = gate.message
+    server._handle_eio_disconnect = handlers["disconnect"]
+
+    # Handler refusals for protocol faults: seen on their way out, as a failed ack (sent by
+    # python-socketio's `_send_packet`) or as an `error` event sent with `emit`.
+    send_packet, emit = server._send_packet, server.emit
+    manager = server.manager
+
+    def send_packet_charged(eio_sid, pkt):
+        if pkt.packet_type == sio_packet.ACK:
+            args = pkt.data
+            if args and args[0].__class__ is dict and args[0].get("ok") is False:
+                err = args[0].get("error")
+                gate.charge(eio_sid, err.get("code") if err.__class__ is dict else None)
+        return send_packet(eio_sid, pkt)
+
+    def emit_charged(event, *args, **kw):
+        if event == ev.ERROR:
+            data = args[0] if args else kw.get("data")
+            sid = kw.get("to") or kw.get("room")
+            if data.__class__ is dict and sid.__class__ is str:
+                eio_sid = manager.eio_sid_from_sid(sid, "/")
+                if eio_sid is not None:
+                    gate.charge(eio_sid, data.get("code"))
+        return emit(event, *args, **kw)
+
+    server._send_packet = send_packet_charged
+    server.emit = emit_charged
+    server.packet_gate = gate
+    return gate
