@@ -4,12 +4,15 @@ from gevent import monkey
 monkey.patch_all()
 
 import gc  # noqa: E402
+import math  # noqa: E402
 import logging  # noqa: E402
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
 
 from common import config  # noqa: E402
 from common.entry import start  # noqa: E402
+from web import guard  # noqa: E402
+from web.guard import GRACE_AFTER_DRAIN  # noqa: E402
 
 log = logging.getLogger("web")
 
@@ -28,9 +31,12 @@ class WebServer(BaseApplication):
             # Socket.IO needs one worker per process (long-polling cannot be made sticky inside
             # gunicorn); scale with more processes behind nginx.
             "workers": 1,
-            "worker_class": "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+            # gevent-websocket's worker with our transport guards (web/guard.py): frame sizes
+            # checked from the header, a header-read deadline, a per-address cap, a drain.
+            "worker_class": "web.guard.GuardedWorker",
             "worker_connections": s.worker_connections,
-            "graceful_timeout": 10,
+            # SIGTERM: the drain (up to DRAIN_TIMEOUT), then the connections still open finish.
+            "graceful_timeout": math.ceil(s.drain_timeout + GRACE_AFTER_DRAIN) + 1,
             "timeout": 60,
             "keepalive": 5,
             "accesslog": None,
@@ -49,7 +55,8 @@ class WebServer(BaseApplication):
     def load(self):
         from web.app import create_app
 
-        return create_app(self.settings)
+        # Body limits in front of every route; the wrapper keeps `.extensions` reachable.
+        return guard.wrap(create_app(self.settings), self.settings)
 
 
 # The collector's thresholds. With the defaults (700, 10, 10) a worker holding 1000 chatting

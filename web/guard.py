@@ -1,0 +1,368 @@
+"""Transport-level defences of a web worker: what one hostile client can make it read, hold or do
+before any chat code runs.
+
+- `BodyLimit`: one WSGI middleware in front of everything (Flask and Engine.IO). A body over
+  MAX_BODY_BYTES (MAX_FRAME_BYTES under /socket.io/) is answered 413 with `Connection: close`
+  without being read; an oversized long-polling POST also ends its Engine.IO session.
+- `GuardedWebSocket`: refuses a WebSocket frame from its header (close 1009) instead of reading
+  the whole payload first.
+- `GuardedHandler` / `GuardedServer`: a header-read deadline (HEADER_TIMEOUT) and a cap of open
+  connections per client address (MAX_CONNS_PER_ADDR), for `make run`, which has no nginx.
+- `GuardedWorker`: gunicorn's gevent-websocket worker with the above, and a drain on SIGTERM.
+
+Checked against gevent-websocket 0.10.1 (its last release, 2017), gevent 26.9 and gunicorn 27.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from urllib.parse import parse_qs
+
+import gevent
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import Header, WebSocket
+from gunicorn.workers.ggevent import PyWSGIServer
+
+from common import config
+
+log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
+info = logging.getLogger("web")
+
+CLOSE_TOO_BIG = 1009  # RFC 6455: "message too big"
+CONTROL_FRAME_MAX = 125  # RFC 6455 5.5: control frames carry at most 125 bytes
+REFUSED = "chat.guard.refused"  # environ flag: the handler must not read the body to discard it
+# After the drain, the connections still open get this long to finish before gunicorn's own
+# graceful stop (and then its master) cuts them.
+GRACE_AFTER_DRAIN = 2.0
+
+_TOO_LARGE_BODY = b"Payload Too Large\n"
+
+
+def settings_of(app) -> config.Settings:
+    """The worker's Settings, from the app's extensions (one load per process)."""
+    chat = getattr(app, "extensions", {}).get("chat") or {}
+    return chat.get("settings") or config.load()
+
+
+# ------------------------------------------------------------------------------ HTTP bodies
+
+
+class BodyLimit:
+    """Refuse oversized request bodies before anyone reads them, for every route.
+
+    A declared Content-Length over the limit is refused from the header. A chunked body (no
+    length) is read up to the limit + 1 byte and refused past it, else handed on from memory,
+    so no route can be made to hold more than the limit. Flask's own MAX_CONTENT_LENGTH would
+    not cover Engine.IO, which reads `wsgi.input` itself.
+    """
+
+    def __init__(self, app, settings: config.Settings):
+        self.app = app
+        self.body_limit = settings.max_body_bytes
+        self.socketio_limit = settings.max_frame_bytes
+
+    @property
+    def extensions(self):
+        """The app's extensions (web/__main__.py reaches `worker.wsgi.extensions["chat"]`)."""
+        return self.app.extensions
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        limit = self.socketio_limit if path.startswith("/socket.io") else self.body_limit
+        declared = environ.get("CONTENT_LENGTH")
+        if declared:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = limit + 1
+            if length > limit:
+                return self._too_large(environ, start_response, "declared")
+        elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            body = environ["wsgi.input"].read(limit + 1)
+            if len(body) > limit:
+                return self._too_large(environ, start_response, "chunked")
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)
+
+    def _too_large(self, environ, start_response, how: str):
+        environ[REFUSED] = True
+        where = "socket.io" if environ.get("PATH_INFO", "").startswith("/socket.io") else "http"
+        log.warning("refused an oversized %s body (%s) on %s", how, environ.get("REQUEST_METHOD"),
+                    where)
+        if where == "socket.io":
+            self._end_session(environ)
+        start_response("413 Payload Too Large", [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(_TOO_LARGE_BODY))),
+            ("Connection", "close"),
+        ])
+        return [_TOO_LARGE_BODY]
+
+    def _end_session(self, environ) -> None:
+        """An oversized POST to a sid ends that Engine.IO session, as a frame too big does."""
+        sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
+        socketio = (getattr(self.app, "extensions", {}).get("chat") or {}).get("socketio")
+        if not sid or socketio is None:
+            return
+        eio = socketio.server.eio
+        if sid in eio.sockets:
+            eio.disconnect(sid)
+
+
+def wrap(app, settings: config.Settings | None = None):
+    """The app with every transport guard that is WSGI middleware in front of it."""
+    return BodyLimit(app, settings or settings_of(app))
+
+
+# ------------------------------------------------------------------------------ WebSocket frames
+
+
+class FrameTooBig(Exception):
+    """A frame (or a fragmented message so far) is over MAX_FRAME_BYTES; raised from its header.
+
+    Deliberately not geventwebsocket's ProtocolError: `WebSocket.receive` turns that into close
+    1002, and the right code is 1009.
+    """
+
+
+class GuardedWebSocket(WebSocket):
+    """gevent-websocket 0.10.1's WebSocket with a size check between a frame's header and its
+    payload.
+
+    Why: its `read_frame` reads the whole payload the header announces (`raw_read(length)`)
+    before anything can look at it, so one 100 MiB frame held the worker at 100 % CPU for ~17 s
+    and its memory grew by the frame; Engine.IO's max_http_buffer_size is only checked after
+    that. This class reads the header, refuses from the announced length (and from the running
+    total of a fragmented message), and only then reads the payload. The upstream project has
+    had no release since 2017, so the fix lives here.
+
+    Installed by GuardedHandler on the object gevent-websocket creates (same slots, so only the
+    class changes); the per-message running total lives on the handler.
+    """
+
+    __slots__ = ()
+
+    def read_frame(self):
+        header = Header.decode_header(self.stream)
+        handler = self.handler
+        limit = handler.server.max_frame_bytes
+        if header.opcode & 0x8:  # close, ping, pong
+            if header.length > CONTROL_FRAME_MAX:
+                raise FrameTooBig(f"control frame of {header.length} bytes")
+        else:
+            so_far = handler.ws_message_bytes if header.opcode == self.OPCODE_CONTINUATION else 0
+            total = so_far + header.length
+            if total > limit:
+                raise FrameTooBig(f"a message of {total} bytes or more (limit {limit})")
+            handler.ws_message_bytes = 0 if header.fin else total
+        if header.flags:
+            raise ProtocolError("reserved bits set")
+        payload = self.raw_read(header.length) if header.length else b""
+        if len(payload) != header.length:
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        if header.mask:
+            payload = header.unmask_payload(payload)
+        return header, payload
+
+    def receive(self):
+        try:
+            return super().receive()
+        except FrameTooBig as exc:
+            log.warning("closed a WebSocket with 1009: %s", exc)
+            handler = self.handler
+            try:
+                self.close(CLOSE_TOO_BIG, "message too big")
+            finally:
+                # Stop the sender at once: the payload still coming is never read, and closing
+                # with unread data resets the connection.
+                handler.abort_connection()
+            return None
+
+
+# ------------------------------------------------------------------------------ HTTP handler
+
+
+class HeadersTooSlow(OSError):
+    """Raised into a handler whose request line and headers took over HEADER_TIMEOUT.
+
+    An OSError, so that a request line cut short by it ends the connection quietly the way a
+    reset does (gevent.pywsgi treats socket errors there as a closed connection).
+    """
+
+
+class SlowHeadersRequest(ValueError):
+    """The same, once inside the header parser: pywsgi answers a ValueError there with 400."""
+
+
+class GuardedHandler(WebSocketHandler):
+    """gevent-websocket's handler with a header-read deadline and bounded frames.
+
+    The deadline covers the request line and all headers of each request (a keep-alive
+    connection idle between requests included) as one total, not per read: a client sending one
+    byte every few seconds cannot stretch it. It is a gevent timer rather than a socket timeout,
+    and it is cancelled as soon as the headers are parsed, so a long poll or a WebSocket lives
+    as long as it likes afterwards.
+    """
+
+    ws_message_bytes = 0
+
+    def handle_one_request(self):
+        timer = gevent.Timeout(self.server.header_timeout, HeadersTooSlow("header timeout"))
+        self._header_timer = timer
+        timer.start()
+        try:
+            return super().handle_one_request()
+        finally:
+            timer.close()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        except HeadersTooSlow:
+            raise SlowHeadersRequest("request headers not received in time") from None
+        finally:
+            self._header_timer.close()
+
+    def upgrade_connection(self):
+        result = super().upgrade_connection()
+        ws = getattr(self, "websocket", None)
+        if ws is not None and type(ws) is WebSocket:
+            ws.__class__ = GuardedWebSocket
+        return result
+
+    def run_application(self):
+        try:
+            return super().run_application()
+        finally:
+            if self.environ.get(REFUSED):
+                # The body was refused unread: pywsgi would otherwise read it all to "discard"
+                # it before closing (300 MiB for a 300 MiB POST). Close instead.
+                self.close_connection = True
+                self.wsgi_input = _NothingToDiscard
+
+    def abort_connection(self) -> None:
+        """Close the TCP connection now, unread data and all (the peer gets a reset)."""
+        self.close_connection = True
+        sock = getattr(self, "socket", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # gevent.pywsgi writes client errors straight to its error log (stderr by default) with the
+    # client's address, and prints a traceback for some: one throttled line instead, no address.
+    def log_error(self, msg, *args):
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):
+            text = f"{msg!r} {args!r}"
+        log.warning("bad HTTP request: %s", text)
+
+    def _handle_client_error(self, ex):
+        log.warning(f"bad HTTP request ({type(ex).__name__}): %s", ex)
+        return "400", _BAD_REQUEST
+
+
+_BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 12\r\n\r\nBad Request\n")
+
+
+class _NothingToDiscard:
+    @staticmethod
+    def _discard():
+        return None
+
+
+# ------------------------------------------------------------------------------ server, worker
+
+
+class GuardedServer(PyWSGIServer):
+    """gunicorn's pywsgi server with a per-address connection cap and our logging.
+
+    MAX_CONNS_PER_ADDR open connections per client address; one more is closed at once, before
+    a byte is read. Behind nginx (TRUSTED_PROXIES > 0) every connection comes from nginx, which
+    caps per client address itself, so the worker does not count.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["error_log"] = logging.getLogger("gevent.pywsgi")
+        super().__init__(*args, **kwargs)
+        settings = settings_of(self.application)
+        self.header_timeout = settings.header_timeout
+        self.max_frame_bytes = settings.max_frame_bytes
+        self.max_per_addr = 0 if settings.trusted_proxies else settings.max_conns_per_addr
+        self.open_per_addr: dict[str, int] = {}
+
+    def handle(self, sock, address):
+        host = address[0] if isinstance(address, tuple) else ""
+        if not self.max_per_addr:
+            return super().handle(sock, address)
+        n = self.open_per_addr.get(host, 0)
+        if n >= self.max_per_addr:
+            log.warning("refused a connection: %d already open from one address", n)
+            sock.close()
+            return None
+        self.open_per_addr[host] = n + 1
+        try:
+            return super().handle(sock, address)
+        finally:
+            left = self.open_per_addr.get(host, 1) - 1
+            if left > 0:
+                self.open_per_addr[host] = left
+            else:
+                self.open_per_addr.pop(host, None)
+
+
+class GuardedWorker(GeventWebSocketWorker):
+    """The gevent-websocket gunicorn worker with our server and handler, and a told drain.
+
+    On SIGTERM (a rolling deploy; also what gunicorn sends an old worker on HUP) the listeners
+    close at once (gunicorn itself only notices within a second), the heartbeat stops, and the
+    app's drain runs in its own greenlet (it tells the clients to reconnect elsewhere and waits
+    up to DRAIN_TIMEOUT); then gunicorn's own graceful stop takes what is left.
+    """
+
+    wsgi_handler = GuardedHandler
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.servers: list[GuardedServer] = []
+        self.draining = False
+
+        def make_server(*a, **kw):
+            server = GuardedServer(*a, **kw)
+            self.servers.append(server)
+            return server
+
+        self.server_class = make_server
+
+    def handle_exit(self, sig, frame):
+        if self.draining:
+            return
+        self.draining = True
+        gevent.spawn(self._drain_then_stop)
+
+    def _drain_then_stop(self):
+        started = time.monotonic()
+        for server in self.servers:
+            server.close()  # new connections wait in the backlog for another worker
+        chat = getattr(self.wsgi, "extensions", {}).get("chat") or {}
+        try:
+            if chat.get("stop"):
+                chat["stop"]()
+            drain = chat.get("drain")
+            if drain is not None:
+                info.info("SIGTERM: draining %s", "the clients")
+                timeout = settings_of(self.wsgi).drain_timeout + GRACE_AFTER_DRAIN
+                with gevent.Timeout(timeout, False):
+                    drain()
+        except Exception:
+            info.exception("drain failed")
+        finally:
+            info.info("drain done in %.2f s; stopping", time.monotonic() - started)
+            self.alive = False
