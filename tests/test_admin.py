@@ -302,6 +302,31 @@ def test_wrong_password_and_csrf_are_refused(site):
     assert "<script>" not in r.text and " style=" not in r.text  # nothing inline (the CSP)
 
 
+def test_a_next_with_control_characters_is_a_safe_redirect_never_a_500(site):
+    """`next=/admin/%0D%0A...` once made the redirect a 500 with a traceback (CR/LF in a
+    Location header): any such target now sends the admin to the dashboard."""
+    base = site.base
+    seen = len(site.web.output())
+    bad = ["/admin/%0D%0ASet-Cookie:%20x=1", "/admin/%0Ax", "/admin/%09rooms", "/admin/%00",
+           "/admin/%E2%80%A8", "/admin/" + "a" * 5000]
+    s = signed_in(base)
+    for target in bad:
+        r = s.get(f"{base}/admin/login?next={target}", allow_redirects=False, timeout=10)
+        assert r.status_code == 302, (target, r.status_code, r.text[:300])
+        assert r.headers["Location"].endswith("/admin/"), (target, r.headers["Location"])
+        assert "Set-Cookie: x" not in str(r.headers)
+    # the same target carried through the sign-in form
+    for target in ("/admin/\r\nX-Injected: 1", "/admin/\nrooms"):
+        s = client()
+        token = login_page(s, base)
+        r = s.post(base + "/admin/login", data={"password": PASSWORD, "csrf_token": token,
+                                                  "next": target},
+                   allow_redirects=False, timeout=10)
+        assert r.status_code == 302 and r.headers["Location"].endswith("/admin/"), r.text[:300]
+        assert "X-Injected" not in r.headers
+    assert "Traceback" not in site.web.output()[seen:]
+
+
 def test_lockout_after_repeated_failures_per_address(site):
     base = site.base
     s = client("127.0.0.2")

@@ -62,9 +62,14 @@ def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+MAX_NEXT = 2000  # longer is not a console URL anyone typed
+
+
 def _safe_next(target: str | None) -> str:
-    """Only a path inside the console: never another site, never a scheme-relative URL."""
-    if target:
+    """Only a path inside the console: never another site, never a scheme-relative URL, never
+    a control character or space (a CR/LF in a Location header made the redirect a 500)."""
+    if target and len(target) <= MAX_NEXT and not any(
+            c.isspace() or not c.isprintable() for c in target):
         parts = urlsplit(target)
         if (not parts.scheme and not parts.netloc and parts.path.startswith("/admin")
                 and "\\" not in target and not target.startswith("//")):
