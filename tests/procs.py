@@ -60,9 +60,18 @@ class Proc:
     def __init__(self, name: str, args: list[str], env: dict | None = None, cwd: Path = ROOT):
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
-        full_env = {**os.environ, **(env or {})}
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
-                                  cwd=cwd, start_new_session=True)
+        self.args, self.cwd = args, cwd
+        self.full_env = {**os.environ, **(env or {})}
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.p = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                  env=self.full_env, cwd=self.cwd, start_new_session=True)
+
+    def respawn(self) -> None:
+        """Start the same command again (same port, same data folder), after it stopped."""
+        assert not self.alive(), f"{self.name} is still running"
+        self._spawn()
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -89,16 +98,33 @@ class Proc:
 
 
 class RedisServer(Proc):
-    def __init__(self, port: int | None = None):
+    """A private redis-server; `aof=True` keeps its data across `shutdown()` + `start_again()`."""
+
+    def __init__(self, port: int | None = None, aof: bool = False):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-")
         super().__init__("redis", [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", self.dir])
+                                   "--save", "", "--appendonly", "yes" if aof else "no",
+                                   "--appendfsync", "everysec", "--dir", self.dir])
         self.url = f"redis://127.0.0.1:{self.port}/0"
         import redis
 
         self.client = redis.Redis.from_url(self.url, decode_responses=True)
         wait_until(self.client.ping, 10, "redis to answer PING")
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """SHUTDOWN as an operator would (the AOF is flushed), and wait for the process to end."""
+        self.client.shutdown()
+        self.p.wait(timeout)
+
+    def start_again(self, timeout: float = 10) -> None:
+        """The same server on the same port and data folder, answering PING."""
+        self.respawn()
+        wait_until(self.client.ping, timeout, "redis to answer PING again")
+
+    def kill_clients(self, kind: str = "pubsub") -> int:
+        """CLIENT KILL TYPE `kind` (normal, pubsub, …) while Redis stays up; how many."""
+        return int(self.client.client_kill_filter(_type=kind))
 
 
 def base_env(redis_url: str, **extra) -> dict:

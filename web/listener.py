@@ -1,6 +1,218 @@
-"""Delivery after a gap in the Socket.IO queue listener (placeholder)."""
+"""Delivery after a gap in the Socket.IO queue listener: every local client is made whole.
+
+Chat events reach a worker's clients through one Redis pub/sub subscription (python-socketio's
+RedisManager). Pub/sub keeps nothing: whatever is published while that subscription is down
+(Redis restarting, the listener's connection killed, a shard moving) reaches none of this
+worker's clients, although the message is stored and its sender was told `ok`.
+
+So the worker watches its own subscription. Every time Redis confirms a SUBSCRIBE of the
+listener (python-socketio's reconnect loop, or redis-py's own silent reconnect inside
+`PubSub.listen`), a gap may lie behind it, and each local connection is sent a `resumed`
+snapshot (Store.snapshot) of what came after the last partner message it was sent. The snapshot
+is published after the confirmation, so it cannot fall into the same gap; clients already
+de-duplicate by `seq`. docs/RELIABILITY.md has the reasoning and the measured cost.
+"""
 from __future__ import annotations
 
+import logging
+import time
 
-def install(socketio, store, conns, settings) -> None:
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from common import events as ev
+from common.keys import USER_ROOM_PREFIX
+
+log = logging.getLogger("web.listener")
+
+# The listener's back-off between attempts to subscribe again. python-socketio's own is 1, 2,
+# 4 … 60 s, so a Redis restarted after a few seconds was used only seconds later.
+RETRY_FIRST = 0.1
+RETRY_MAX = 1.0
+# redis-py's retries inside one attempt (its default, 10 with up to 1 s each, hides the outage
+# from the loop above and delays the resubscription).
+REDIS_RETRIES = 1
+# Snapshots run this many at a time after a gap, so a worker with thousands of connections does
+# not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX.
+REPLAY_CONCURRENCY = 8
+# Keys of the `seen` map beyond the local users that trigger a pruning pass.
+SEEN_SLACK = 1024
+
+
+def _is_subscribe_reply(response) -> bool:
+    if not isinstance(response, (list, tuple)) or not response:
+        return False
+    kind = response[0]
+    return kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe")
+
+
+class Listener:
+    """The patched manager's state: what each local user was last sent, and the replay loop."""
+
+    def __init__(self, socketio, store, conns, settings):
+        self.server = socketio.server
+        self.manager = socketio.server.manager
+        self.store = store
+        self.conns = conns
+        self.settings = settings
+        # user -> (room, highest seq of a partner `message` this worker delivered to them)
+        self.seen: dict[str, tuple[str, int]] = {}
+        self.subscribes = 0  # SUBSCRIBE confirmations seen (the first one is the start)
+        self.replays = 0  # snapshots sent after a gap
+        self._pubsub = None  # the PubSub the listener reads, whatever publishing does
+        self._wake = Event()
+        self._delay = RETRY_FIRST  # the listener's next back-off
+
+    # patches ------------------------------------------------------------------------------------
+    def patch(self) -> None:
+        m = self.manager
+        options = m.redis_options
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=RETRY_MAX, base=RETRY_FIRST),
+                                          REDIS_RETRIES))
+        connect = m._redis_connect
+
+        def redis_connect():
+            # python-socketio's _publish calls this after a failed PUBLISH too, replacing
+            # manager.pubsub with a fresh, unsubscribed one that /readyz would then report.
+            listening = self._pubsub
+            connect()
+            if listening is not None:
+                m.pubsub = listening
+
+        m._redis_connect = redis_connect
+        m._redis_listen_with_retries = self._listen_with_retries
+        handle_emit = m._handle_emit
+
+        def handle_emit_tracked(message):
+            if message.get("event") == ev.MESSAGE:
+                self._track(message)
+            return handle_emit(message)
+
+        m._handle_emit = handle_emit_tracked
+
+    def _track(self, message: dict) -> None:
+        """Remember the partner message's seq for its user, if that user is connected here."""
+        try:
+            to = message["room"]
+            data = message["data"][0]
+            room, seq = data["room"], data["seq"]
+        except (KeyError, IndexError, TypeError):
+            return
+        if not isinstance(to, str) or not to.startswith(USER_ROOM_PREFIX):
+            return
+        if not self.manager.rooms.get("/", {}).get(to):
+            return  # nobody of that user here
+        user = to[len(USER_ROOM_PREFIX):]
+        seen = self.seen
+        prev = seen.get(user)
+        if prev is None or prev[0] != room or prev[1] < seq:
+            seen[user] = (room, seq)
+            if prev is None and len(seen) > 2 * len(self.conns) + SEEN_SLACK:
+                local = set(self.conns.users())
+                self.seen = {u: v for u, v in seen.items() if u in local}
+
+    def _listen_with_retries(self):
+        """python-socketio's listener loop with a short back-off and a watched SUBSCRIBE."""
+        m = self.manager
+        while True:
+            pubsub = None
+            try:
+                self._pubsub = None
+                m._redis_connect()
+                pubsub = self._pubsub = m.pubsub
+                handle = pubsub.handle_message
+
+                def watched(response, ignore_subscribe_messages=False, _handle=handle):
+                    if _is_subscribe_reply(response):
+                        self._subscribed()
+                    return _handle(response, ignore_subscribe_messages)
+
+                pubsub.handle_message = watched
+                pubsub.subscribe(m.channel)
+                yield from pubsub.listen()
+            except Exception as exc:
+                delay = self._delay
+                log.warning("queue listener lost Redis (%s); subscribing again in %.1f s",
+                            exc, delay)
+                if pubsub is not None:
+                    try:
+                        pubsub.reset()
+                    except Exception:
+                        pass
+                time.sleep(delay)
+                self._delay = min(delay * 2, RETRY_MAX)
+
+    def _subscribed(self) -> None:
+        """Redis confirmed the subscription: anything published from now on reaches us."""
+        self.subscribes += 1
+        self._delay = RETRY_FIRST
+        if self.subscribes > 1:
+            log.info("queue listener subscribed again: replaying to %d connections",
+                     len(self.conns))
+        self._wake.set()
+
+    # the replay ---------------------------------------------------------------------------------
+    def _local(self) -> dict[str, str]:
+        items = getattr(self.conns, "items", None)
+        return dict(items() if items else self.conns._user.items())
+
+    def replay_loop(self) -> None:
+        pending: dict[str, str] = {}
+        delay = RETRY_FIRST
+        while True:
+            if not pending:
+                self._wake.wait()
+                delay = RETRY_FIRST
+            if self._wake.is_set():  # a new gap: everyone again, with what they were sent now
+                self._wake.clear()
+                pending = self._local()
+            try:
+                pending = self._replay(pending)
+            except Exception as exc:
+                log.warning("replay after a listener gap failed: %s", exc)
+            if pending:
+                self._wake.wait(timeout=delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _replay(self, pending: dict[str, str]) -> dict[str, str]:
+        """Snapshot each (sid, user) still connected; return those that failed."""
+        if not pending:
+            return {}
+        users = sorted(set(pending.values()))
+        rooms = dict(zip(users, self.store.r.hmget(self.store.k.room, users)))
+        failed: dict[str, str] = {}
+
+        def one(item):
+            sid, user = item
+            if self.conns.user_of(sid) != user:
+                return  # gone, or another user now: its own connect resumed it
+            seen = self.seen.get(user)
+            since = seen[1] if seen is not None and seen[0] == rooms.get(user) else 0
+            try:
+                self.store.snapshot(user, since, sid)
+                self.replays += 1
+            except Exception as exc:
+                log.warning("snapshot for %s after a listener gap failed: %s", user, exc)
+                failed[sid] = user
+
+        pool = Pool(REPLAY_CONCURRENCY)
+        for item in pending.items():
+            pool.spawn(one, item)
+        pool.join()
+        return failed
+
+
+def install(socketio, store, conns, settings) -> Listener:
     """Make every local client whole after the listener may have missed something."""
+    listener = Listener(socketio, store, conns, settings)
+    if listener.manager.pubsub is not None:
+        # The listener greenlet has already connected with python-socketio's loop: ours would not
+        # be the one running. web/app.py calls install before anything yields; keep it so.
+        log.error("queue listener started before listener.install: gaps are not replayed")
+    listener.patch()
+    socketio.start_background_task(listener.replay_loop)
+    socketio.server.manager.chat_listener = listener
+    return listener
