@@ -40,6 +40,7 @@
     langSelect: $('lang-select'),
     banner: $('banner'),
     bannerText: $('banner-text'),
+    bannerAction: $('banner-action'),
     loadingView: $('loading-view'),
     startView: $('start-view'),
     chatView: $('chat-view'),
@@ -78,6 +79,7 @@
     booted: false,          // false while a reload waits to learn whether it resumes a chat
     everConnected: false,
     offlineNoticed: false,  // a "reconnecting" notice is in the log, "reconnected" is owed
+    lostNotice: null,       // that notice's node
     user: null,
     room: null,             // the room chatted in now
     lastRoom: null,         // the last room, so a report still works after the chat ended
@@ -89,6 +91,10 @@
     busy: false,            // a join/next/leave/report waits for its ack
     unread: 0,
     refusals: 0,            // connection attempts refused by the server in a row
+    partnerAway: false,     // the stranger's connection dropped; they may still come back
+    replaced: false,        // another tab took this chat over: stay off until "Use here"
+    draining: false,        // the worker asked us to move: a quiet reconnect is under way
+    netOffline: navigator.onLine === false,  // the browser says there is no network
   };
 
   const timers = { typingIdle: 0, partnerTyping: 0, boot: 0, composerNotice: 0, reconnect: 0 };
@@ -105,10 +111,11 @@
 
   function noop() {}
 
-  /** True while the socket is connected. (socket.io delivers the server's first events, such as
-   * `hello`, before its own `connect` event, so this asks the socket rather than keeping a flag.) */
+  /** True while the socket is connected and the browser has a network. (socket.io delivers the
+   * server's first events, such as `hello`, before its own `connect` event, so this asks the
+   * socket rather than keeping a flag.) */
   function isOnline() {
-    return Boolean(socket && socket.connected);
+    return Boolean(socket && socket.connected) && !state.netOffline;
   }
 
   function storageGet(store, key) {
@@ -253,10 +260,19 @@
       hidePartnerTyping();
       ui.sharedInterests.hidden = true;
     }
-    const statusKey = { waiting: 'chat_status_waiting', chatting: 'chat_status_chatting', ended: 'chat_status_ended' }[phase];
-    if (statusKey) setText(ui.chatStatus, statusKey);
+    if (phase !== 'chatting') state.partnerAway = false;
+    renderStatus();
     renderView();
     renderControls();
+  }
+
+  function renderStatus() {
+    const away = state.phase === 'chatting' && state.partnerAway;
+    const statusKey = away ? 'chat_status_partner_away' : {
+      waiting: 'chat_status_waiting', chatting: 'chat_status_chatting', ended: 'chat_status_ended',
+    }[state.phase];
+    if (statusKey) setText(ui.chatStatus, statusKey);
+    ui.chatStatus.classList.toggle('is-warn', away);
   }
 
   function renderControls() {
@@ -297,7 +313,7 @@
   function canAct() {
     if (state.busy) return false;
     if (!isOnline()) {
-      notifyError('offline');
+      notifyError(state.replaced ? 'replaced' : 'offline');
       return false;
     }
     return true;
@@ -328,13 +344,25 @@
     }
   }
 
-  function showBanner(key) {
+  /** mode: 'busy' (a spinner: something is under way), 'still' (we wait for the user's
+   * network) or 'replaced' (with the "Use here" button). */
+  function showBanner(key, mode = 'busy') {
     setText(ui.bannerText, key);
+    ui.banner.classList.toggle('is-still', mode !== 'busy');
+    ui.bannerAction.hidden = mode !== 'replaced';
     ui.banner.hidden = false;
   }
 
   function hideBanner() {
     ui.banner.hidden = true;
+    ui.bannerAction.hidden = true;
+  }
+
+  /** The banner that says why the socket is away. */
+  function showConnectionBanner() {
+    if (state.replaced) showBanner('banner_replaced', 'replaced');
+    else if (state.netOffline) showBanner('banner_offline', 'still');
+    else showBanner(state.everConnected ? 'banner_reconnecting' : 'banner_connecting');
   }
 
   function showStartError(key) {
@@ -508,9 +536,15 @@
       return;
     }
     socket.timeout(ACK_TIMEOUT_MS).emit(event, payload, (err, res) => {
-      if (err) done({ ok: false, code: socket.connected ? 'timeout' : 'offline' });
-      else if (res && res.ok) done(res);
-      else done({ ok: false, code: (res && res.error && res.error.code) || 'unknown' });
+      if (err) {
+        done({ ok: false, code: isOnline() ? 'timeout' : 'offline' });
+      } else if (res && res.ok) {
+        done(res);
+      } else {
+        const code = (res && res.error && res.error.code) || 'unknown';
+        if (code === 'replaced') onReplaced();
+        done({ ok: false, code });
+      }
     });
   }
 
@@ -550,8 +584,9 @@
       if (state.outbox.get(entry.id) !== entry) return;  // settled already
       if (res.ok) {
         markSent(entry, res);
-      } else if (res.code === 'offline' || attempt !== entry.attempts) {
-        // the link dropped (it is resent with the same id after hello) or a newer try is out
+      } else if (res.code === 'offline' || res.code === 'replaced' || attempt !== entry.attempts) {
+        // the link dropped or went to another tab (it is resent with the same id after the
+        // next hello) or a newer try is out
       } else {
         failMessage(entry, res.code);
       }
@@ -644,6 +679,7 @@
   }
 
   function beginRoom(room, interests) {
+    state.partnerAway = false;
     state.room = room;
     state.lastRoom = room;
     state.seenSeqs = new Set();
@@ -757,6 +793,8 @@
     if (typeof data.token === 'string' && data.token) storageSet(sessionStorage, TOKEN_KEY, data.token);
     const otherUser = state.user !== null && data.user !== state.user;
     state.user = data.user;
+    state.replaced = false;
+    state.draining = false;
     setOnline(data.online);
     hideBanner();
     renderControls();
@@ -804,7 +842,11 @@
         addNotice('notice_resumed', null, 'good');
       }
     } else {
-      setPhase('chatting');
+      setPhase('chatting');  // the same chat: a snapshot that only fills in what is missing
+    }
+    if (typeof data.partner_away === 'boolean') {  // told by servers that know it
+      state.partnerAway = data.partner_away;
+      renderStatus();
     }
     const history = Array.isArray(data.history) ? data.history.slice() : [];
     history.sort((a, b) => (toSeq(a && a.seq) || 0) - (toSeq(b && b.seq) || 0));
@@ -844,6 +886,7 @@
     const seq = toSeq(data.seq);
     if (seq !== null && state.seenSeqs.has(seq)) return;
     hidePartnerTyping();
+    partnerReturned();  // a message is proof enough, even if `partner_back` went astray
     showMessage({ mine: false, text: String(data.text ?? ''), ts: data.ts, seq });
     if (document.hidden) {
       state.unread += 1;
@@ -854,8 +897,39 @@
   function onTyping(data) {
     if (state.phase !== 'chatting') return;
     if (data && typeof data.room === 'string' && data.room !== state.room) return;  // a late one
-    if (data && data.typing) showPartnerTyping();
-    else hidePartnerTyping();
+    if (data && data.typing) {
+      partnerReturned();
+      showPartnerTyping();
+    } else {
+      hidePartnerTyping();
+    }
+  }
+
+  /** Whether a presence event is about the chat on screen (late ones name an older room). */
+  function aboutThisChat(data) {
+    return state.phase === 'chatting' && Boolean(data) && typeof data.room === 'string'
+      && data.room === state.room;
+  }
+
+  function onPartnerAway(data) {
+    if (!aboutThisChat(data)) return;
+    hidePartnerTyping();
+    if (state.partnerAway) return;
+    // the chat stays open and the composer usable: the server keeps messages for them
+    state.partnerAway = true;
+    renderStatus();
+    addNotice('notice_partner_away', null, 'warn');
+  }
+
+  function onPartnerBack(data) {
+    if (aboutThisChat(data)) partnerReturned();
+  }
+
+  function partnerReturned() {
+    if (!state.partnerAway) return;
+    state.partnerAway = false;
+    renderStatus();
+    addNotice('notice_partner_back', null, 'good');
   }
 
   function onPartnerLeft(data) {
@@ -867,7 +941,35 @@
   }
 
   function onServerError(data) {
-    notifyError(data && data.code);
+    if (data && data.code === 'replaced') onReplaced();
+    else notifyError(data && data.code);
+  }
+
+  /** Our token was opened in another tab, which now has the chat. Reconnecting by ourselves
+   * would take it back, and that tab would take it back again: wait for "Use here". */
+  function onReplaced() {
+    if (state.replaced) return;
+    state.replaced = true;
+    state.draining = false;
+    clearTimeout(timers.reconnect);
+    if (socket && (socket.connected || socket.active)) socket.disconnect();
+    showConnectionBanner();
+    renderControls();
+  }
+
+  function onUseHere() {
+    state.replaced = false;
+    showConnectionBanner();
+    reconnectNow();
+    const home = { chatting: ui.input, ended: ui.findNewBtn, waiting: ui.log }[state.phase] || ui.startBtn;
+    ensureFocus(home, [ui.bannerAction]);
+  }
+
+  /** The worker is about to restart: move now rather than wait for it to close on us. */
+  function onDraining() {
+    if (state.replaced || !isOnline()) return;
+    state.draining = true;
+    reconnectNow();
   }
 
   // ---------------------------------------------------------------- connection
@@ -885,18 +987,28 @@
     clearTimeout(timers.typingIdle);
     hidePartnerTyping();
     ui.online.classList.remove('is-live');
-    showBanner('banner_reconnecting');
-    if (state.phase !== 'idle' && !state.offlineNoticed) {
-      state.offlineNoticed = true;
-      addNotice('notice_reconnecting', null, 'warn');
-    }
-    if (reason === 'io server disconnect') scheduleReconnect();  // socket.io won't retry this one
+    showConnectionBanner();
+    // a drain is a planned move: the short banner is all there is to see of it
+    if (!state.replaced && !state.draining) noteConnectionLost();
+    // socket.io won't retry this one; nor must we when another tab took the chat over
+    if (reason === 'io server disconnect' && !state.replaced && !state.netOffline) scheduleReconnect();
     renderControls();
   }
 
+  /** Says once in the log that the link is gone; "reconnected" follows after the next hello. */
+  function noteConnectionLost() {
+    if (state.phase === 'idle' || state.offlineNoticed) return;
+    state.offlineNoticed = true;
+    state.lostNotice = addNotice(state.netOffline ? 'notice_offline' : 'notice_reconnecting', null, 'warn');
+  }
+
   function onConnectError() {
-    showBanner(state.everConnected ? 'banner_reconnecting' : 'banner_connecting');
-    if (socket.active) return;  // socket.io retries by itself
+    if (state.draining) {  // the quiet move did not work out: say so as for any lost link
+      state.draining = false;
+      noteConnectionLost();
+    }
+    showConnectionBanner();
+    if (socket.active || state.replaced || state.netOffline) return;  // socket.io retries by itself
     // Refused by the server: retry with a backoff; after a few refusals drop the token,
     // which may be what is refused, and come back as a new user.
     state.refusals += 1;
@@ -908,8 +1020,42 @@
     clearTimeout(timers.reconnect);
     const delay = Math.min(30000, 1000 * 2 ** Math.min(state.refusals, 5));
     timers.reconnect = setTimeout(() => {
-      if (!socket.connected) socket.connect();
+      if (!socket.connected && !state.replaced && !state.netOffline) socket.connect();
     }, delay);
+  }
+
+  /** A new connection at once, with the same token and `since` (authPayload): cuts short
+   * socket.io's back-off, or moves a live connection off a worker that is draining. */
+  function reconnectNow() {
+    if (!socket || state.replaced || state.netOffline) return;
+    clearTimeout(timers.reconnect);
+    if (socket.connected || socket.active) socket.disconnect();
+    socket.connect();
+  }
+
+  /** The browser lost its network: hold sends rather than write into a dead socket, and stop
+   * socket.io's retries, which cannot succeed before `online`. */
+  function onNetOffline() {
+    state.netOffline = true;
+    clearTimeout(timers.reconnect);
+    if (socket && (socket.connected || socket.active)) socket.disconnect();
+    // the socket may have noticed first: its "reconnecting" line now says why
+    if (state.offlineNoticed && state.lostNotice && state.lostNotice.isConnected) {
+      setText(state.lostNotice, 'notice_offline');
+    }
+    showConnectionBanner();
+    renderControls();
+  }
+
+  /** The network is back: connect now (socket.io's back-off may be many seconds away); what was
+   * held goes out after the hello (resendOutbox). */
+  function onNetOnline() {
+    state.netOffline = false;
+    if (!isOnline()) {
+      showConnectionBanner();
+      reconnectNow();
+    }
+    renderControls();
   }
 
   /** Sent on every (re)connection, so each one carries the current token and seq. */
@@ -926,7 +1072,9 @@
       finishBoot();
       return;
     }
-    socket = window.io({ auth: (cb) => cb(authPayload()) });
+    // offline at load: the socket is made but waits for `online` (onNetOnline connects it)
+    socket = window.io({ auth: (cb) => cb(authPayload()), autoConnect: !state.netOffline });
+    if (state.netOffline) showConnectionBanner();
     socket.on('connect', onConnect);
     socket.on('disconnect', onDisconnect);
     socket.on('connect_error', onConnectError);
@@ -937,6 +1085,9 @@
     socket.on('message', onMessage);
     socket.on('typing', onTyping);
     socket.on('partner_left', onPartnerLeft);
+    socket.on('partner_away', onPartnerAway);
+    socket.on('partner_back', onPartnerBack);
+    socket.on('draining', onDraining);
     socket.on('stats', (data) => data && setStats(data));
     socket.on('error', onServerError);
   }
@@ -1109,6 +1260,10 @@
       sendReport(String(reason));
     });
     ui.reportCancel.addEventListener('click', () => ui.reportDialog.close());
+
+    ui.bannerAction.addEventListener('click', onUseHere);
+    window.addEventListener('offline', onNetOffline);
+    window.addEventListener('online', onNetOnline);
 
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden && state.unread) {

@@ -1,0 +1,374 @@
+"""Honest presence on the page: the stranger's dropped connection, a chat taken over by another
+tab, a worker that drains, a snapshot between reconnections, and the browser's own network.
+
+Events the server may not send yet are put on the Socket.IO queue by a write-only emitter, to the
+page's user (`u:<user>`) or to one connection (its sid), exactly as a worker would publish them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import socketio
+from playwright.async_api import expect
+
+from common.config import load
+
+from .conftest import Stranger, pair
+from .test_i18n import check_translated
+
+# Records every server event a page receives and keeps its socket at hand: the vendored client
+# assigns `window.io` once, and the wrapper adds an onAny listener to the socket the page makes.
+TAP_JS = """(() => {
+  window.__events = [];
+  let wrapped;
+  Object.defineProperty(window, 'io', {
+    configurable: true,
+    get() { return wrapped; },
+    set(factory) {
+      wrapped = Object.assign((...args) => {
+        const socket = factory(...args);
+        window.__socket = socket;
+        socket.onAny((name, data) => window.__events.push([name, data]));
+        return socket;
+      }, factory);
+    },
+  });
+})();"""
+
+
+async def tap(page) -> None:
+    await page.add_init_script(TAP_JS)
+
+
+async def received(person: Stranger, name: str) -> list:
+    return await person.page.evaluate(
+        "name => window.__events.filter(e => e[0] === name).map(e => e[1])", name)
+
+
+async def wait_received(person: Stranger, name: str, count: int = 1) -> list:
+    """Waits until the page has received `count` events called `name`; returns them all."""
+    await person.page.wait_for_function(
+        "([name, n]) => window.__events.filter(e => e[0] === name).length >= n", arg=[name, count])
+    return await received(person, name)
+
+
+async def identity(person: Stranger) -> tuple[str, str, str]:
+    """(user, room, sid) of a page that is chatting."""
+    user = (await wait_received(person, "hello"))[-1]["user"]
+    await person.page.wait_for_function("() => window.__events.some("
+                                         "e => e[0] === 'matched' || e[0] === 'resumed')")
+    rooms = [d["room"] for n, d in await person.page.evaluate("window.__events")
+             if n in ("matched", "resumed") and d.get("room")]
+    sid = await person.page.evaluate("window.__socket.id")
+    return user, rooms[-1], sid
+
+
+class Server:
+    """Publishes server events on the workers' Socket.IO queue (a write-only manager)."""
+
+    def __init__(self, stack):
+        settings = load(stack.env)
+        self.mgr = socketio.RedisManager(stack.redis.url, channel=settings.socketio_channel,
+                                         write_only=True)
+
+    def to_user(self, user: str, event: str, data: dict) -> None:
+        self.mgr.emit(event, data, room="u:" + user, namespace="/")
+
+    def to_sid(self, sid: str, event: str, data: dict) -> None:
+        self.mgr.emit(event, data, room=sid, namespace="/")
+
+
+async def chatting_pair(people, **kw) -> tuple[Stranger, Stranger]:
+    a = await people(worker=0, prepare=tap, **kw)
+    b = await people(worker=1, prepare=tap, **kw)
+    await pair(a, b)
+    return a, b
+
+
+def status(person: Stranger):
+    return person.page.locator("#chat-status")
+
+
+async def test_partner_away_then_back_keeps_the_chat_open(people, fresh):
+    server = Server(fresh)
+    a, b = await chatting_pair(people)
+    user, room, _ = await identity(a)
+
+    server.to_user(user, "partner_away", {"room": "an-older-room"})  # late: ignored
+    server.to_user(user, "partner_away", {"room": room})
+    await expect(a.notice("notice_partner_away")).to_have_count(1)
+    await expect(status(a)).to_have_text(a.t("chat_status_partner_away"))
+    # the chat stays open: the composer works and what is sent is kept for the stranger
+    await expect(a.input).to_be_enabled()
+    await a.send("are you still there?")
+    await b.sees("are you still there?")
+
+    server.to_user(user, "partner_back", {"room": "an-older-room"})  # ignored as well
+    server.to_user(user, "partner_back", {"room": room})
+    await expect(a.notice("notice_partner_back")).to_have_count(1)
+    await expect(status(a)).to_have_text(a.t("chat_status_chatting"))
+    await expect(a.notice("notice_partner_away")).to_have_count(1)  # the late one said nothing
+    await b.send("back again")
+    await a.sees("back again")
+    await expect(a.page.locator("#log .notice").last).to_have_text(a.t("notice_partner_back"))
+
+
+async def test_the_stranger_reloading_is_away_then_back(people, fresh):
+    """The real flow: B reloads; A is told when the server says so, and never that B left."""
+    a, b = await chatting_pair(people)
+    await b.page.reload()
+    await expect(b.notice("notice_resumed")).to_be_visible()
+    await b.send("reloaded")
+    await a.sees("reloaded")
+    away = await received(a, "partner_away")
+    if away:  # a server that tells presence: both notices, in order
+        await expect(a.notice("notice_partner_away")).to_have_count(1)
+        await expect(a.notice("notice_partner_back")).to_have_count(1)
+    await expect(status(a)).to_have_text(a.t("chat_status_chatting"))
+    for key in ("notice_partner_left", "notice_partner_disconnected"):
+        await expect(a.notice(key)).to_have_count(0)
+
+
+class DropMessages:
+    """Sits on a page's websocket and drops the server's `message` events that carry `marker`,
+    as a worker whose queue listener was away would miss them."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+        self.upgraded = asyncio.Event()
+        self.dropped = 0
+
+    async def install(self, page):
+        await tap(page)
+        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
+
+    def route(self, ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            if message == "5":  # engine.io upgrade done
+                self.upgraded.set()
+            server.send(message)
+
+        def from_server(message):
+            if (isinstance(message, str) and message.startswith('42["message"')
+                    and self.marker in message):
+                self.dropped += 1
+                return
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+
+async def test_a_snapshot_without_a_reconnect_only_adds_what_is_missing(people, fresh):
+    server = Server(fresh)
+    net = DropMessages("lost in the gap")
+    a = await people(worker=0, prepare=net.install)
+    b = await people(worker=1, prepare=tap)
+    await asyncio.wait_for(net.upgraded.wait(), 10)
+    await pair(a, b)
+    user, room, _ = await identity(a)
+    await a.send("one")
+    await b.sees("one")
+    await b.send("two")
+    await a.sees("two")
+    await b.send("lost in the gap")  # acknowledged to B, never shown to A
+    assert net.dropped == 1
+    await b.send("four")
+    await a.sees("four")
+    await expect(a.bubbles("theirs")).to_have_text(["two", "four"])
+
+    # the worker replays the room after a gap in its queue: a `resumed` with no reconnection
+    seqs = [int(s) for s in await b.page.locator("#log .msg").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.seq)")]
+    texts = await b.page.locator("#log .msg .msg__bubble").all_text_contents()
+    mine_b = await b.page.locator("#log .msg").evaluate_all(
+        "nodes => nodes.map(n => n.classList.contains('msg--mine'))")
+    history = [{"id": f"h{seq}", "seq": seq, "text": text, "ts": int(time.time() * 1000),
+                "mine": not mine} for seq, text, mine in zip(seqs, texts, mine_b)]
+    hellos = len(await received(a, "hello"))
+    server.to_user(user, "resumed", {"state": "chatting", "room": room, "interests": [],
+                                     "history": history})
+    await wait_received(a, "resumed")
+
+    await expect(a.page.locator("#log .msg .msg__bubble")).to_have_text(
+        ["one", "two", "lost in the gap", "four"])
+    await expect(a.notice("notice_resumed")).to_have_count(0)
+    await expect(a.notice("notice_matched")).to_have_count(1)  # the log was not cleared
+    assert len(await received(a, "hello")) == hellos
+    # the chat goes on in the same order on both sides
+    await a.send("five")
+    await b.sees("five")
+    await expect(b.page.locator("#log .msg .msg__bubble")).to_have_text(
+        ["one", "two", "lost in the gap", "four", "five"])
+
+
+async def test_a_chat_taken_over_by_another_tab_waits_for_use_here(people, fresh):
+    server = Server(fresh)
+    a, b = await chatting_pair(people)
+    _, _, sid = await identity(a)
+    await a.send("from the first tab")
+    await b.sees("from the first tab")
+
+    # the same token in a second window: it resumes the chat
+    token = await a.page.evaluate("sessionStorage.getItem('chat.token')")
+
+    async def same_token(page):
+        await tap(page)
+        await page.add_init_script(f"sessionStorage.setItem('chat.token', {json.dumps(token)})")
+
+    a2 = await people(worker=1, prepare=same_token)
+    await expect(a2.notice("notice_resumed")).to_be_visible()
+    await expect(a2.bubbles("mine")).to_have_text(["from the first tab"])
+    # the server tells the first tab (until it does so by itself, the test says it for it)
+    if not await received(a, "error"):
+        server.to_sid(sid, "error", {"code": "replaced", "message": "Opened elsewhere."})
+
+    banner = a.page.locator("#banner")
+    await expect(banner).to_be_visible()
+    await expect(a.page.locator("#banner-text")).to_have_text(a.t("banner_replaced"))
+    use_here = a.button("banner_use_here")
+    await expect(use_here).to_be_visible()
+    await a.page.wait_for_function("() => !window.__socket.connected && !window.__socket.active")
+
+    # the chat goes on in the second window; the first one stays off (no tug of war)
+    await a2.send("from the second tab")
+    await b.sees("from the second tab")
+    await b.send("to whoever has it")
+    await a2.sees("to whoever has it")
+    assert len(await received(a, "hello")) == 1
+    assert not await a.page.evaluate("window.__socket.connected || window.__socket.active")
+    await expect(a.notice("notice_reconnecting")).to_have_count(0)
+
+    # typed in the first tab meanwhile: held, not lost
+    await a.input.fill("held in the first tab")
+    await a.input.press("Enter")
+    await expect(a.page.locator("#log .msg--mine.is-pending")).to_have_count(1)
+
+    # "Use here": the first tab takes the chat back, catches up and sends what it held
+    await use_here.click()
+    await wait_received(a, "hello", 2)
+    await expect(banner).to_be_hidden()
+    await expect(a.input).to_be_focused()
+    await b.sees("held in the first tab")
+    await expect(a.page.locator("#log .msg.is-pending")).to_have_count(0)
+    await expect(a.page.locator("#log .msg .msg__bubble")).to_have_text(
+        ["from the first tab", "from the second tab", "to whoever has it",
+         "held in the first tab"])
+    await expect(b.bubbles("theirs")).to_have_text(
+        ["from the first tab", "from the second tab", "held in the first tab"])
+
+
+class HoldFirstMessage:
+    """Swallows the page's first `message` on the websocket: its ack never comes, so it is still
+    pending when the connection goes away, as one in flight during a drain."""
+
+    def __init__(self):
+        self.upgraded = asyncio.Event()
+        self.held = 0
+
+    async def install(self, page):
+        await tap(page)
+        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
+
+    def route(self, ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            if message == "5":
+                self.upgraded.set()
+            if not self.held and isinstance(message, str) and re.match(r'42\d*\["message"', message):
+                self.held += 1
+                return
+            server.send(message)
+
+        ws.on_message(from_page)
+
+
+async def test_draining_moves_the_page_at_once_and_loses_nothing(people, fresh):
+    server = Server(fresh)
+    net = HoldFirstMessage()
+    a = await people(worker=0, prepare=net.install)
+    b = await people(worker=1, prepare=tap)
+    await asyncio.wait_for(net.upgraded.wait(), 10)
+    await pair(a, b)
+    _, _, sid = await identity(a)
+
+    await a.input.fill("in flight during the drain")
+    await a.input.press("Enter")
+    pending = a.page.locator("#log .msg--mine.is-pending")
+    await expect(pending).to_have_count(1)
+    assert net.held == 1
+
+    started = time.monotonic()
+    server.to_sid(sid, "draining", {})
+    await wait_received(a, "hello", 2)
+    moved = time.monotonic() - started
+    await expect(pending).to_have_count(0)
+    await b.sees("in flight during the drain")
+    print(f"\ndraining: new hello after {moved * 1000:.0f} ms")
+
+    await expect(a.page.locator("#banner")).to_be_hidden()
+    for key in ("notice_reconnecting", "notice_reconnected", "notice_resumed"):
+        await expect(a.notice(key)).to_have_count(0)
+    await b.send("still here")
+    await a.sees("still here")
+    await expect(b.bubbles("theirs")).to_have_count(1)  # once, not twice
+
+
+async def test_offline_holds_sends_and_online_sends_them_at_once(people, fresh):
+    a, b = await chatting_pair(people)
+    await a.send("before")
+    await b.sees("before")
+
+    await a.context.set_offline(True)
+    await expect(a.page.locator("#banner-text")).to_have_text(a.t("banner_offline"))
+    await expect(a.page.locator("#banner")).to_be_visible()
+    await expect(a.notice("notice_offline")).to_have_count(1)
+    await expect(a.input).to_be_enabled()
+    for text in ("held one", "held two"):
+        await a.input.fill(text)
+        await a.input.press("Enter")
+    await expect(a.page.locator("#log .msg--mine.is-pending")).to_have_count(2)
+    hellos = len(await received(a, "hello"))
+    # not written into a dead socket: nothing was even tried while offline
+    assert await a.page.evaluate("!window.__socket.connected && !window.__socket.active")
+
+    started = time.monotonic()
+    await a.context.set_offline(False)
+    await wait_received(a, "hello", hellos + 1)
+    back = time.monotonic() - started
+    await expect(b.bubbles("theirs")).to_have_text(["before", "held one", "held two"])
+    delivered = time.monotonic() - started
+    print(f"\nonline -> hello {back * 1000:.0f} ms, -> held messages shown to the partner "
+          f"{delivered * 1000:.0f} ms")
+    await expect(a.page.locator("#log .msg.is-pending")).to_have_count(0)
+    await expect(a.page.locator("#banner")).to_be_hidden()
+    await expect(a.notice("notice_reconnected")).to_have_count(1)
+    await b.send("welcome back")
+    await a.sees("welcome back")
+
+
+async def test_presence_texts_are_translated(people, fresh):
+    server = Server(fresh)
+    lang = "zh-TW"
+    a, b = await chatting_pair(people, lang=lang)
+    user, room, sid = await identity(a)
+    server.to_user(user, "partner_away", {"room": room})
+    await expect(status(a)).to_have_text(a.t("chat_status_partner_away"))
+    await expect(a.notice("notice_partner_away")).to_be_visible()
+    server.to_sid(sid, "error", {"code": "replaced", "message": "Opened elsewhere."})
+    await expect(a.button("banner_use_here")).to_be_visible()
+    await expect(a.page.locator("#banner-text")).to_have_text(a.t("banner_replaced"))
+    await check_translated(a, lang)
+    # an error code the page has never heard of still gets a sentence in its language
+    await a.button("banner_use_here").click()
+    await wait_received(a, "hello", 2)
+    _, _, sid = await identity(a)
+    server.to_sid(sid, "error", {"code": "brand_new_code", "message": "Something new."})
+    await expect(a.notice("error_unknown")).to_be_visible()
+    await check_translated(a, lang)
