@@ -18,7 +18,7 @@ import pytest
 import socketio
 
 from conftest import Stack
-from peer import Peer, close_all, connect_all
+from peer import Peer, close_all, connect_all, wait_for
 from procs import MatcherProc, RedisServer
 
 from common.keys import Keys
@@ -45,14 +45,14 @@ class Chatter:
         self.sio: socketio.AsyncClient | None = None
         self.token = self.user = self.worker = self.room = None
         self.known: set[int] = set()
-        self.shown: set[str] = set()  # partner message ids shown, live or from a snapshot
-        self.acked: dict[str, int] = {}  # own message id -> seq
-        self.ok_times: list[float] = []  # when each ok ack arrived (monotonic)
+        self.shown: dict[str, float] = {}  # partner message id -> when first shown (live or snapshot)
+        self.acked: dict[str, float] = {}  # own message id -> when its ok ack arrived
         self.codes: collections.Counter = collections.Counter()  # refusals, acks and events
         self.partner_left = 0
         self.not_chatting_states: list[str] = []
         self.resumed_at: list[float] = []  # each `resumed` that followed a reconnect
         self.drained_at: float | None = None
+        self.obeys_drain = True  # False: an old page that ignores `draining`
         self.closing = False
         self._up = asyncio.Event()
         self._moving: asyncio.Task | None = None
@@ -88,7 +88,7 @@ class Chatter:
                     for m in data.get("history", []):
                         self.known.add(m["seq"])
                         if not m["mine"]:
-                            self.shown.add(m["id"])
+                            self.shown.setdefault(m["id"], time.monotonic())
                 else:
                     self.not_chatting_states.append(data.get("state"))
                 self.resumed_at.append(time.monotonic())
@@ -99,14 +99,15 @@ class Chatter:
             elif event == "message":
                 if data.get("room") == self.room:
                     self.known.add(data["seq"])
-                    self.shown.add(data["id"])
+                    self.shown.setdefault(data["id"], time.monotonic())
             elif event == "partner_left":
                 self.partner_left += 1
             elif event == "error":
                 self.codes[data.get("code")] += 1
             elif event == "draining":
                 self.drained_at = time.monotonic()
-                self._move()
+                if self.obeys_drain:
+                    self._move()
 
         @sio.event
         async def disconnect(reason=None):
@@ -178,9 +179,8 @@ class Chatter:
                 except Exception:  # timed out or disconnected: resend on the next connection
                     continue
                 if ack.get("ok"):
-                    self.acked[mid] = ack["seq"]
+                    self.acked[mid] = time.monotonic()
                     self.known.add(ack["seq"])
-                    self.ok_times.append(time.monotonic())
                     break
                 self.codes[ack["error"]["code"]] += 1
                 await asyncio.sleep(SEND_EVERY)  # refused: try the same id again later
@@ -210,15 +210,41 @@ class Traffic:
         self.tasks = [asyncio.ensure_future(c.chat(self.stop, self.hard_stop))
                       for c in self.chatters]
 
-    async def until_acked(self, count: int, after: float = 0.0, timeout: float = 10) -> float:
-        """Wait until every chatter has `count` ok acks after `after`; the time it took."""
+    def _delivered_after(self, after: float) -> dict[str, float]:
+        """Per chatter: when the first message it sent after `after` was shown to its partner."""
+        out = {}
+        for a, b in self.pairs:
+            for src, dst in ((a, b), (b, a)):
+                times = [dst.shown[m] for m, t in src.acked.items() if t > after and m in dst.shown]
+                if times:
+                    out[src.name] = min(times)
+        return out
+
+    async def until_delivered(self, after: float, timeout: float = 10) -> float:
+        """Wait until every chatter's messages sent after `after` reach its partner again;
+        the seconds from `after` to the last of those first deliveries."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
-            if all(sum(t > after for t in c.ok_times) >= count for c in self.chatters):
-                return loop.time() - start
+            got = self._delivered_after(after)
+            if len(got) == len(self.chatters):
+                return max(got.values()) - after
             if loop.time() - start > timeout:
-                slow = [c.name for c in self.chatters if sum(t > after for t in c.ok_times) < count]
+                slow = [c.name for c in self.chatters if c.name not in got]
+                raise AssertionError(f"nothing delivered within {timeout} s from {slow}; "
+                                     f"refusals {self.codes()}")
+            await asyncio.sleep(0.05)
+
+    async def until_acked(self, count: int, after: float = 0.0, timeout: float = 10) -> None:
+        """Wait until every chatter has `count` ok acks after `after`."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            if all(sum(t > after for t in c.acked.values()) >= count for c in self.chatters):
+                return
+            if loop.time() - start > timeout:
+                slow = [c.name for c in self.chatters
+                        if sum(t > after for t in c.acked.values()) < count]
                 raise AssertionError(f"no {count} acks within {timeout} s for {slow}; "
                                      f"refusals {self.codes()}")
             await asyncio.sleep(0.05)
@@ -233,7 +259,7 @@ class Traffic:
         out = {}
         for a, b in self.pairs:
             for src, dst in ((a, b), (b, a)):
-                lost = set(src.acked) - dst.shown
+                lost = {m for m in src.acked if m not in dst.shown}
                 if lost:
                     out[src.name] = lost
         return out
@@ -279,7 +305,7 @@ async def redis_restart(stack: Stack, pairs: int = 6, down: float = 2.5) -> dict
         await asyncio.sleep(down)  # the outage itself
         await asyncio.to_thread(stack.redis.start_again)
         up = time.monotonic()
-        again = await traffic.until_acked(1, after=up, timeout=10)
+        again = await traffic.until_delivered(up, timeout=10)
         await traffic.until_acked(3, after=up, timeout=10)
         f = await traffic.finish()
         f["chat_again_s"] = round(again, 2)
@@ -312,9 +338,11 @@ async def worker_drain(stack: Stack, pairs: int = 6, victim: int = 0) -> dict:
     try:
         await traffic.until_acked(2)
         moved = [c for c in traffic.chatters if c.worker == web.worker_id]
-        assert moved, "no client on the worker to stop"
+        assert len(moved) >= 2, "clients on the worker to stop"
         for c in moved:
             c._reconnected.clear()
+        for c in moved[::2]:  # these stay until the worker closes their transport
+            c.obeys_drain = False
         signaled = time.monotonic()
         web.signal(signal.SIGTERM)
         await asyncio.gather(*(asyncio.wait_for(c._reconnected.wait(), 30) for c in moved))
@@ -323,7 +351,7 @@ async def worker_drain(stack: Stack, pairs: int = 6, victim: int = 0) -> dict:
         f = await traffic.finish()
         await asyncio.to_thread(web.p.wait, 30)
         f.update(moved=len(moved), told=sum(c.drained_at is not None for c in moved),
-                 resume_s=[round(x, 2) for x in resume],
+                 ignored_drain=len(moved[::2]), resume_s=[round(x, 2) for x in resume],
                  on_victim=sum(c.worker == web.worker_id for c in traffic.chatters))
         return f
     finally:
@@ -339,18 +367,17 @@ async def matcher_kill(stack: Stack, users: int = 200, waves: int = 5) -> dict:
         size = users // waves
         first = peers[:size]
         await asyncio.gather(*(p.call("join", {}) for p in first))
-        await first[0].next("matched", 20)  # pairing has begun
+        await wait_for(lambda: any(p.count("matched") for p in first), 20, "a first match")
         stack.matchers[0].kill()
         stack.matchers.pop(0)
         for w in range(1, waves):
             await asyncio.gather(*(p.call("join", {}) for p in peers[w * size:(w + 1) * size]))
         stack.matchers.append(MatcherProc(stack.env, "matcher-again"))
-        stuck = []
-        for p in peers:
-            try:
-                await p.next("matched", 20 if not stuck else 0.5)
-            except TimeoutError:
-                stuck.append(p.user)
+        try:
+            await wait_for(lambda: all(p.count("matched") for p in peers), 20, "every match")
+        except AssertionError:
+            pass  # counted below
+        stuck = [p.user for p in peers if not p.count("matched")]
         rooms = collections.defaultdict(set)
         for p in peers:
             for m in p.events["matched"]:
