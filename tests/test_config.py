@@ -60,7 +60,7 @@ def test_development_defaults(instance_dir):
     assert (s.message_rate, s.message_burst) == (5.0, 10)
     assert (s.control_rate, s.control_burst) == (10.0, 30)
     assert (s.max_message_len, s.max_frame_bytes) == (500, 16384)
-    assert (s.ping_interval, s.ping_timeout) == (25, 20)
+    assert (s.ping_interval, s.ping_timeout) == (15, 10)  # a silent loss noticed within 25 s
     assert (s.match_batch, s.stats_interval) == (256, 5.0)
     assert s.worker_id  # hostname-pid unless WORKER_ID is set
 
