@@ -16,7 +16,7 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test compose-test loadtest venv migrate purge clean help
+.PHONY: screenshots run cluster test compose-test loadtest soak venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
@@ -24,6 +24,7 @@ help:
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
 	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
 	@echo "make loadtest USERS=100 SPAWN_RATE=10 DURATION=90s [TARGET=http://127.0.0.1:8080] - locust report in loadtests/results/"
+	@echo "make soak [SOAK_SECONDS=180] - Redis restarts, killed listeners, worker drains, matcher kills under chat traffic, repeated; prints lost/resume figures"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
 	@echo "make purge  - delete history older than RETENTION_DAYS"
 	@echo "make clean  - remove the virtual environment and local data"
@@ -61,6 +62,9 @@ $(LOADTEST): $(TEST)
 loadtest: $(LOADTEST)
 	$(PY) loadtests/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) \
 	  --processes $(PROCESSES) --workers $(LT_WORKERS) $(if $(TARGET),--target $(TARGET))
+
+soak: $(TEST)
+	$(PY) tests/soak.py $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
 
 migrate: $(BASE)
 	$(PY) -m archiver migrate
