@@ -347,11 +347,13 @@ async def worker_drain(stack: Stack, pairs: int = 6, victim: int = 0) -> dict:
         web.signal(signal.SIGTERM)
         await asyncio.gather(*(asyncio.wait_for(c._reconnected.wait(), 30) for c in moved))
         resume = sorted(c.resumed_at[-1] - signaled for c in moved)
+        told_resume = sorted(c.resumed_at[-1] - signaled for c in moved if c.obeys_drain)
         await traffic.until_acked(2, after=time.monotonic())
         f = await traffic.finish()
         await asyncio.to_thread(web.p.wait, 30)
         f.update(moved=len(moved), told=sum(c.drained_at is not None for c in moved),
                  ignored_drain=len(moved[::2]), resume_s=[round(x, 2) for x in resume],
+                 resume_told_s=[round(x, 2) for x in told_resume],
                  on_victim=sum(c.worker == web.worker_id for c in traffic.chatters))
         return f
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 
-import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 from redis.backoff import ExponentialBackoff
@@ -65,6 +64,8 @@ class Listener:
         self._pubsub = None  # the PubSub the listener reads, whatever publishing does
         self._wake = Event()
         self._delay = RETRY_FIRST  # the listener's next back-off
+        self._before_gap: dict[str, tuple[str, int]] = {}
+        self._unfinished: dict[str, str] = {}  # sid -> user not yet sent its snapshot
 
     # patches ------------------------------------------------------------------------------------
     def patch(self) -> None:
@@ -149,6 +150,16 @@ class Listener:
         """Redis confirmed the subscription: anything published from now on reaches us."""
         self.subscribes += 1
         self._delay = RETRY_FIRST
+        # What each user had been sent before the gap. Copied now: a message delivered between
+        # this confirmation and the replay must not raise `since` above one lost in the gap;
+        # users an earlier replay has not reached yet keep that earlier gap's `since`.
+        old, new = self._before_gap, dict(self.seen)
+        for user in set(self._unfinished.values()):
+            if user in old:
+                new[user] = old[user]
+            else:
+                new.pop(user, None)
+        self._before_gap = new
         if self.subscribes > 1:
             log.info("queue listener subscribed again: replaying to %d connections",
                      len(self.conns))
@@ -169,10 +180,15 @@ class Listener:
             if self._wake.is_set():  # a new gap: everyone again, with what they were sent now
                 self._wake.clear()
                 pending = self._local()
+            started, count = time.monotonic(), len(pending)
+            self._unfinished = dict(pending)
             try:
                 pending = self._replay(pending)
             except Exception as exc:
                 log.warning("replay after a listener gap failed: %s", exc)
+            if count:
+                log.info("replayed %d connections in %.3f s (%d to retry)", count - len(pending),
+                         time.monotonic() - started, len(pending))
             if pending:
                 self._wake.wait(timeout=delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -188,11 +204,13 @@ class Listener:
         def one(item):
             sid, user = item
             if self.conns.user_of(sid) != user:
+                self._unfinished.pop(sid, None)
                 return  # gone, or another user now: its own connect resumed it
-            seen = self.seen.get(user)
+            seen = self._before_gap.get(user)
             since = seen[1] if seen is not None and seen[0] == rooms.get(user) else 0
             try:
                 self.store.snapshot(user, since, sid)
+                self._unfinished.pop(sid, None)
                 self.replays += 1
             except Exception as exc:
                 log.warning("snapshot for %s after a listener gap failed: %s", user, exc)
