@@ -167,10 +167,13 @@ class Gate:
         del self.buckets[eio_sid]
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
             self.send_eio(eio_sid, self.answers["rate_limited"])
-        sock = self.server.eio.sockets.get(eio_sid)
+        # As Engine.IO's own `disconnect(sid)`, but without waiting for the queue to drain
+        # (from inside this connection's request or reader, that could wait for a poll that
+        # never comes). Forgotten at once: a long-polling POST to a session that is closed
+        # but still listed makes Engine.IO 4.15 raise KeyError from `_get_socket`; a GET
+        # already waiting still holds the socket and carries the error and CLOSE out.
+        sock = self.server.eio.sockets.pop(eio_sid, None)
         if sock is not None:
-            # wait=False: from inside this connection's own request or reader, waiting for its
-            # queue to drain could wait for a poll that never comes.
             sock.close(wait=False, abort=False,
                        reason=self.server.eio.reason.SERVER_DISCONNECT)
         self.note(eio_sid, "over its packet budget: closed", "closed")
