@@ -14,8 +14,10 @@ Checked against gevent-websocket 0.10.1 (its last release, 2017), gevent 26.9 an
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
+import struct
 import time
 from urllib.parse import parse_qs
 
@@ -109,8 +111,11 @@ class BodyLimit:
         if not sid or socketio is None:
             return
         eio = socketio.server.eio
-        if sid in eio.sockets:
-            eio.disconnect(sid)
+        session = eio.sockets.pop(sid, None)
+        if session is not None:
+            # wait=False: Engine.IO's own disconnect() waits for the close packet to be polled,
+            # which a client that is not polling never does.
+            session.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
 
 
 def wrap(app, settings: config.Settings | None = None):
@@ -175,12 +180,27 @@ class GuardedWebSocket(WebSocket):
             log.warning("closed a WebSocket with 1009: %s", exc)
             handler = self.handler
             try:
-                self.close(CLOSE_TOO_BIG, "message too big")
+                self.close(CLOSE_TOO_BIG, b"message too big")
             finally:
                 # Stop the sender at once: the payload still coming is never read, and closing
                 # with unread data resets the connection.
                 handler.abort_connection()
             return None
+
+    def close(self, code=1000, message=b""):
+        """Send a close frame that carries its code (0.10.1 sends only the reason, so 1009
+        arrived as a code made of the reason's first two bytes), then let the socket go."""
+        if self.closed:
+            return
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        try:
+            self.send_frame(struct.pack("!H", code) + (message or b"")[:123], self.OPCODE_CLOSE)
+        except (WebSocketError, OSError):
+            pass  # the peer is gone already: nothing to tell it
+        finally:
+            self.closed = True
+            self.stream = self.raw_write = self.raw_read = self.environ = None
 
 
 # ------------------------------------------------------------------------------ HTTP handler
@@ -227,7 +247,25 @@ class GuardedHandler(WebSocketHandler):
         finally:
             self._header_timer.close()
 
+    def upgrade_websocket(self):
+        # 0.10.1 answers a bad upgrade (wrong version, bad key) with a body of str, which
+        # gevent.pywsgi refuses with a TypeError traceback: bytes instead.
+        result = super().upgrade_websocket()
+        if isinstance(result, list):
+            result = [x.encode("utf-8") if isinstance(x, str) else x for x in result]
+        return result
+
     def upgrade_connection(self):
+        # 0.10.1 decodes the key expecting Python 2's TypeError; on Python 3 a key that is not
+        # base64 raises binascii.Error, a traceback per request: check it first.
+        key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:  # binascii.Error
+            valid = False
+        if not valid:
+            self.start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"invalid Sec-WebSocket-Key"]
         result = super().upgrade_connection()
         ws = getattr(self, "websocket", None)
         if ws is not None and type(ws) is WebSocket:
