@@ -116,20 +116,27 @@ async def test_partner_away_then_back_keeps_the_chat_open(people, fresh):
     await expect(a.page.locator("#log .notice").last).to_have_text(a.t("notice_partner_back"))
 
 
-async def test_the_stranger_reloading_is_away_then_back(people, fresh):
-    """The real flow: B reloads; A is told when the server says so, and never that B left."""
+async def test_the_strangers_connection_drops_comes_back_then_drops_for_good(people, fresh):
+    """The real flow: the server says when B's last connection is gone and when B is back."""
     a, b = await chatting_pair(people)
-    await b.page.reload()
-    await expect(b.notice("notice_resumed")).to_be_visible()
-    await b.send("reloaded")
-    await a.sees("reloaded")
-    away = await received(a, "partner_away")
-    if away:  # a server that tells presence: both notices, in order
-        await expect(a.notice("notice_partner_away")).to_have_count(1)
-        await expect(a.notice("notice_partner_back")).to_have_count(1)
+    await b.page.evaluate("window.__socket.disconnect()")  # B's only connection ends
+    await expect(a.notice("notice_partner_away")).to_have_count(1)
+    await expect(status(a)).to_have_text(a.t("chat_status_partner_away"))
+    await a.send("kept for you")  # the composer works; the server stores it for B
+
+    await b.page.evaluate("window.__socket.connect()")
+    await expect(a.notice("notice_partner_back")).to_have_count(1)
     await expect(status(a)).to_have_text(a.t("chat_status_chatting"))
-    for key in ("notice_partner_left", "notice_partner_disconnected"):
-        await expect(a.notice(key)).to_have_count(0)
+    await b.sees("kept for you")
+    await b.send("back")
+    await a.sees("back")
+
+    # gone for longer than the grace: the chat ends as before, with the usual notice
+    await b.page.evaluate("window.__socket.disconnect()")
+    await expect(a.notice("notice_partner_away")).to_have_count(2)
+    await expect(a.notice("notice_partner_disconnected")).to_be_visible()
+    await expect(status(a)).to_have_text(a.t("chat_status_ended"))
+    await expect(a.input).to_be_disabled()
 
 
 class DropMessages:

@@ -21,6 +21,8 @@
   const BOOT_WAIT_MS = 2500;           // after hello, how long a reload waits for `resumed`
   const BOOT_GIVE_UP_MS = 6000;        // show the page anyway when the server can't be reached
   const NOTICE_HIDE_MS = 6000;
+  const DRAIN_QUIET_MS = 5000;         // after `draining`, how long losing the link is part of the move
+  const DRAIN_RETRIES = 3;             // immediate retries while moving, before socket.io's back-off
   const NEAR_BOTTOM_PX = 80;
 
   const SEPARATORS = /[,，、;；\n]/;
@@ -93,7 +95,8 @@
     refusals: 0,            // connection attempts refused by the server in a row
     partnerAway: false,     // the stranger's connection dropped; they may still come back
     replaced: false,        // another tab took this chat over: stay off until "Use here"
-    draining: false,        // the worker asked us to move: a quiet reconnect is under way
+    drainUntil: 0,          // the worker asked us to move: until then, a quiet reconnect is under way
+    drainTries: 0,          // immediate retries spent on that move
     netOffline: navigator.onLine === false,  // the browser says there is no network
   };
 
@@ -794,7 +797,6 @@
     const otherUser = state.user !== null && data.user !== state.user;
     state.user = data.user;
     state.replaced = false;
-    state.draining = false;
     setOnline(data.online);
     hideBanner();
     renderControls();
@@ -950,7 +952,7 @@
   function onReplaced() {
     if (state.replaced) return;
     state.replaced = true;
-    state.draining = false;
+    state.drainUntil = 0;
     clearTimeout(timers.reconnect);
     if (socket && (socket.connected || socket.active)) socket.disconnect();
     showConnectionBanner();
@@ -968,8 +970,22 @@
   /** The worker is about to restart: move now rather than wait for it to close on us. */
   function onDraining() {
     if (state.replaced || !isOnline()) return;
-    state.draining = true;
+    state.drainUntil = Date.now() + DRAIN_QUIET_MS;
+    state.drainTries = 0;
     reconnectNow();
+  }
+
+  /** While moving, a failed or closed connection (it may have reached the stopping worker
+   * again) is tried again at once, a few times; false when the move is over or given up. */
+  function drainRetry() {
+    if (Date.now() >= state.drainUntil || state.drainTries >= DRAIN_RETRIES) {
+      state.drainUntil = 0;
+      return false;
+    }
+    state.drainTries += 1;
+    clearTimeout(timers.reconnect);
+    timers.reconnect = setTimeout(reconnectNow, 0);  // not from inside socket.io's own handler
+    return true;
   }
 
   // ---------------------------------------------------------------- connection
@@ -989,9 +1005,15 @@
     ui.online.classList.remove('is-live');
     showConnectionBanner();
     // a drain is a planned move: the short banner is all there is to see of it
-    if (!state.replaced && !state.draining) noteConnectionLost();
+    let moving = false;
+    if (state.drainUntil && !state.replaced && !state.netOffline) {
+      moving = reason === 'io client disconnect' ? Date.now() < state.drainUntil : drainRetry();
+    }
+    if (!state.replaced && !moving) noteConnectionLost();
     // socket.io won't retry this one; nor must we when another tab took the chat over
-    if (reason === 'io server disconnect' && !state.replaced && !state.netOffline) scheduleReconnect();
+    if (reason === 'io server disconnect' && !state.replaced && !state.netOffline && !moving) {
+      scheduleReconnect();
+    }
     renderControls();
   }
 
@@ -1003,11 +1025,11 @@
   }
 
   function onConnectError() {
-    if (state.draining) {  // the quiet move did not work out: say so as for any lost link
-      state.draining = false;
-      noteConnectionLost();
-    }
     showConnectionBanner();
+    if (state.drainUntil) {
+      if (drainRetry()) return;
+      noteConnectionLost();  // the quiet move did not work out: say so as for any lost link
+    }
     if (socket.active || state.replaced || state.netOffline) return;  // socket.io retries by itself
     // Refused by the server: retry with a backoff; after a few refusals drop the token,
     // which may be what is refused, and come back as a new user.
@@ -1037,6 +1059,7 @@
    * socket.io's retries, which cannot succeed before `online`. */
   function onNetOffline() {
     state.netOffline = true;
+    state.drainUntil = 0;
     clearTimeout(timers.reconnect);
     if (socket && (socket.connected || socket.active)) socket.disconnect();
     // the socket may have noticed first: its "reconnecting" line now says why
