@@ -215,9 +215,7 @@ async def test_a_snapshot_without_a_reconnect_only_adds_what_is_missing(people, 
 
 
 async def test_a_chat_taken_over_by_another_tab_waits_for_use_here(people, fresh):
-    server = Server(fresh)
     a, b = await chatting_pair(people)
-    _, _, sid = await identity(a)
     await a.send("from the first tab")
     await b.sees("from the first tab")
 
@@ -231,9 +229,8 @@ async def test_a_chat_taken_over_by_another_tab_waits_for_use_here(people, fresh
     a2 = await people(worker=1, prepare=same_token)
     await expect(a2.notice("notice_resumed")).to_be_visible()
     await expect(a2.bubbles("mine")).to_have_text(["from the first tab"])
-    # the server tells the first tab (until it does so by itself, the test says it for it)
-    if not await received(a, "error"):
-        server.to_sid(sid, "error", {"code": "replaced", "message": "Opened elsewhere."})
+    # the server tells the first tab, which took it over (one live tab per user)
+    assert [e["code"] for e in await wait_received(a, "error")] == ["replaced"]
 
     banner = a.page.locator("#banner")
     await expect(banner).to_be_visible()
@@ -268,6 +265,14 @@ async def test_a_chat_taken_over_by_another_tab_waits_for_use_here(people, fresh
          "held in the first tab"])
     await expect(b.bubbles("theirs")).to_have_text(
         ["from the first tab", "from the second tab", "held in the first tab"])
+
+    # and now the second window is the one told, and it too waits to be asked
+    await expect(a2.page.locator("#banner-text")).to_have_text(a2.t("banner_replaced"))
+    await expect(a2.button("banner_use_here")).to_be_visible()
+    await a.send("only here now")
+    await b.sees("only here now")
+    assert len(await received(a2, "hello")) == 1
+    await expect(a2.page.locator("#log .msg__bubble", has_text="only here now")).to_have_count(0)
 
 
 class HoldFirstMessage:
