@@ -16,7 +16,8 @@ from playwright.async_api import expect
 
 from common.config import load
 
-from .conftest import Stranger, pair
+from .conftest import PHONE, Stranger, pair
+from .test_access import assert_fits
 from .test_i18n import check_translated
 
 # Records every server event a page receives and keeps its socket at hand: the vendored client
@@ -365,10 +366,10 @@ async def test_offline_holds_sends_and_online_sends_them_at_once(people, fresh):
     await a.sees("welcome back")
 
 
-async def test_presence_texts_are_translated(people, fresh):
+async def test_presence_texts_are_translated_and_fit_a_phone(people, fresh):
     server = Server(fresh)
     lang = "zh-TW"
-    a, b = await chatting_pair(people, lang=lang)
+    a, b = await chatting_pair(people, lang=lang, **PHONE)
     user, room, sid = await identity(a)
     server.to_user(user, "partner_away", {"room": room})
     await expect(status(a)).to_have_text(a.t("chat_status_partner_away"))
@@ -377,9 +378,15 @@ async def test_presence_texts_are_translated(people, fresh):
     await expect(a.button("banner_use_here")).to_be_visible()
     await expect(a.page.locator("#banner-text")).to_have_text(a.t("banner_replaced"))
     await check_translated(a, lang)
-    # an error code the page has never heard of still gets a sentence in its language
-    await a.button("banner_use_here").click()
+    await assert_fits(a.page)
+    # by keyboard: the banner's button comes right after the language switcher
+    await a.page.locator("#lang-select").focus()
+    await a.page.keyboard.press("Tab")
+    await expect(a.button("banner_use_here")).to_be_focused()
+    await a.page.keyboard.press("Enter")
     await wait_received(a, "hello", 2)
+    await expect(a.input).to_be_focused()  # back where the chat goes on
+    # an error code the page has never heard of still gets a sentence in its language
     _, _, sid = await identity(a)
     server.to_sid(sid, "error", {"code": "brand_new_code", "message": "Something new."})
     await expect(a.notice("error_unknown")).to_be_visible()
