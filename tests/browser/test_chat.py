@@ -126,12 +126,15 @@ async def test_markup_in_a_message_is_shown_as_text(people):
 
 class WaitingAfterMatched:
     """Sits on a page's websocket and hands each `waiting` to the page only after the next
-    `matched`: the matcher can pair a user before the worker's own `waiting` reply is out."""
+    `matched`: the matcher can pair a user before the worker's own `waiting` reply is out.
+    (When it did so by itself, the `waiting` already comes after its `matched`: it is passed on
+    at once and counted as well.)"""
 
     def __init__(self):
         self.upgraded = asyncio.Event()  # the page talks over the websocket now
         self.held: list[str] = []
         self.reordered = 0
+        self.matched_first = False  # a `matched` came with no `waiting` held before it
 
     async def install(self, page):
         await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
@@ -146,10 +149,16 @@ class WaitingAfterMatched:
 
         def from_server(message):
             if isinstance(message, str) and message.startswith('42["waiting"'):
-                self.held.append(message)
+                if self.matched_first:  # late by itself already
+                    self.matched_first = False
+                    self.reordered += 1
+                    ws.send(message)
+                else:
+                    self.held.append(message)
                 return
             ws.send(message)
             if isinstance(message, str) and message.startswith('42["matched"'):
+                self.matched_first = not self.held
                 for held in self.held:
                     ws.send(held)
                     self.reordered += 1
