@@ -12,6 +12,7 @@ import re
 import time
 
 import socketio
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from playwright.async_api import expect
 
 from common.config import load
@@ -138,6 +139,38 @@ async def test_the_strangers_connection_drops_comes_back_then_drops_for_good(peo
     await expect(a.notice("notice_partner_disconnected")).to_be_visible()
     await expect(status(a)).to_have_text(a.t("chat_status_ended"))
     await expect(a.input).to_be_disabled()
+
+
+def expired_token(stack, user: str) -> str:
+    """A token for `user`, signed as the workers sign them, but older than TOKEN_TTL."""
+    settings = load(stack.env)
+
+    class Aged(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - settings.token_ttl - 60
+
+    return URLSafeTimedSerializer(settings.secret_key, salt="chat-user", signer=Aged).dumps(user)
+
+
+async def test_an_expired_token_ends_the_chat_honestly(people, fresh):
+    """Tokens expire: a page that comes back with an old one is a new person to the server,
+    and says so, instead of showing a chat it no longer has."""
+    a, b = await chatting_pair(people)
+    user, _, _ = await identity(a)
+    token = expired_token(fresh, user)
+    await a.page.evaluate("""token => {
+      sessionStorage.setItem('chat.token', token);
+      window.__socket.disconnect();
+      window.__socket.connect();
+    }""", token)
+    hellos = await wait_received(a, "hello", 2)
+    assert hellos[-1]["user"] != user
+    await expect(a.notice("notice_chat_gone")).to_be_visible()
+    await expect(status(a)).to_have_text(a.t("chat_status_ended"))
+    await expect(a.button("find_new")).to_be_visible()
+    # the stranger is told the truth: away, then gone after the grace
+    await expect(b.notice("notice_partner_away")).to_be_visible()
+    await expect(b.notice("notice_partner_disconnected")).to_be_visible()
 
 
 class DropMessages:
