@@ -50,11 +50,30 @@ NGINX_MISSING = (
 )
 
 
+def default_settings() -> config.Settings:
+    """Settings with every default, read without the environment and without writing the
+    local secrets (production needs none of them here): the limits compose.conf is made with."""
+    return config.load({"APP_ENV": "production", "REDIS_URL": "redis://redis:6379/0",
+                        "DATABASE_URL": "sqlite:///unused", "SECRET_KEY": "x" * 32})
+
+
+def nginx_limits(settings: config.Settings | None = None, **overrides) -> dict:
+    """What nginx enforces in front of the workers, from the same Settings as the workers'
+    own guards (web/guard.py): body sizes, header and body read timeouts, connections per
+    client address (0 = no cap)."""
+    s = settings or default_settings()
+    limits = {"max_body_bytes": s.max_body_bytes, "max_frame_bytes": s.max_frame_bytes,
+              "header_timeout_ms": int(s.header_timeout * 1000),
+              "max_conns_per_addr": s.max_conns_per_addr}
+    limits.update(overrides)
+    return limits
+
+
 def render_nginx(*, workers: list[tuple[str, str]], listen: str, static_root: str, pid: str,
                  error_log: str, access_log: str, temp_dir: str | None = None,
                  user: str | None = None, daemon_off: bool = False, resolver: str | None = None,
                  worker_connections: int = WORKER_CONNECTIONS,
-                 rlimit_nofile: int = RLIMIT_NOFILE) -> str:
+                 rlimit_nofile: int = RLIMIT_NOFILE, limits: dict | None = None) -> str:
     """The nginx config for `workers` ([(name, "host:port")]) from nginx/nginx.conf.j2."""
     import jinja2
 
@@ -68,11 +87,13 @@ def render_nginx(*, workers: list[tuple[str, str]], listen: str, static_root: st
     return env.get_template(TEMPLATE.name).render(
         workers=workers, listen=listen, static_root=static_root, pid=pid, error_log=error_log,
         access_log=access_log, temp_dir=temp_dir, user=user, daemon_off=daemon_off,
-        resolver=resolver, worker_connections=worker_connections, rlimit_nofile=rlimit_nofile)
+        resolver=resolver, worker_connections=worker_connections, rlimit_nofile=rlimit_nofile,
+        **(limits or nginx_limits()))
 
 
 def local_nginx_conf(prefix: Path, workers: list[tuple[str, str]], port: int,
-                     host: str = "127.0.0.1", static_root: Path = STATIC) -> Path:
+                     host: str = "127.0.0.1", static_root: Path = STATIC,
+                     limits: dict | None = None) -> Path:
     """Render the config for an nginx on this machine with every file under `prefix`.
 
     nginx then runs as `nginx_command(...)`, in the foreground, logging errors to stderr.
@@ -90,7 +111,7 @@ def local_nginx_conf(prefix: Path, workers: list[tuple[str, str]], port: int,
         workers=workers, listen=f"{host}:{port}", static_root=str(Path(static_root).resolve()),
         pid=str(prefix / "nginx.pid"), error_log="stderr",
         access_log=f"{prefix / 'logs' / 'access.log'} chat buffer=64k flush=1s",
-        temp_dir=str(prefix / "temp"), daemon_off=True))
+        temp_dir=str(prefix / "temp"), daemon_off=True, limits=limits))
     return conf
 
 
@@ -207,7 +228,7 @@ def run(args) -> int:
     web_ports = [free_port() for _ in range(workers)]
     names = [f"web{i}" for i in range(1, workers + 1)]
     conf = local_nginx_conf(base / "nginx", list(zip(names, (f"127.0.0.1:{p}" for p in web_ports))),
-                            port)
+                            port, limits=nginx_limits(settings))
     ok, out = check_nginx(nginx, conf)
     if not ok:
         print(f"cluster: nginx refuses {conf}:\n{out}", file=sys.stderr)
@@ -219,7 +240,7 @@ def run(args) -> int:
             print(f"cluster: port {port} is taken; choose another with PORT=...", file=sys.stderr)
             return 2
 
-    # gunicorn's graceful timeout is 10 s: give every process that long before SIGKILL.
+    # gunicorn's graceful timeout is DRAIN_TIMEOUT + 3 s: give every process more than that.
     honcho.manager.KILL_WAIT = 15
     manager = Manager()
     if not env.get("REDIS_URL"):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import base64
+import os
 import signal
+import socket
 import tempfile
 import urllib.request
 import uuid
@@ -21,7 +24,8 @@ from peer import (Peer, close_all, connect_all, exchange, join_and_pair, partner
                   polling_peer, wait_for)
 from procs import Fatal, Proc, free_port, wait_until
 
-from stack.cluster import NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command
+from stack.cluster import (NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command,
+                           nginx_limits)
 
 GRACE = 8.0  # RESUME_GRACE of these stacks: room for a worker's clients to reconnect,
 #               even on a busy machine
@@ -38,9 +42,11 @@ class NginxStack(Stack):
             assert nginx, NGINX_MISSING
             self.port = free_port()
             self.nginx_dir = Path(tempfile.mkdtemp(prefix="nginx-"))
+            # These tests run up to 90 clients from 127.0.0.1: no per-address cap here
+            # (test_nginx_enforces_the_transport_limits checks the cap on an nginx of its own).
             conf = local_nginx_conf(
                 self.nginx_dir, [(w.worker_id, f"127.0.0.1:{w.port}") for w in self.webs],
-                self.port)
+                self.port, limits=nginx_limits(max_conns_per_addr=0))
             self.nginx = Proc("nginx", nginx_command(nginx, conf))
             self.url = f"http://127.0.0.1:{self.port}"
 
@@ -238,3 +244,82 @@ async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stac
         await exchange(newer[0], partner_of[victims[0]], "still")
     finally:
         await close_all([*peers, *newer])
+
+
+# ------------------------------------------------------------------------------ transport limits
+
+
+def _raw(port: int, data: bytes, timeout: float = 15) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    return s
+
+
+def _status(s: socket.socket) -> int | None:
+    """The status of the answer on `s`, None if nginx closed it without one."""
+    buf = b""
+    while b"\r\n" not in buf:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return int(buf.split()[1])
+
+
+def test_nginx_enforces_the_transport_limits(stack):
+    """nginx in front of the workers refuses what the workers' own guards refuse (body sizes,
+    slow headers) and caps the connections of one address; this nginx has a cap of 3 and a
+    1 s header timeout, the config otherwise the template's."""
+    cap = 3
+    port = free_port()
+    conf = local_nginx_conf(Path(tempfile.mkdtemp(prefix="nginx-limits-")),
+                            [(w.worker_id, f"127.0.0.1:{w.port}") for w in stack.webs], port,
+                            limits=nginx_limits(max_conns_per_addr=cap, header_timeout_ms=1000))
+    nginx = Proc("nginx-limits", nginx_command(find_nginx(), conf))
+    held = []
+    try:
+        def up():
+            assert nginx.alive(), nginx.output()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx-health", timeout=2) as r:
+                return r.status == 200
+
+        wait_until(up, 15, "nginx to answer")
+        # bodies: MAX_BODY_BYTES for pages, MAX_FRAME_BYTES for Socket.IO, from the header
+        big = _raw(port, b"POST /admin/login HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                   % (1024 * 1024))
+        assert _status(big) == 413
+        frame = _raw(port, b"POST /socket.io/?EIO=4&transport=polling&sid=x HTTP/1.1\r\n"
+                     b"Host: x\r\nContent-Length: %d\r\n\r\n" % (20 * 1024))
+        assert _status(frame) == 413
+        for s in (big, frame):
+            s.close()
+        # slow headers: closed after the header timeout, though a byte trickles in now and then
+        slow = _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        with slow:
+            wait_until(lambda: _status(slow) in (None, 408), 15, "nginx to drop slow headers")
+        # the cap: `cap` WebSockets held by one address, the next request is refused with 429
+        for _ in range(cap):
+            key = base64.b64encode(os.urandom(16)).decode()
+            ws = _raw(port, (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                             f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                             f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            assert _status(ws) == 101
+            held.append(ws)
+        one_more = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with one_more:
+            assert _status(one_more) == 429
+        held.pop().close()
+
+        def served():
+            with _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") as s:
+                return _status(s) == 200
+
+        wait_until(served, 15, "a request once the address is under its cap again")
+    finally:
+        for s in held:
+            s.close()
+        nginx.stop()

@@ -71,32 +71,32 @@ class BodyLimit:
         """The app's extensions (web/__main__.py reaches `worker.wsgi.extensions["chat"]`)."""
         return self.app.extensions
 
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
+    def __call__(self, wsgi_env, start_response):
+        path = wsgi_env.get("PATH_INFO", "")
         limit = self.socketio_limit if path.startswith("/socket.io") else self.body_limit
-        declared = environ.get("CONTENT_LENGTH")
+        declared = wsgi_env.get("CONTENT_LENGTH")
         if declared:
             try:
                 length = int(declared)
             except ValueError:
                 length = limit + 1
             if length > limit:
-                return self._too_large(environ, start_response, "declared")
-        elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            body = environ["wsgi.input"].read(limit + 1)
+                return self._too_large(wsgi_env, start_response, "declared")
+        elif "chunked" in wsgi_env.get("HTTP_TRANSFER_ENCODING", "").lower():
+            body = wsgi_env["wsgi.input"].read(limit + 1)
             if len(body) > limit:
-                return self._too_large(environ, start_response, "chunked")
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
-        return self.app(environ, start_response)
+                return self._too_large(wsgi_env, start_response, "chunked")
+            wsgi_env["wsgi.input"] = io.BytesIO(body)
+            wsgi_env["CONTENT_LENGTH"] = str(len(body))
+        return self.app(wsgi_env, start_response)
 
-    def _too_large(self, environ, start_response, how: str):
-        environ[REFUSED] = True
-        where = "socket.io" if environ.get("PATH_INFO", "").startswith("/socket.io") else "http"
-        log.warning("refused an oversized %s body (%s) on %s", how, environ.get("REQUEST_METHOD"),
+    def _too_large(self, wsgi_env, start_response, how: str):
+        wsgi_env[REFUSED] = True
+        where = "socket.io" if wsgi_env.get("PATH_INFO", "").startswith("/socket.io") else "http"
+        log.warning("refused an oversized %s body (%s) on %s", how, wsgi_env.get("REQUEST_METHOD"),
                     where)
         if where == "socket.io":
-            self._end_session(environ)
+            self._end_session(wsgi_env)
         start_response("413 Payload Too Large", [
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(_TOO_LARGE_BODY))),
@@ -104,9 +104,9 @@ class BodyLimit:
         ])
         return [_TOO_LARGE_BODY]
 
-    def _end_session(self, environ) -> None:
+    def _end_session(self, wsgi_env) -> None:
         """An oversized POST to a sid ends that Engine.IO session, as a frame too big does."""
-        sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [None])[0]
+        sid = parse_qs(wsgi_env.get("QUERY_STRING", "")).get("sid", [None])[0]
         socketio = (getattr(self.app, "extensions", {}).get("chat") or {}).get("socketio")
         if not sid or socketio is None:
             return
@@ -258,7 +258,8 @@ class GuardedHandler(WebSocketHandler):
     def upgrade_connection(self):
         # 0.10.1 decodes the key expecting Python 2's TypeError; on Python 3 a key that is not
         # base64 raises binascii.Error, a traceback per request: check it first.
-        key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+        wsgi_env = self.environ
+        key = wsgi_env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         try:
             valid = len(base64.b64decode(key, validate=True)) == 16
         except ValueError:  # binascii.Error
