@@ -333,7 +333,8 @@ def test_k8s_manifests_run_every_process_with_what_it_needs(k8s):
 
 # ------------------------------------------------------------------ environment variables
 
-ENV_READ = re.compile(r"""(?:environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*["']([A-Z][A-Z0-9_]*)["']""")
+# os.environ / getenv reads; a WSGI `environ` (the request's) is not the process environment
+ENV_READ = re.compile(r"""(?:os\.environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*["']([A-Z][A-Z0-9_]*)["']""")
 
 
 def variables_the_code_reads() -> set[str]:
