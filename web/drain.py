@@ -25,8 +25,7 @@ POLL = 0.05  # seconds between looks at how many clients are still here
 
 
 def _local_sids(conns) -> list[str]:
-    items = getattr(conns, "items", None)
-    return [sid for sid, _ in (items() if items else conns._user.items())]
+    return [sid for sid, _ in conns.items()]
 
 
 def close_transport(server, sid: str) -> bool:

@@ -167,8 +167,7 @@ class Listener:
 
     # the replay ---------------------------------------------------------------------------------
     def _local(self) -> dict[str, str]:
-        items = getattr(self.conns, "items", None)
-        return dict(items() if items else self.conns._user.items())
+        return dict(self.conns.items())
 
     def replay_loop(self) -> None:
         pending: dict[str, str] = {}

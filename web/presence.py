@@ -44,6 +44,10 @@ class Connections:
     def user_of(self, sid: str) -> str | None:
         return self._user.get(sid)
 
+    def items(self) -> list[tuple[str, str]]:
+        """(sid, user) of every local connection, a copy: safe to use across greenlet switches."""
+        return list(self._user.items())
+
     def users(self) -> list[str]:
         return list(self._sids)
 
