@@ -168,7 +168,7 @@ class Store:
             state = self._run(
                 "resume",
                 [k.partner, k.room, k.queue, k.room_info, k.sent(user),
-                 k.sent(partner) if partner else k.sent(user)],
+                 k.sent(partner) if partner else k.sent(user), k.away],
                 [user, partner, since, sid])
             if state != "retry":
                 return state

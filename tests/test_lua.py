@@ -383,7 +383,7 @@ def test_resume_emits_each_state_to_the_connection_only(store, r, emitted):
     assert resumed_to(events, "sid-n") == {"state": "idle"}
     # no messages and no shared interests: empty lists, not the empty objects cjson would make
     assert resumed_to(events, "sid-a") == {"state": "chatting", "room": room, "interests": [],
-                                           "history": []}
+                                           "partner_away": False, "history": []}
     assert {e["namespace"] for e in events} == {"/"}
 
 
@@ -408,7 +408,7 @@ def test_resume_retries_when_the_partner_changed_after_it_was_read(store, r, emi
     pair_up(store, r, "a", "b")
     k = store.k
     stale = store._run("resume", [k.partner, k.room, k.queue, k.room_info, k.sent("a"),
-                                  k.sent("x")], ["a", "x", 0, "sid"])
+                                  k.sent("x"), k.away], ["a", "x", 0, "sid"])
     assert stale == "retry"
     assert [e for e in emitted() if e["event"] == "resumed"] == []  # nothing was told
 
@@ -684,3 +684,14 @@ def test_end_chat_tells_the_partner_with_the_reason_and_room(store, r):
                           "data": {"reason": "next", "room": room}}]
     assert store.end_chat("a", "left", False) == ("", "")
     assert len(outbox(r)) == 1
+
+
+def test_a_chatting_snapshot_says_whether_the_partner_is_away(store, r, emitted):
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w1")
+    room = pair_up(store, r, "a", "b")
+    store.resume("b", 0, "sb")
+    store.disconnect("a", "sa")
+    store.resume("b", 0, "sb2")
+    snaps = [e["data"][0] for e in emitted() if e["event"] == "resumed"]
+    assert [(s["room"], s["partner_away"]) for s in snaps] == [(room, False), (room, True)]

@@ -3,7 +3,10 @@
 -- Published on the Socket.IO channel like every chat event, it reaches the client in the order
 -- of the changes: a `partner_left` or `matched` from a change after the snapshot arrives after
 -- it, never before (a `resumed` sent directly could be overtaken and revive an ended chat).
--- KEYS: 1 partner, 2 room, 3 queue, 4 room_info, 5 sent:<user>, 6 sent:<expected partner>
+-- KEYS: 1 partner, 2 room, 3 queue, 4 room_info, 5 sent:<user>, 6 sent:<expected partner>,
+--       7 away
+-- A chatting snapshot says whether the partner is away now (`partner_away`), so a client that
+-- missed `partner_away`/`partner_back` while it was itself disconnected shows the truth.
 -- ARGV: 1 user, 2 expected partner ('' if none), 3 since, 4 the connection's sid
 -- Returns the state emitted, or 'retry' when the partner is no longer the expected one (the
 -- caller read it just before, to name its sent list in KEYS; it changed in between).
@@ -36,8 +39,10 @@ if partner and room then
       interests = cjson.encode(shared)
     end
   end
+  local away = redis.call('HEXISTS', KEYS[7], partner) == 1 and 'true' or 'false'
   emit_json(EV.resumed, ARGV[4], '{"state":"chatting","room":' .. cjson.encode(room)
-    .. ',"interests":' .. interests .. ',"history":[' .. table.concat(history, ',') .. ']}')
+    .. ',"interests":' .. interests .. ',"partner_away":' .. away
+    .. ',"history":[' .. table.concat(history, ',') .. ']}')
   return 'chatting'
 end
 local state = redis.call('ZSCORE', KEYS[3], user) and 'waiting' or 'idle'
