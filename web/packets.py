@@ -31,6 +31,7 @@ import collections
 import logging
 import time
 
+from engineio import json as eio_json
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
@@ -55,6 +56,26 @@ PROTOCOL_FAULTS = frozenset({"bad_payload", "bad_id", "unknown_event"})
 LOG_EVERY = 10.0  # seconds between two WARNING lines about refused packets (one line, summed)
 
 BINARY_TEXT = "Binary packets are not accepted."
+
+
+class PacketJson:
+    """Engine.IO's json module (integers of at most 100 digits), whose `loads` also turns JSON
+    nested too deeply for the decoder into the ValueError its callers catch.
+
+    Without it, `4[[[…` (a few thousand levels in one WebSocket frame) raised RecursionError
+    from Engine.IO's own packet decode, outside any handler: a traceback, and the connection
+    dropped. Caught, the text reaches the gate as a string and is refused like any other.
+    python-socketio's `json=` option installs a module the same way, on the packet classes.
+    """
+
+    dumps = staticmethod(eio_json.dumps)
+
+    @staticmethod
+    def loads(*args, **kwargs):
+        try:
+            return eio_json.loads(*args, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 class Gate:
@@ -205,6 +226,7 @@ def guard(server, settings, conns) -> Gate:
     Engine.IO holds python-socketio's bound methods in `server.eio.handlers`, so the gate is
     installed there as well as on the server object. `conns` is not needed at this level.
     """
+    eio_packet.Packet.json = server.packet_class.json = PacketJson
     gate = Gate(server, settings)
     handlers = server.eio.handlers
     handlers["connect"] = gate.on_connect(handlers["connect"])
