@@ -138,7 +138,10 @@ def ws_open(web: WebWorker, source: str = "127.0.0.1") -> socket.socket:
               f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
     buf = b""
     while b"\r\n\r\n" not in buf:
-        buf += s.recv(4096)
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed during the WebSocket handshake; got {buf!r}")
+        buf += chunk
     assert buf.startswith(b"HTTP/1.1 101"), buf
     rest = buf.split(b"\r\n\r\n", 1)[1]
     opcode, payload = read_frame(s, rest)
