@@ -279,6 +279,22 @@ async def test_oversized_polling_posts_get_413_close_and_end_their_session(worke
     await exchange(a, b, "after-polling-posts")
 
 
+async def test_a_polling_post_of_an_unknown_packet_type_is_answered(worker):
+    """Engine.IO disconnects such a session from inside the POST and used to wait there for
+    a poll that never came: the POST was never answered."""
+    def post(raw: bytes):
+        sid = handshake(worker)
+        s = connect(worker, ATTACKER)
+        with s:
+            s.sendall(f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+                      f"Host: 127.0.0.1\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+            status = read_response(s)[0]
+        return status, poll_status(worker, sid)
+
+    for raw in (b"9", b"6", b"24", b"7abc"):
+        assert await asyncio.to_thread(post, raw) == (400, 400), raw
+
+
 async def test_a_chunked_body_without_length_is_bounded_too(worker):
     def attack(path: str, size: int):
         s = connect(worker, ATTACKER)

@@ -120,7 +120,29 @@ class BodyLimit:
 
 def wrap(app, settings: config.Settings | None = None):
     """The app with every transport guard that is WSGI middleware in front of it."""
+    socketio = (getattr(app, "extensions", {}).get("chat") or {}).get("socketio")
+    if socketio is not None:
+        _disconnect_without_waiting(socketio.server.eio)
     return BodyLimit(app, settings or settings_of(app))
+
+
+def _disconnect_without_waiting(eio) -> None:
+    """python-engineio 4.15's `Server.disconnect(sid)` closes with wait=True: it blocks until
+    the close packet is fetched by a long-polling GET. When a polling POST carries an unknown
+    packet type (`9`, `6`, `24`), Engine.IO disconnects that session from inside the POST, and
+    the POST then waited forever: never answered, its descriptor never closed. Here the close
+    packet is queued for whoever polls next and the caller goes on."""
+    original = eio.disconnect
+
+    def disconnect(sid=None):
+        if sid is None:
+            return original()
+        session = eio.sockets.pop(sid, None)
+        if session is not None:
+            session.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+        return None
+
+    eio.disconnect = disconnect
 
 
 # ------------------------------------------------------------------------------ WebSocket frames
@@ -292,6 +314,22 @@ class GuardedHandler(WebSocketHandler):
                 sock.close()
             except OSError:
                 pass
+
+    def handle_error(self, t, v, tb):
+        """An exception out of the app. Engine.IO's WebSocket reader decodes each packet
+        without a guard (python-engineio 4.15: `Packet(encoded_packet=...)` raises ValueError on
+        `x`, an empty frame, bad base64), so one client frame printed a full traceback through
+        the gevent hub. A ValueError (binascii and Unicode errors are ValueErrors) or a
+        WebSocketError is what the client sent: one throttled line, the connection closed. Any
+        other exception is ours and keeps its traceback."""
+        if issubclass(t, (ValueError, WebSocketError)):
+            where = "WebSocket" if self.environ.get("wsgi.websocket_version") else "HTTP"
+            log.warning(f"{where} request ended by what the client sent ({t.__name__}): %s", v)
+            self.close_connection = True
+            if not self.response_length and not self.headers_sent and where == "HTTP":
+                self._send_error_response_if_possible(400)
+            return
+        super().handle_error(t, v, tb)
 
     # gevent.pywsgi writes client errors straight to its error log (stderr by default) with the
     # client's address, and prints a traceback for some: one throttled line instead, no address.
