@@ -219,7 +219,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         packet_burst=_int("PACKET_BURST", get("PACKET_BURST", "60"), 1, 100_000),
         max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES", "65536"), 1024, 100_000_000),
         header_timeout=_float("HEADER_TIMEOUT", get("HEADER_TIMEOUT", "10"), 0.5, 600),
-        max_conns_per_addr=_int("MAX_CONNS_PER_ADDR", get("MAX_CONNS_PER_ADDR", "64"), 0, 1_000_000),
+        max_conns_per_addr=_int("MAX_CONNS_PER_ADDR", get("MAX_CONNS_PER_ADDR", "256"), 0, 1_000_000),
         drain_timeout=_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT", "3"), 0, 60),
     )
 

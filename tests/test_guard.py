@@ -486,3 +486,31 @@ def test_sigterm_stops_accepting_and_drains():
     finally:
         web.stop()
         redis.stop()
+
+
+async def test_a_draining_worker_refuses_new_sessions_even_on_a_kept_alive_connection():
+    """nginx keeps connections to a worker alive: a handshake that arrives on one after the
+    SIGTERM must be refused (503, which nginx passes on to another worker), not given a session
+    on a worker about to close it."""
+    redis = RedisServer()
+    web = WebWorker(base_env(redis.url), "guard-drain-503")
+    stay = Peer(web.url, "ignores draining")
+    try:
+        web.wait_ready()
+        await stay.connect()  # keeps the drain waiting for DRAIN_TIMEOUT
+        s = connect(web, timeout=10)
+        with s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_response(s)[0] == 200  # the connection is open and kept alive
+            web.signal(signal.SIGTERM)
+            await stay.next("draining", timeout=10)
+            s.sendall(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+                      b"Host: 127.0.0.1\r\n\r\n")
+            status, headers, _ = read_response(s)
+        assert status == 503 and headers.get("connection") == "close"
+        web.p.wait(15)
+        assert "Traceback" not in web.output()
+    finally:
+        await stay.close()
+        web.stop()
+        redis.stop()

@@ -41,6 +41,7 @@ REFUSED = "chat.guard.refused"  # environ flag: the handler must not read the bo
 GRACE_AFTER_DRAIN = 2.0
 
 _TOO_LARGE_BODY = b"Payload Too Large\n"
+_DRAINING_BODY = b"This worker is restarting; connect again.\n"
 
 
 def settings_of(app) -> config.Settings:
@@ -65,6 +66,7 @@ class BodyLimit:
         self.app = app
         self.body_limit = settings.max_body_bytes
         self.socketio_limit = settings.max_frame_bytes
+        self.conns = (getattr(app, "extensions", {}).get("chat") or {}).get("conns")
 
     @property
     def extensions(self):
@@ -73,6 +75,14 @@ class BodyLimit:
 
     def __call__(self, wsgi_env, start_response):
         path = wsgi_env.get("PATH_INFO", "")
+        if (self.conns is not None and self.conns.draining and path.startswith("/socket.io")
+                and "sid=" not in wsgi_env.get("QUERY_STRING", "")):
+            # A stopping worker takes no new Engine.IO session, even on a connection nginx
+            # keeps alive to it: 503, which nginx passes to the next worker (http_503).
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1"),
+                ("Content-Length", str(len(_DRAINING_BODY))), ("Connection", "close")])
+            return [_DRAINING_BODY]
         limit = self.socketio_limit if path.startswith("/socket.io") else self.body_limit
         declared = wsgi_env.get("CONTENT_LENGTH")
         if declared:
