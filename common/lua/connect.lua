@@ -36,10 +36,6 @@ if redis.call('HDEL', away, user) == 1 then
       redis.call('LTRIM', wake, 0, 0)
     end
   end
-  local partner = redis.call('HGET', partner_key, user)
-  local room = redis.call('HGET', room_key, user)
-  if partner and room then
-    emit(EV.partner_back, partner, {room = room})
-  end
+  tell_partner(partner_key, room_key, user, EV.partner_back)
 end
 return {online_count(alive, away, now), #others}

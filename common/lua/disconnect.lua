@@ -27,9 +27,5 @@ if since then
   redis.call('ZREM', queue, user)
   redis.call('HSET', parked, user, since)
 end
-local partner = redis.call('HGET', partner_key, user)
-local room = redis.call('HGET', room_key, user)
-if partner and room then
-  emit(EV.partner_away, partner, {room = room})
-end
+tell_partner(partner_key, room_key, user, EV.partner_away)
 return 'away'

@@ -21,3 +21,12 @@ local function live_sids(where_key, workers_key, now)
   end
   return out
 end
+
+-- Tell a chatting user's partner something about their room (`partner_away`, `partner_back`).
+local function tell_partner(partner_key, room_key, user, event)
+  local partner = redis.call('HGET', partner_key, user)
+  local room = redis.call('HGET', room_key, user)
+  if partner and room then
+    emit(event, partner, {room = room})
+  end
+end
