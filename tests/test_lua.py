@@ -7,7 +7,6 @@ writing their `{chat}:alive` deadline in the past.
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 

@@ -7,6 +7,7 @@ strangers on two workers is just two URLs.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -82,6 +83,45 @@ async def browser():
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         await b.close()
+
+
+class SocketTap:
+    """A man in the middle on a page's Socket.IO websocket; subclasses decide what passes.
+
+    `to_server(message)` -> the messages the server gets for one from the page, `to_page(message)`
+    -> the messages the page gets for one from the server (both default to the message itself).
+    `upgraded` is set once the page talks over the websocket (Engine.IO's upgrade packet `5`).
+    """
+
+    MESSAGE = re.compile(r'42\d*\["message"')  # a client `message` event, with or without ack
+
+    def __init__(self):
+        self.upgraded = asyncio.Event()
+
+    async def install(self, page):
+        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
+
+    def route(self, ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            if message == "5":
+                self.upgraded.set()
+            for m in self.to_server(message):
+                server.send(m)
+
+        def from_server(message):
+            for m in self.to_page(message):
+                ws.send(m)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    def to_server(self, message) -> list:
+        return [message]
+
+    def to_page(self, message) -> list:
+        return [message]
 
 
 class Stranger:

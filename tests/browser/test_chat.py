@@ -6,7 +6,7 @@ import re
 
 from playwright.async_api import expect
 
-from .conftest import pair
+from .conftest import SocketTap, pair
 
 
 async def test_two_strangers_chat_then_next_and_leave(people):
@@ -124,48 +124,31 @@ async def test_markup_in_a_message_is_shown_as_text(people):
         assert p.dialogs == []
 
 
-class WaitingAfterMatched:
-    """Sits on a page's websocket and hands each `waiting` to the page only after the next
-    `matched`: the matcher can pair a user before the worker's own `waiting` reply is out.
-    (When it did so by itself, the `waiting` already comes after its `matched`: it is passed on
-    at once and counted as well.)"""
+class WaitingAfterMatched(SocketTap):
+    """Hands each `waiting` to the page only after the next `matched`: the matcher can pair a
+    user before the worker's own `waiting` reply is out. (When it did so by itself, the
+    `waiting` already comes after its `matched`: it is passed on at once and counted as well.)"""
 
     def __init__(self):
-        self.upgraded = asyncio.Event()  # the page talks over the websocket now
+        super().__init__()
         self.held: list[str] = []
         self.reordered = 0
         self.matched_first = False  # a `matched` came with no `waiting` held before it
 
-    async def install(self, page):
-        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
-
-    def route(self, ws):
-        server = ws.connect_to_server()
-
-        def from_page(message):
-            if message == "5":  # engine.io upgrade done
-                self.upgraded.set()
-            server.send(message)
-
-        def from_server(message):
-            if isinstance(message, str) and message.startswith('42["waiting"'):
-                if self.matched_first:  # late by itself already
-                    self.matched_first = False
-                    self.reordered += 1
-                    ws.send(message)
-                else:
-                    self.held.append(message)
-                return
-            ws.send(message)
-            if isinstance(message, str) and message.startswith('42["matched"'):
-                self.matched_first = not self.held
-                for held in self.held:
-                    ws.send(held)
-                    self.reordered += 1
-                self.held.clear()
-
-        ws.on_message(from_page)
-        server.on_message(from_server)
+    def to_page(self, message) -> list:
+        if isinstance(message, str) and message.startswith('42["waiting"'):
+            if self.matched_first:  # late by itself already
+                self.matched_first = False
+                self.reordered += 1
+                return [message]
+            self.held.append(message)
+            return []
+        if isinstance(message, str) and message.startswith('42["matched"'):
+            self.matched_first = not self.held
+            out, self.held = [message, *self.held], []
+            self.reordered += len(out) - 1
+            return out
+        return [message]
 
 
 async def test_a_waiting_that_arrives_after_matched_does_not_end_the_chat(people):
@@ -195,31 +178,23 @@ async def test_a_waiting_that_arrives_after_matched_does_not_end_the_chat(people
     assert net.reordered == 2
 
 
-class ReverseMessages:
-    """Sits on a page's websocket and hands the server the page's next `count` messages in
-    reverse order, as a server that handles a quick burst concurrently may."""
+class ReverseMessages(SocketTap):
+    """Hands the server the page's next `count` messages in reverse order, as a server that
+    handles a quick burst concurrently may."""
 
     def __init__(self, count: int):
+        super().__init__()
         self.count = count
         self.held: list[str] = []
 
-    async def install(self, page):
-        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
-
-    def route(self, ws):
-        server = ws.connect_to_server()
-
-        def from_page(message):
-            if self.count and isinstance(message, str) and re.match(r'42\d*\["message"', message):
-                self.held.append(message)
-                if len(self.held) == self.count:
-                    for held in reversed(self.held):
-                        server.send(held)
-                    self.count, self.held = 0, []
-                return
-            server.send(message)
-
-        ws.on_message(from_page)  # server to page is forwarded as it is
+    def to_server(self, message) -> list:
+        if self.count and isinstance(message, str) and self.MESSAGE.match(message):
+            self.held.append(message)
+            if len(self.held) < self.count:
+                return []
+            out, self.count, self.held = list(reversed(self.held)), 0, []
+            return out
+        return [message]
 
 
 async def test_both_people_see_the_messages_in_the_same_order(people):

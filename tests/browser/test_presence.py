@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import socketio
@@ -17,7 +16,7 @@ from playwright.async_api import expect
 
 from common.config import load
 
-from .conftest import PHONE, Stranger, pair
+from .conftest import PHONE, SocketTap, Stranger, pair
 from .test_access import assert_fits
 from .test_i18n import check_translated
 
@@ -173,36 +172,25 @@ async def test_an_expired_token_ends_the_chat_honestly(people, fresh):
     await expect(b.notice("notice_partner_disconnected")).to_be_visible()
 
 
-class DropMessages:
-    """Sits on a page's websocket and drops the server's `message` events that carry `marker`,
-    as a worker whose queue listener was away would miss them."""
+class DropMessages(SocketTap):
+    """Drops the server's `message` events that carry `marker`, as a worker whose queue
+    listener was away would miss them."""
 
     def __init__(self, marker: str):
+        super().__init__()
         self.marker = marker
-        self.upgraded = asyncio.Event()
         self.dropped = 0
 
     async def install(self, page):
         await tap(page)
-        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
+        await super().install(page)
 
-    def route(self, ws):
-        server = ws.connect_to_server()
-
-        def from_page(message):
-            if message == "5":  # engine.io upgrade done
-                self.upgraded.set()
-            server.send(message)
-
-        def from_server(message):
-            if (isinstance(message, str) and message.startswith('42["message"')
-                    and self.marker in message):
-                self.dropped += 1
-                return
-            ws.send(message)
-
-        ws.on_message(from_page)
-        server.on_message(from_server)
+    def to_page(self, message) -> list:
+        if (isinstance(message, str) and message.startswith('42["message"')
+                and self.marker in message):
+            self.dropped += 1
+            return []
+        return [message]
 
 
 async def test_a_snapshot_without_a_reconnect_only_adds_what_is_missing(people, fresh):
@@ -309,30 +297,23 @@ async def test_a_chat_taken_over_by_another_tab_waits_for_use_here(people, fresh
     await expect(a2.page.locator("#log .msg__bubble", has_text="only here now")).to_have_count(0)
 
 
-class HoldFirstMessage:
-    """Swallows the page's first `message` on the websocket: its ack never comes, so it is still
-    pending when the connection goes away, as one in flight during a drain."""
+class HoldFirstMessage(SocketTap):
+    """Swallows the page's first `message`: its ack never comes, so it is still pending when the
+    connection goes away, as one in flight during a drain."""
 
     def __init__(self):
-        self.upgraded = asyncio.Event()
+        super().__init__()
         self.held = 0
 
     async def install(self, page):
         await tap(page)
-        await page.route_web_socket(re.compile(r"/socket\.io/"), self.route)
+        await super().install(page)
 
-    def route(self, ws):
-        server = ws.connect_to_server()
-
-        def from_page(message):
-            if message == "5":
-                self.upgraded.set()
-            if not self.held and isinstance(message, str) and re.match(r'42\d*\["message"', message):
-                self.held += 1
-                return
-            server.send(message)
-
-        ws.on_message(from_page)
+    def to_server(self, message) -> list:
+        if not self.held and isinstance(message, str) and self.MESSAGE.match(message):
+            self.held += 1
+            return []
+        return [message]
 
 
 async def test_draining_moves_the_page_at_once_and_loses_nothing(people, fresh):
