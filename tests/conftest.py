@@ -49,13 +49,18 @@ def stack():
     s.stop()
 
 
-@pytest.fixture
-def fresh(stack):
-    """The shared stack with an empty Redis for this test (flushed, then the test runs)."""
+def flushed(stack: Stack):
+    """`stack` with an empty Redis for one test; afterwards, every process must still be alive."""
     stack.redis.client.flushall()
     yield stack
     for p in stack.procs():
         assert p.alive(), f"{p.name} died during the test:\n{p.output()[-4000:]}"
+
+
+@pytest.fixture
+def fresh(stack):
+    """The shared stack with an empty Redis for this test (flushed, then the test runs)."""
+    yield from flushed(stack)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 import pytest
 import socketio
 
-from conftest import Stack
+from conftest import Stack, flushed
 from peer import Peer, close_all, connect_all, wait_for
 from procs import MatcherProc, RedisServer
 
@@ -407,10 +407,7 @@ def aof_stack():
 
 @pytest.fixture
 def faults(aof_stack):
-    aof_stack.redis.client.flushall()
-    yield aof_stack
-    for p in aof_stack.procs():
-        assert p.alive(), f"{p.name} died during the test:\n{p.output()[-4000:]}"
+    yield from flushed(aof_stack)
 
 
 async def test_redis_restart_loses_nothing_acknowledged(faults):
