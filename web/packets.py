@@ -186,7 +186,7 @@ class Gate:
 
     def flood(self, eio_sid) -> None:
         """The budget is spent: one `rate_limited`, then the Engine.IO connection is closed."""
-        del self.buckets[eio_sid]
+        self.buckets.pop(eio_sid, None)  # two POSTs of one polling session may both get here
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
             self.send_eio(eio_sid, self.answers["rate_limited"])
         # As Engine.IO's own `disconnect(sid)`, but without waiting for the queue to drain
