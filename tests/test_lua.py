@@ -694,3 +694,12 @@ def test_a_chatting_snapshot_says_whether_the_partner_is_away(store, r, emitted)
     store.resume("b", 0, "sb2")
     snaps = [e["data"][0] for e in emitted() if e["event"] == "resumed"]
     assert [(s["room"], s["partner_away"]) for s in snaps] == [(room, False), (room, True)]
+
+
+def test_the_heartbeat_keeps_its_worker_alive_and_forgets_long_dead_ones(store, r):
+    r.zadd(K.workers, {"gone-long-ago": now_ms(r) - 2 * 3600 * 1000, "gone-just-now": 1e15})
+    r.zadd(K.workers, {"gone-just-now": now_ms(r) - 1000})
+    store.touch([], "w1")
+    left = r.zrange(K.workers, 0, -1, withscores=True)
+    assert [w for w, _ in left] == ["gone-just-now", "w1"]
+    assert left[1][1] > now_ms(r)  # w1 alive for one grace

@@ -8,6 +8,8 @@ local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('ZADD', workers, deadline, ARGV[2])
+  -- workers gone for an hour are forgotten (every restart brings a new worker id)
+  redis.call('ZREMRANGEBYSCORE', workers, '-inf', now - 3600000)
 end
 for i = 3, #ARGV do
   redis.call('ZADD', alive, deadline, ARGV[i])
