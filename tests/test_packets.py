@@ -366,6 +366,53 @@ async def test_a_flood_of_cheap_packets_is_closed_and_the_worker_keeps_serving(c
     await normal.finish()
 
 
+async def test_a_sustained_attack_that_reconnects_leaves_a_normal_pair_chatting(clean, session):
+    """Four attackers reconnect as soon as they are closed and flood again (cheap events,
+    binary attachments, malformed packets) while a pair on the same worker chats: every acked
+    message arrives with its seq, and /healthz answers throughout."""
+    url = clean.webs[0].url
+    normal = await Pair(url, "sustained").start()
+    payloads = [FLOODS["bad_id"], FLOODS["unknown_event"], BINARY_ATTACK, b"\x00" * 16_000,
+                *MALFORMED]
+    stop = asyncio.Event()
+    written = closes = 0
+    health: list[float] = []
+    cpu0 = worker_usage(clean)[1]
+
+    async def attacker(n: int):
+        nonlocal written, closes
+        while not stop.is_set():
+            raw = await Raw(url, session, f"attacker{n}").open()
+            i = n
+            while await raw.send(payloads[i % len(payloads)]):
+                written, i = written + 1, i + 1
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+            await raw.wait_closed()
+            await raw.close()
+            closes += 1
+
+    async def healthz():
+        while not stop.is_set():
+            health.append(await asyncio.to_thread(healthz_ms, url))
+            await asyncio.sleep(0.2)  # a sampling pace, not a synchronisation
+
+    tasks = [asyncio.create_task(attacker(n)) for n in range(4)]
+    tasks.append(asyncio.create_task(healthz()))
+    try:
+        await wait_for(lambda: normal.rounds >= 10 or normal.task.done(), 60,
+                       "ten rounds of the normal pair")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    print(f"\nsustained attack: {written} packets written over {closes} connections the gate "
+          f"closed; worker CPU {worker_usage(clean)[1] - cpu0:.2f} s; normal pair "
+          f"{normal.rounds} rounds, worst round {normal.worst_ms:.0f} ms; /healthz worst "
+          f"{max(health):.1f} ms of {len(health)}")
+    assert closes >= 4
+    await normal.finish()  # every acked message of the pair arrived, with its seq
+
+
 async def test_a_polling_flood_is_closed_too(clean, session):
     """Long-polling: packets come 16 to a POST; the session ends, and a GET that was waiting
     carries the `rate_limited` error and the Engine.IO CLOSE out."""

@@ -255,7 +255,7 @@ def guard(server, settings, conns) -> Gate:
     def emit_charged(event, *args, **kw):
         if event == ev.ERROR:
             data = args[0] if args else kw.get("data")
-            sid = kw.get("to") or kw.get("room")
+            sid = kw.get("to") or kw.get("room") or (args[1] if len(args) > 1 else None)
             if data.__class__ is dict and sid.__class__ is str:
                 eio_sid = manager.eio_sid_from_sid(sid, "/")
                 if eio_sid is not None:
