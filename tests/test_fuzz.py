@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from conftest import Stack
 from socketio import packet as sio_packet
+from test_packets import DEFAULTS, WAIT, Pair, Raw, healthz_ms
 
 from common import events as ev
-from conftest import Stack
-from test_packets import DEFAULTS, WAIT, Pair, Raw, healthz_ms
 
 SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 CASES = int(os.environ.get("FUZZ_CASES") or 10_000)
@@ -219,7 +219,7 @@ def disconnects_namespace(raw) -> bool:
         return False
     try:
         pkt = sio_packet.Packet(encoded_packet=raw[1:])
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, it is no DISCONNECT
         return False
     return pkt.packet_type == sio_packet.DISCONNECT and pkt.namespace in (None, "/")
 
@@ -320,7 +320,7 @@ class Run:
             ack_id += 1
             probe = ack_id
             await client.send(f"42{probe}{json.dumps([PROBE])}")
-            await client.until(lambda: probe in client.acks or client.closed.is_set(),
+            await client.until(lambda c=client, p=probe: p in c.acks or c.closed.is_set(),
                                f"the probe's ack after {batch[-1:]}", timeout=2 * WAIT)
             for case in batch:
                 if case.ack_id is not None and case.ack_id in client.acks:
@@ -401,7 +401,7 @@ async def test_engineio_level_garbage_leaves_no_traceback(defaults):
             else:
                 await client.send(raw)
             await client.send('421["leave"]')
-            await client.until(lambda: 1 in client.acks or client.closed.is_set(),
+            await client.until(lambda c=client: 1 in c.acks or c.closed.is_set(),
                                f"an answer or a close after {raw!r}")
             await client.close()
         polling = web.url + "/socket.io/?EIO=4&transport=polling"
@@ -413,13 +413,13 @@ async def test_engineio_level_garbage_leaves_no_traceback(defaults):
                 async with session.post(polling + f"&sid={sid}", data=raw,
                                         timeout=aiohttp.ClientTimeout(total=WAIT / 2)) as r:
                     await r.read()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return f"a long-polling POST of {raw!r} got no answer within {WAIT / 2} s"
 
         unanswered = [u for u in await asyncio.gather(*(post(raw) for raw in [
             *ENGINEIO_GARBAGE, "40{}\x1ex", "\x1e", "d=%", b"\xff\xfe"])) if u]
     healthz_ms(web.url)  # the worker still answers
-    found = re.findall(r"Traceback.*?\n(\S[^\n]*Error[^\n]*)\n", web.output()[seen:], re.S)
+    found = re.findall(r"Traceback.*?\n(\S[^\n]*Error[^\n]*)\n", web.output()[seen:], re.DOTALL)
     assert not found and not unanswered, (
         f"{len(found)} Engine.IO packet(s) raised in the worker (sent: {ENGINEIO_GARBAGE} and "
         f"a non-UTF-8 text frame, by WebSocket and by polling):\n" + "\n".join(found) + "\n" +

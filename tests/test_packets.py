@@ -18,11 +18,11 @@ import urllib.request
 
 import aiohttp
 import pytest
+from conftest import Stack
+from peer import Peer, close_all, exchange, pair, wait_for
 
 from common import events as ev
 from common.config import load as load_settings
-from conftest import Stack
-from peer import Peer, close_all, exchange, pair, wait_for
 from web import packets
 
 DEFAULTS = load_settings({})
@@ -45,7 +45,7 @@ class Raw:
         self.ws = None
         self.reader = None
 
-    async def open(self, connect: bool = True, auth: dict | None = None) -> "Raw":
+    async def open(self, connect: bool = True, auth: dict | None = None) -> Raw:
         ws_url = self.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
         self.ws = await self.session.ws_connect(ws_url, max_msg_size=0, autoping=True)
         first = await self.ws.receive(timeout=WAIT)
@@ -64,7 +64,7 @@ class Raw:
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     self.events.append(("<binary>", msg.data))
                 self._changed.set()
-        except Exception as exc:  # the server cut the connection
+        except Exception as exc:  # noqa: BLE001 - however the server cut the connection
             self.close_reason = repr(exc)
         finally:
             self.close_reason = self.close_reason or f"closed ({self.ws.close_code})"
@@ -83,7 +83,7 @@ class Raw:
             if args[0] == ev.ERROR:
                 self.answered.append(args[1])
         elif data.startswith("43"):
-            m = re.match(r"43(\d+)(.*)", data, re.S)
+            m = re.match(r"43(\d+)(.*)", data, re.DOTALL)
             self.acks[int(m.group(1))] = json.loads(m.group(2))
             self.answered.append(self.acks[int(m.group(1))][0].get("error"))
         elif data.startswith("44"):
@@ -116,7 +116,7 @@ class Raw:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def event(self, name: str, start: int = 0, timeout: float = WAIT):
@@ -211,7 +211,7 @@ class Pair:
             self.rounds += 1
             try:
                 await asyncio.wait_for(self.stop.wait(), 2 / DEFAULTS.message_rate)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def finish(self) -> None:
@@ -297,7 +297,7 @@ async def test_a_binary_message_alone_is_refused(clean, session):
     for data in (b"\x00\x01", b"4", bytearray(b"2[]")):
         n = len(attacker.errors())
         assert await attacker.send(data)
-        await attacker.until(lambda: len(attacker.errors()) > n, "an error for a binary frame")
+        await attacker.until(lambda n=n: len(attacker.errors()) > n, "an error for a binary frame")
         check_error(attacker.errors()[-1], "bad_payload")
     await attacker.close()
 
