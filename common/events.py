@@ -7,7 +7,6 @@ TYPING = "typing"
 NEXT = "next"
 LEAVE = "leave"
 REPORT = "report"
-CLIENT_EVENTS = frozenset({JOIN, MESSAGE, TYPING, NEXT, LEAVE, REPORT})
 
 # server -> client
 HELLO = "hello"
@@ -26,15 +25,10 @@ ERROR = "error"
 # scripts say EV.matched, never a string of their own.
 LUA_EVENTS = (MESSAGE, TYPING, RESUMED, MATCHED, PARTNER_LEFT, PARTNER_AWAY, PARTNER_BACK, ERROR)
 
-# partner_left reasons
+# partner_left reasons (`disconnected` is given by common/lua/reap.lua)
 REASON_NEXT = "next"
 REASON_LEFT = "left"
 REASON_DISCONNECTED = "disconnected"
-
-# states reported by `resumed`
-STATE_IDLE = "idle"
-STATE_WAITING = "waiting"
-STATE_CHATTING = "chatting"
 
 # error codes, with the English message sent beside them (the page translates by code)
 ERRORS = {

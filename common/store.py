@@ -54,6 +54,7 @@ def lua_prelude(settings: Settings) -> str:
     return (f"local EMIT_CHANNEL = {lua_string(settings.socketio_channel)}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
             f"local EV = {{{names}}}\n"
+            f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
             + "".join(p.read_text() for p in sorted((LUA_DIR / "lib").glob("*.lua"))))
 
 
@@ -112,7 +113,7 @@ class Store:
     def join(self, user: str, interests: list[str] | None) -> tuple[str, int]:
         k = self.k
         prefs = "" if interests is None else json.dumps(interests, ensure_ascii=False)
-        res = self._run("join", [k.alive, k.queue, k.prefs, k.partner, k.wake],
+        res = self._run("join", [k.alive, k.queue, k.prefs, k.partner, k.wake, k.away],
                         [user, prefs, self.ttl_ms])
         return res[0], int(res[1]) if len(res) > 1 else 0
 

@@ -32,8 +32,7 @@ if redis.call('HDEL', away, user) == 1 then
     redis.call('HDEL', parked, user)
     if redis.call('HEXISTS', partner_key, user) == 0 then
       redis.call('ZADD', queue, 'NX', since, user)
-      redis.call('LPUSH', wake, '1')
-      redis.call('LTRIM', wake, 0, 0)
+      wake_matcher(wake)
     end
   end
   tell_partner(partner_key, room_key, user, EV.partner_back)

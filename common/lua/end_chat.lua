@@ -3,27 +3,21 @@
 -- ARGV: 1 user, 2 reason ('next' | 'left'), 3 requeue ('1' | '0'), 4 history maxlen
 -- Returns {partner, room}, both '' when the user was not chatting. The partner's
 -- `partner_left {reason, room}` is published by this script, with the change.
-local user = ARGV[1]
+local k = {partner = KEYS[1], room = KEYS[2], last = KEYS[3], queue = KEYS[4],
+           room_seq = KEYS[5], room_info = KEYS[6], history = KEYS[7], wake = KEYS[8]}
+local user, reason, requeue, history_maxlen = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local now = now_ms()
-local partner = redis.call('HGET', KEYS[1], user)
-local room = redis.call('HGET', KEYS[2], user)
+
+local partner = redis.call('HGET', k.partner, user)
+local room = redis.call('HGET', k.room, user)
 if partner then
-  redis.call('HDEL', KEYS[1], user, partner)
-  redis.call('HDEL', KEYS[2], user, partner)
-  redis.call('HSET', KEYS[3], user, partner, partner, user)
-  if room then
-    redis.call('HDEL', KEYS[5], room)
-    redis.call('HDEL', KEYS[6], room)
-    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[4], '*', 'type', 'closed', 'room', room,
-      'user', user, 'reason', ARGV[2], 'ts', tostring(now))
-  end
-  emit(EV.partner_left, partner, {reason = ARGV[2], room = room or ''})
+  redis.call('HSET', k.last, user, partner, partner, user)
+  close_room(k, user, partner, room, reason, now, history_maxlen)
 end
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[4], 'NX', now, user)
-  redis.call('LPUSH', KEYS[8], '1')
-  redis.call('LTRIM', KEYS[8], 0, 0)
+if requeue then
+  redis.call('ZADD', k.queue, 'NX', now, user)
+  wake_matcher(k.wake)
 else
-  redis.call('ZREM', KEYS[4], user)
+  redis.call('ZREM', k.queue, user)
 end
 return {partner or '', room or ''}

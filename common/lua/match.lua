@@ -5,16 +5,20 @@
 -- ARGV: 1 interest wait ms, 2 batch size, 3 history maxlen, 4.. fresh room ids (one per pair)
 -- Returns the number of pairs made. Each pair's `matched` is published by this script: a
 -- matcher killed or a Redis failure can never leave a pair made and not told.
+local queue, prefs, partner_key, room_key, last_key, alive, room_info, history = KEYS[1],
+  KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local interest_wait, batch, history_maxlen = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local FIRST_ROOM = 4  -- ARGV[4 ..]: the fresh room ids
 local now = now_ms()
-local interest_wait = tonumber(ARGV[1])
-local entries = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+
+local entries = redis.call('ZRANGE', queue, 0, batch - 1, 'WITHSCORES')
 
 local users, since = {}, {}
 for i = 1, #entries, 2 do
   local u = entries[i]
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[6], u))
-  if redis.call('HEXISTS', KEYS[3], u) == 1 or not deadline or deadline <= now then
-    redis.call('ZREM', KEYS[1], u)
+  local deadline = tonumber(redis.call('ZSCORE', alive, u))
+  if redis.call('HEXISTS', partner_key, u) == 1 or not deadline or deadline <= now then
+    redis.call('ZREM', queue, u)
   else
     users[#users + 1] = u
     since[u] = tonumber(entries[i + 1])
@@ -26,10 +30,10 @@ end
 
 local interests, last = {}, {}
 for _, u in ipairs(users) do
-  local raw = redis.call('HGET', KEYS[2], u)
+  local raw = redis.call('HGET', prefs, u)
   local list = raw and cjson.decode(raw) or {}
   interests[u] = list
-  last[u] = redis.call('HGET', KEYS[5], u)
+  last[u] = redis.call('HGET', last_key, u)
 end
 
 local function common(a, b)
@@ -45,7 +49,7 @@ local function patient(u)
   return #interests[u] == 0 or now - since[u] >= interest_wait
 end
 
-local taken, pairs_made, next_room = {}, 0, 4
+local taken, pairs_made, next_room = {}, 0, FIRST_ROOM
 local n = #users
 for i = 1, n do
   local u = users[i]
@@ -82,13 +86,13 @@ for i = 1, n do
       local room = ARGV[next_room]
       next_room = next_room + 1
       taken[u], taken[best] = true, true
-      redis.call('HSET', KEYS[3], u, best, best, u)
-      redis.call('HSET', KEYS[4], u, room, best, room)
-      redis.call('ZREM', KEYS[1], u, best)
+      redis.call('HSET', partner_key, u, best, best, u)
+      redis.call('HSET', room_key, u, room, best, room)
+      redis.call('ZREM', queue, u, best)
       local shared_json = cjson.encode(best_common)
       if #best_common == 0 then shared_json = '[]' end
-      redis.call('HSET', KEYS[7], room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
-      redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[3], '*', 'type', 'opened', 'room', room,
+      redis.call('HSET', room_info, room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
+      redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'opened', 'room', room,
         'user1', u, 'user2', best, 'interests', shared_json, 'ts', tostring(now))
       local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. shared_json .. '}'
       emit_json(EV.matched, USER_ROOM_PREFIX .. u, data)

@@ -4,31 +4,25 @@
 --       9 away, 10 history, 11 parked
 -- ARGV: 1 max users per call, 2 history maxlen
 -- Returns the number of users reaped. `partner_left` is published by this script.
+local k = {alive = KEYS[1], queue = KEYS[2], prefs = KEYS[3], partner = KEYS[4], room = KEYS[5],
+           last = KEYS[6], room_seq = KEYS[7], room_info = KEYS[8], away = KEYS[9],
+           history = KEYS[10], parked = KEYS[11]}
+local limit, history_maxlen = tonumber(ARGV[1]), ARGV[2]
 local now = now_ms()
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+
+local gone = redis.call('ZRANGEBYSCORE', k.alive, '-inf', now, 'LIMIT', 0, limit)
 for _, u in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], u)
-  redis.call('ZREM', KEYS[2], u)
-  redis.call('HDEL', KEYS[3], u)
-  redis.call('HDEL', KEYS[6], u)
-  redis.call('HDEL', KEYS[9], u)
-  redis.call('HDEL', KEYS[11], u)
-  local partner = redis.call('HGET', KEYS[4], u)
-  local room = redis.call('HGET', KEYS[5], u)
+  redis.call('ZREM', k.alive, u)
+  redis.call('ZREM', k.queue, u)
+  for _, key in ipairs({k.prefs, k.last, k.away, k.parked}) do
+    redis.call('HDEL', key, u)
+  end
+  local partner = redis.call('HGET', k.partner, u)
   if partner then
-    redis.call('HDEL', KEYS[4], u, partner)
-    redis.call('HDEL', KEYS[5], u, partner)
-    redis.call('HSET', KEYS[6], partner, u)
-    if room then
-      redis.call('HDEL', KEYS[7], room)
-      redis.call('HDEL', KEYS[8], room)
-      redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[2], '*', 'type', 'closed', 'room', room,
-        'user', u, 'reason', 'disconnected', 'ts', tostring(now))
-    end
-    -- the user too, in case they come back just now: their chat is over
-    local left = {reason = 'disconnected', room = room or ''}
-    emit(EV.partner_left, partner, left)
-    emit(EV.partner_left, u, left)
+    redis.call('HSET', k.last, partner, u)
+    local left = close_room(k, u, partner, redis.call('HGET', k.room, u), REASON_DISCONNECTED, now,
+                            history_maxlen)
+    emit(EV.partner_left, u, left)  -- the user too, in case they come back just now
   end
 end
 return #gone

@@ -10,15 +10,18 @@
 -- ARGV: 1 user, 2 expected partner ('' if none), 3 since, 4 the connection's sid
 -- Returns the state emitted, or 'retry' when the partner is no longer the expected one (the
 -- caller read it just before, to name its sent list in KEYS; it changed in between).
-local user, since = ARGV[1], tonumber(ARGV[3])
-local partner = redis.call('HGET', KEYS[1], user)
-if (partner or '') ~= ARGV[2] then
+local partner_key, room_key, queue, room_info, sent_mine, sent_theirs, away = KEYS[1], KEYS[2],
+  KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local user, expected, since, sid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+
+local partner = redis.call('HGET', partner_key, user)
+if (partner or '') ~= expected then
   return 'retry'
 end
-local room = redis.call('HGET', KEYS[2], user)
+local room = redis.call('HGET', room_key, user)
 if partner and room then
   local items = {}
-  for i, key in ipairs({KEYS[5], KEYS[6]}) do
+  for i, key in ipairs({sent_mine, sent_theirs}) do
     for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
       local m = cjson.decode(raw)
       if m.room == room and m.seq > since then
@@ -32,19 +35,19 @@ if partner and room then
     history[i] = cjson.encode(m)
   end
   local interests = '[]'
-  local info = redis.call('HGET', KEYS[4], room)
+  local info = redis.call('HGET', room_info, room)
   if info then
     local shared = cjson.decode(info).interests
     if shared and #shared > 0 then
       interests = cjson.encode(shared)
     end
   end
-  local away = redis.call('HEXISTS', KEYS[7], partner) == 1 and 'true' or 'false'
-  emit_json(EV.resumed, ARGV[4], '{"state":"chatting","room":' .. cjson.encode(room)
+  local away = redis.call('HEXISTS', away, partner) == 1 and 'true' or 'false'
+  emit_json(EV.resumed, sid, '{"state":"chatting","room":' .. cjson.encode(room)
     .. ',"interests":' .. interests .. ',"partner_away":' .. away
     .. ',"history":[' .. table.concat(history, ',') .. ']}')
   return 'chatting'
 end
-local state = redis.call('ZSCORE', KEYS[3], user) and 'waiting' or 'idle'
-emit_json(EV.resumed, ARGV[4], '{"state":"' .. state .. '"}')
+local state = redis.call('ZSCORE', queue, user) and 'waiting' or 'idle'
+emit_json(EV.resumed, sid, '{"state":"' .. state .. '"}')
 return state

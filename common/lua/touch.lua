@@ -4,14 +4,15 @@
 -- ARGV: 1 ttl in ms, 2 worker id ('' for a plain count), 3.. users
 -- Returns the number of users online (deadline in the future, not away).
 local alive, away, workers = KEYS[1], KEYS[2], KEYS[3]
+local ttl_ms, worker, FIRST_USER = tonumber(ARGV[1]), ARGV[2], 3  -- ARGV[3 ..]: the users
 local now = now_ms()
-local deadline = now + tonumber(ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('ZADD', workers, deadline, ARGV[2])
+local deadline = now + ttl_ms
+if worker ~= '' then
+  redis.call('ZADD', workers, deadline, worker)
   -- workers gone for an hour are forgotten (every restart brings a new worker id)
   redis.call('ZREMRANGEBYSCORE', workers, '-inf', now - 3600000)
 end
-for i = 3, #ARGV do
+for i = FIRST_USER, #ARGV do
   redis.call('ZADD', alive, deadline, ARGV[i])
 end
 return online_count(alive, away, now)

@@ -3,10 +3,13 @@
 -- KEYS: 1 partner, 2 room
 -- ARGV: 1 user, 2 '1' typing / '0' stopped
 -- Returns 1 when sent, 0 when the user is not chatting.
-local partner = redis.call('HGET', KEYS[1], ARGV[1])
-local room = redis.call('HGET', KEYS[2], ARGV[1])
+local partner_key, room_key = KEYS[1], KEYS[2]
+local user, typing = ARGV[1], ARGV[2] == '1'
+
+local partner = redis.call('HGET', partner_key, user)
+local room = redis.call('HGET', room_key, user)
 if not partner or not room then
   return 0
 end
-emit(EV.typing, partner, {typing = ARGV[2] == '1', room = room})
+emit(EV.typing, partner, {typing = typing, room = room})
 return 1
