@@ -395,6 +395,29 @@ async def test_half_sent_headers_are_capped_per_address_and_timed_out(worker, ch
         assert (await asyncio.to_thread(read_response, s))[0] == 200
 
 
+def test_a_request_whose_headers_end_with_the_connection_is_not_served(worker):
+    """A half-sent request, then the client goes (slowloris dropping its connections): pywsgi's
+    parser took end of file for the blank line and served the request, rendering the page for
+    each dropped connection. Now nothing is answered, and the worker logs nothing for it."""
+    seen = len(worker.output())
+    cpu0 = sum(gunicorn_worker(worker).cpu_times()[:2])
+    got = []
+    for _ in range(50):
+        s = connect(worker, ATTACKER)
+        with s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            got.append(data)
+    print(f"\n50 requests cut inside their headers: worker CPU "
+          f"{sum(gunicorn_worker(worker).cpu_times()[:2]) - cpu0:.3f} s")
+    assert not [g for g in got if g], got[0][:200]
+    log = worker.output()[seen:]
+    assert "Traceback" not in log and "bad HTTP request" not in log, log[-2000:]
+
+
 MALFORMED_HTTP = [
     b"GARBAGE\r\n\r\n",
     b"GET / HTTP/9.9\r\n\r\n",

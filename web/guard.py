@@ -250,6 +250,26 @@ class SlowHeadersRequest(ValueError):
     """The same, once inside the header parser: pywsgi answers a ValueError there with 400."""
 
 
+class HeadersCutShort(ValueError):
+    """The connection ended before the blank line that closes the request headers."""
+
+
+class _HeaderLines:
+    """The request's file as http.client's header parser reads it (`readline` only), raising
+    at end of file instead of returning b"", which the parser takes for the blank line."""
+
+    __slots__ = ("fp",)
+
+    def __init__(self, fp):
+        self.fp = fp
+
+    def readline(self, limit=-1):
+        line = self.fp.readline(limit)
+        if not line:
+            raise HeadersCutShort("the connection ended inside the request headers")
+        return line
+
+
 class GuardedHandler(WebSocketHandler):
     """gevent-websocket's handler with a header-read deadline and bounded frames.
 
@@ -278,6 +298,16 @@ class GuardedHandler(WebSocketHandler):
             raise SlowHeadersRequest("request headers not received in time") from None
         finally:
             self._header_timer.close()
+
+    def MessageClass(self, fp, *args):  # noqa: N802 - pywsgi's name
+        """The request headers, refused when the connection ends inside them.
+
+        http.client's parser (which pywsgi uses) ends the headers at end of file as at a blank
+        line, so a half-sent request whose client went away was served as complete: every
+        slowloris connection the attacker dropped rendered the page (55 % of the worker's
+        time under 1,000 such connections a second, a normal pair's p99 over 1 s).
+        """
+        return super().MessageClass(_HeaderLines(fp), *args)
 
     def upgrade_websocket(self):
         # 0.10.1 answers a bad upgrade (wrong version, bad key) with a body of str, which
@@ -351,6 +381,8 @@ class GuardedHandler(WebSocketHandler):
         log.warning("bad HTTP request: %s", text)
 
     def _handle_client_error(self, ex):
+        if isinstance(ex, HeadersCutShort):
+            return None  # the client is gone: nothing to answer, nothing worth a line
         log.warning(f"bad HTTP request ({type(ex).__name__}): %s", ex)
         return "400", _BAD_REQUEST
 
