@@ -58,6 +58,7 @@ class RawWS:
     sends anything, reads what comes back without ever blocking longer than asked."""
 
     def __init__(self, target):
+        self.target = target
         self.sock = ws_open(target, ATTACKER)
         self.buf = b""
         self.closed = False
@@ -244,40 +245,48 @@ def binary_polling(target, stats):
 
 
 FLOOD = ['42["message",{"id":1,"text":"x"}]', '42["nope",{}]']
+FLOOD_BLOCK = b"".join(frame_header(len(p)) + p.encode() for p in FLOOD * 25)  # 50 packets
+DONE = "done"  # what a round returns when the attack's count is reached
+DEADLINE = [float("inf")]  # the window's end, for rounds that loop inside (set by run_attack)
 
 
-def flood_one(target, stats):
-    """200,000 cheap packets as fast as possible, one connection at a time: the gate closes
-    it past its budget and the attacker reconnects."""
-    if stats.get("packets", 0) >= CHEAP_PACKETS:
-        return
-    ws = RawWS(target)
-    if ws.connect() is not None:
-        add(stats, "connections")
-        add(stats, "packets", blast(ws, FLOOD * 250, CHEAP_PACKETS - stats.get("packets", 0)))
-        ws.drain(0.5)
-    count_codes(stats, ws)
-    ws.close()
-
-
-def flood_many(target, stats):
-    """The same over 32 connections at once, round robin."""
-    if stats.get("packets", 0) >= CHEAP_PACKETS:
-        return
-    conns = [RawWS(target) for _ in range(32)]
-    live = [ws for ws in conns if ws.connect() is not None]
-    add(stats, "connections", len(live))
-    block = b"".join(frame_header(len(p)) + p.encode() for p in FLOOD * 25)
-    while live and stats.get("packets", 0) < CHEAP_PACKETS:
-        for ws in list(live):
-            if ws.send_raw(block):
+def flood_on(conns: list[RawWS], stats: dict) -> None:
+    """Blocks of cheap packets round robin over `conns`, each checked for the gate's close
+    between blocks; a closed one is replaced at once by a new connection (the attacker
+    reconnects), until CHEAP_PACKETS were written or the window ends."""
+    while stats.get("packets", 0) < CHEAP_PACKETS and time.monotonic() < DEADLINE[0]:
+        for i, ws in enumerate(conns):
+            if ws.send_raw(FLOOD_BLOCK):
                 add(stats, "packets", 50)
-            else:
-                live.remove(ws)
+            ws.poll(0)
+            if ws.closed:
+                count_codes(stats, ws)
+                ws.close()
+                conns[i] = RawWS(conns[i].target)
+                if conns[i].connect() is not None:
+                    add(stats, "connections")
     for ws in conns:
         ws.poll(0)
         count_codes(stats, ws)
         ws.close()
+
+
+def flood_one(target, stats):
+    """200,000 cheap packets as fast as possible on one connection at a time: the gate closes
+    it past its budget and the attacker reconnects at once."""
+    ws = RawWS(target)
+    if ws.connect() is not None:
+        add(stats, "connections")
+    flood_on([ws], stats)
+    return DONE
+
+
+def flood_many(target, stats):
+    """The same over 32 connections at once, round robin, each replaced when closed."""
+    conns = [RawWS(target) for _ in range(32)]
+    add(stats, "connections", sum(ws.connect() is not None for ws in conns))
+    flood_on(conns, stats)
+    return DONE
 
 
 def surrogate(target, stats):
@@ -298,7 +307,7 @@ def surrogate(target, stats):
 def polling_post(target, stats):
     """A long-polling POST over MAX_FRAME_BYTES to its sid (300 of them in the issue)."""
     if stats.get("posts", 0) >= 300:
-        return
+        return DONE
     c = http_conn(target)
     try:
         c.request("GET", "/socket.io/?EIO=4&transport=polling")
@@ -348,7 +357,7 @@ def slowloris(target, stats):
     """10,100 half-sent request headers from one address, as fast as they connect; up to 300
     held at once (over MAX_CONNS_PER_ADDR, so the cap refuses some)."""
     if stats.get("opened", 0) >= 10_100:
-        return
+        return DONE
     try:
         s = connect(target, ATTACKER, timeout=2)
         s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -356,11 +365,12 @@ def slowloris(target, stats):
         add(stats, "opened")
     except OSError:
         add(stats, "refused")
-    while len(_held) > 300:
-        old = _held.pop(0)
-        if select.select([old], [], [], 0)[0]:
-            add(stats, "closed_by_server")  # the per-address cap (or the header deadline)
-        old.close()
+    if len(_held) > 300:  # the oldest 100 go; count those the server had closed already
+        for old in _held[:100]:
+            if select.select([old], [], [], 0)[0]:
+                add(stats, "closed_by_server")  # the per-address cap (or the header deadline)
+            old.close()
+        del _held[:100]
 
 
 def login_crlf(target, stats):
@@ -511,11 +521,12 @@ def run_attack(name: str, target: Target, seconds: float) -> tuple[int, float, d
     fn = ATTACKS[name]
     stats: dict = {}
     t0 = time.monotonic()
-    deadline = t0 + seconds
+    deadline = DEADLINE[0] = t0 + seconds
     rounds = 0
     while fn and time.monotonic() < deadline and rounds < MAX_ROUNDS:
         try:
-            fn(target, stats)
+            if fn(target, stats) == DONE:
+                break
         except (OSError, AssertionError) as exc:
             stats.setdefault("client_errors", collections.Counter())[type(exc).__name__] += 1
         rounds += 1
