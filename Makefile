@@ -16,7 +16,7 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test compose-test loadtest soak venv migrate purge clean help
+.PHONY: screenshots run cluster test compose-test loadtest soak attacks venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
@@ -25,6 +25,7 @@ help:
 	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
 	@echo "make loadtest USERS=100 SPAWN_RATE=10 DURATION=90s [TARGET=http://127.0.0.1:8080] - locust report in loadtests/results/"
 	@echo "make soak [SOAK_SECONDS=180] - Redis restarts, killed listeners, worker drains, matcher kills under chat traffic, repeated; prints lost/resume figures"
+	@echo "make attacks [ATTACK_SECONDS=8] [ONLY=star,slowloris] - each hostile client of issue 11 against one worker beside 5 chatting pairs; prints their delivery p50/p99"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
 	@echo "make purge  - delete history older than RETENTION_DAYS"
 	@echo "make clean  - remove the virtual environment and local data"
@@ -65,6 +66,9 @@ loadtest: $(LOADTEST)
 
 soak: $(TEST)
 	$(PY) tests/soak.py $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
+
+attacks: $(TEST)
+	$(PY) tests/attacks.py $(if $(ATTACK_SECONDS),--seconds $(ATTACK_SECONDS)) $(if $(ONLY),--only $(ONLY))
 
 migrate: $(BASE)
 	$(PY) -m archiver migrate
