@@ -32,14 +32,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psutil  # noqa: E402
+import psutil
+from peer import Peer, close_all, pair
+from procs import MatcherProc, RedisServer, WebWorker, base_env
+from test_guard import (
+    ATTACKER,
+    MALFORMED_FRAMES,
+    MALFORMED_HTTP,
+    MIB,
+    connect,
+    frame_header,
+    send_until_cut,
+    ws_open,
+)
+from test_packets import BINARY_ATTACK, MALFORMED
 
-from common.config import load as load_settings  # noqa: E402
-from peer import Peer, close_all, pair  # noqa: E402
-from procs import MatcherProc, RedisServer, WebWorker, base_env  # noqa: E402
-from test_guard import (ATTACKER, MALFORMED_FRAMES, MALFORMED_HTTP, MIB, connect,  # noqa: E402
-                        frame_header, send_until_cut, ws_open)
-from test_packets import BINARY_ATTACK, MALFORMED  # noqa: E402
+from common.config import load as load_settings
 
 DEFAULTS = load_settings({})
 PAIRS = 5
@@ -128,7 +136,7 @@ class RawWS:
             if args[0] == "error" and isinstance(data, dict):
                 self.codes[data.get("code")] += 1
         elif text.startswith("43"):
-            m = re.match(r"43\d+(.*)", text, re.S)
+            m = re.match(r"43\d+(.*)", text, re.DOTALL)
             ack = json.loads(m.group(1)) if m else None
             if ack and isinstance(ack[0], dict) and isinstance(ack[0].get("error"), dict):
                 self.codes[ack[0]["error"].get("code")] += 1
@@ -648,7 +656,7 @@ async def main(seconds: float, only: list[str]) -> int:
             log0 = len(web.output())
             with concurrent.futures.ProcessPoolExecutor(1) as pool:
                 attack = loop.run_in_executor(pool, run_attack, name, Target(web), seconds)
-                (rounds, took, stats), *results = await asyncio.gather(
+                (rounds, _took, stats), *results = await asyncio.gather(
                     attack, *(c.run(seconds, name) for c in chats))
             rss1, cpu1, fds1 = usage(proc)
             hz = healthz_ms(web.url)
