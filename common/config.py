@@ -107,6 +107,8 @@ class Settings:
     max_body_bytes: int
     header_timeout: float
     max_conns_per_addr: int
+    session_rate: float
+    session_burst: int
     drain_timeout: float
 
     @property
@@ -220,6 +222,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES", "65536"), 1024, 100_000_000),
         header_timeout=_float("HEADER_TIMEOUT", get("HEADER_TIMEOUT", "10"), 0.5, 600),
         max_conns_per_addr=_int("MAX_CONNS_PER_ADDR", get("MAX_CONNS_PER_ADDR", "256"), 0, 1_000_000),
+        session_rate=_float("SESSION_RATE", get("SESSION_RATE", "10"), 0, 100_000),
+        session_burst=_int("SESSION_BURST", get("SESSION_BURST", "100"), 1, 1_000_000),
         drain_timeout=_float("DRAIN_TIMEOUT", get("DRAIN_TIMEOUT", "3"), 0, 60),
     )
 
@@ -231,5 +235,5 @@ ENV_VARS = (
     "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
     "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
     "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES TOKEN_TTL PACKET_RATE PACKET_BURST "
-    "MAX_BODY_BYTES HEADER_TIMEOUT MAX_CONNS_PER_ADDR DRAIN_TIMEOUT"
+    "MAX_BODY_BYTES HEADER_TIMEOUT MAX_CONNS_PER_ADDR SESSION_RATE SESSION_BURST DRAIN_TIMEOUT"
 ).split()

@@ -115,7 +115,7 @@ class LocalStack:
                "PYTHONUNBUFFERED": "1", "WORKERS": str(workers),
                # every simulated user comes from 127.0.0.1: no per-address cap (nginx's or a
                # worker's) for a load test; the attacks it guards against are tested elsewhere
-               "MAX_CONNS_PER_ADDR": "0"}
+               "MAX_CONNS_PER_ADDR": "0", "SESSION_RATE": "0"}
         for k in ("REDIS_URL", "DATABASE_URL"):  # a private Redis and SQLite, always
             env.pop(k, None)
         env.update(extra_env or {})

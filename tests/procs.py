@@ -139,6 +139,9 @@ def base_env(redis_url: str, **extra) -> dict:
         "LOG_LEVEL": "INFO",
         "INSTANCE_DIR": tempfile.mkdtemp(prefix="instance-"),
         "PYTHONUNBUFFERED": "1",
+        # Tests run hundreds of clients from 127.0.0.1 in a few seconds: the per-address limit
+        # of new sessions is off unless a test turns it on (tests/test_guard.py).
+        "SESSION_RATE": "0",
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -537,3 +537,27 @@ async def test_a_draining_worker_refuses_new_sessions_even_on_a_kept_alive_conne
         await stay.close()
         web.stop()
         redis.stop()
+
+
+def test_new_sessions_from_one_address_are_limited_and_others_are_not():
+    """SESSION_RATE / SESSION_BURST on a worker reached directly: one address opening sessions
+    as fast as it can (a flood that reconnects, frames refused one after another) gets 429 past
+    the burst, and each refused one costs no session; another address is served as before."""
+    redis = RedisServer()
+    web = WebWorker(base_env(redis.url, SESSION_RATE="0.5", SESSION_BURST="5"), "guard-sessions")
+    try:
+        web.wait_ready()
+        statuses = []
+        for _ in range(8):
+            with connect(web, ATTACKER) as s:
+                s.sendall(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"
+                          b"Host: 127.0.0.1\r\n\r\n")
+                status, headers, _ = read_response(s)
+                statuses.append((status, headers.get("connection")))
+        assert [status for status, _ in statuses[:5]] == [200] * 5, statuses
+        assert statuses[5:] == [(429, "close")] * 3, statuses
+        assert handshake(web)  # 127.0.0.1 is another address: its own budget
+        assert "Traceback" not in web.output()
+    finally:
+        web.stop()
+        redis.stop()

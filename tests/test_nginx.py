@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import base64
+import json
 import os
 import signal
 import socket
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -46,7 +48,7 @@ class NginxStack(Stack):
             # (test_nginx_enforces_the_transport_limits checks the cap on an nginx of its own).
             conf = local_nginx_conf(
                 self.nginx_dir, [(w.worker_id, f"127.0.0.1:{w.port}") for w in self.webs],
-                self.port, limits=nginx_limits(max_conns_per_addr=0))
+                self.port, limits=nginx_limits(max_conns_per_addr=0, session_rate_per_min=0))
             self.nginx = Proc("nginx", nginx_command(nginx, conf))
             self.url = f"http://127.0.0.1:{self.port}"
 
@@ -323,3 +325,39 @@ def test_nginx_enforces_the_transport_limits(stack):
         for s in held:
             s.close()
         nginx.stop()
+
+
+def test_nginx_limits_new_sessions_per_address_not_requests_of_open_ones(stack):
+    """One new Socket.IO session a minute, burst 2, from one address: the fourth handshake at once
+    is refused with 429; a poll of an open session (it carries its sid) is never counted."""
+    port = free_port()
+    conf = local_nginx_conf(Path(tempfile.mkdtemp(prefix="nginx-sessions-")),
+                            [(w.worker_id, f"127.0.0.1:{w.port}") for w in stack.webs], port,
+                            limits=nginx_limits(max_conns_per_addr=0, session_rate_per_min=1,
+                                                session_burst=2))
+    nginx = Proc("nginx-sessions", nginx_command(find_nginx(), conf))
+    base = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling&affinity=one"
+    try:
+        def up():
+            assert nginx.alive(), nginx.output()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx-health", timeout=2) as r:
+                return r.status == 200
+
+        wait_until(up, 15, "nginx to answer")
+        got = [_get(base) for _ in range(4)]
+        assert [status for status, _ in got] == [200, 200, 200, 429], got
+        sid = json.loads(got[0][1][1:])["sid"]
+        for _ in range(3):  # its own requests pass, however many (here: pongs)
+            status, body = _get(f"{base}&sid={sid}", data=b"3")
+            assert status == 200, body
+    finally:
+        nginx.stop()
+
+
+def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
+    """(status, body) of a GET (a POST with `data`), errors included."""
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")

@@ -3,7 +3,9 @@ before any chat code runs.
 
 - `BodyLimit`: one WSGI middleware in front of everything (Flask and Engine.IO). A body over
   MAX_BODY_BYTES (MAX_FRAME_BYTES under /socket.io/) is answered 413 with `Connection: close`
-  without being read; an oversized long-polling POST also ends its Engine.IO session.
+  without being read; an oversized long-polling POST also ends its Engine.IO session. New
+  Engine.IO sessions: 503 while the worker drains, 429 past SESSION_RATE/SESSION_BURST from one
+  address (`SessionRate`).
 - `GuardedWebSocket`: refuses a WebSocket frame from its header (close 1009) instead of reading
   the whole payload first.
 - `GuardedHandler` / `GuardedServer`: a header-read deadline (HEADER_TIMEOUT) and a cap of open
@@ -30,6 +32,8 @@ from gunicorn.workers.ggevent import PyWSGIServer
 
 from common import config
 
+from .ratelimit import TokenBucket
+
 log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 info = logging.getLogger("web")
 
@@ -42,6 +46,41 @@ GRACE_AFTER_DRAIN = 2.0
 
 _TOO_LARGE_BODY = b"Payload Too Large\n"
 _DRAINING_BODY = b"This worker is restarting; connect again.\n"
+_SESSIONS_BODY = b"Too many new connections from your address; wait a moment.\n"
+
+
+def _refuse(start_response, status: str, body: bytes):
+    start_response(status, [
+        ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1"),
+        ("Content-Length", str(len(body))), ("Connection", "close")])
+    return [body]
+
+
+class SessionRate:
+    """New Engine.IO sessions per client address: a token bucket each (web/ratelimit.py).
+
+    Buckets of addresses that have gone quiet (full again) are dropped when there are many, so
+    the table stays small whatever the number of addresses seen.
+    """
+
+    PRUNE_AT = 10_000
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def take(self, address: str) -> bool:
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            if len(self.buckets) >= self.PRUNE_AT:
+                self._prune()
+            bucket = self.buckets[address] = TokenBucket(self.rate, self.burst)
+        return bucket.take()
+
+    def _prune(self) -> None:
+        for address, bucket in list(self.buckets.items()):
+            if bucket.refilled():
+                del self.buckets[address]
 
 
 def settings_of(app) -> config.Settings:
@@ -67,6 +106,9 @@ class BodyLimit:
         self.body_limit = settings.max_body_bytes
         self.socketio_limit = settings.max_frame_bytes
         self.conns = (getattr(app, "extensions", {}).get("chat") or {}).get("conns")
+        # behind a proxy every request comes from it: nginx limits per client address itself
+        self.sessions = (SessionRate(settings.session_rate, settings.session_burst)
+                         if settings.session_rate and not settings.trusted_proxies else None)
 
     @property
     def extensions(self):
@@ -75,14 +117,18 @@ class BodyLimit:
 
     def __call__(self, wsgi_env, start_response):
         path = wsgi_env.get("PATH_INFO", "")
-        if (self.conns is not None and self.conns.draining and path.startswith("/socket.io")
-                and "sid=" not in wsgi_env.get("QUERY_STRING", "")):
-            # A stopping worker takes no new Engine.IO session, even on a connection nginx
-            # keeps alive to it: 503, which nginx passes to the next worker (http_503).
-            start_response("503 Service Unavailable", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1"),
-                ("Content-Length", str(len(_DRAINING_BODY))), ("Connection", "close")])
-            return [_DRAINING_BODY]
+        if path.startswith("/socket.io") and "sid=" not in wsgi_env.get("QUERY_STRING", ""):
+            # A new Engine.IO session (polling or WebSocket handshake).
+            if self.conns is not None and self.conns.draining:
+                # A stopping worker takes no new session, even on a connection nginx keeps
+                # alive to it: 503, which nginx passes to the next worker (http_503).
+                return _refuse(start_response, "503 Service Unavailable", _DRAINING_BODY)
+            if self.sessions is not None and not self.sessions.take(
+                    wsgi_env.get("REMOTE_ADDR", "")):
+                # Each session is memory until its ping times out: one address may not open
+                # them faster than SESSION_RATE (a refused frame or a flood reconnecting).
+                log.warning("refused a new session: too many from one address")
+                return _refuse(start_response, "429 Too Many Requests", _SESSIONS_BODY)
         limit = self.socketio_limit if path.startswith("/socket.io") else self.body_limit
         declared = wsgi_env.get("CONTENT_LENGTH")
         if declared:

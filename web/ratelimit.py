@@ -16,6 +16,10 @@ class TokenBucket:
         self.rate, self.burst = rate, float(burst)
         self.tokens, self.stamp = float(burst), time.monotonic()
 
+    def refilled(self) -> bool:
+        """Whether the bucket would be full now (its owner has been quiet long enough)."""
+        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst
+
     def take(self) -> bool:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
