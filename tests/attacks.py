@@ -535,7 +535,7 @@ def run_attack(name: str, target: Target, seconds: float) -> tuple[int, float, d
         try:
             if fn(target, stats) == DONE:
                 break
-        except (OSError, AssertionError) as exc:
+        except (OSError, AssertionError, ValueError) as exc:  # ValueError: a 429 is no JSON
             stats.setdefault("client_errors", collections.Counter())[type(exc).__name__] += 1
         rounds += 1
     if fn is slowloris:
@@ -628,6 +628,7 @@ def notes_of(stats: dict) -> str:
 async def main(seconds: float, only: list[str]) -> int:
     redis = RedisServer()
     env = base_env(redis.url, ADMIN_PASSWORD=ADMIN_PASSWORD)
+    env.pop("SESSION_RATE")  # the tests' stacks turn it off; the attacked worker has defaults
     web = WebWorker(env, "attacked")
     matcher = MatcherProc(env, "attacks-matcher")
     failed = False
@@ -643,7 +644,8 @@ async def main(seconds: float, only: list[str]) -> int:
         s = load_settings(env)
         print(f"one worker, defaults (MAX_FRAME_BYTES {s.max_frame_bytes}, MAX_BODY_BYTES "
               f"{s.max_body_bytes}, PACKET_RATE/BURST {s.packet_rate:g}/{s.packet_burst}, "
-              f"MAX_CONNS_PER_ADDR {s.max_conns_per_addr}, HEADER_TIMEOUT {s.header_timeout:g} "
+              f"MAX_CONNS_PER_ADDR {s.max_conns_per_addr}, SESSION_RATE/BURST "
+              f"{s.session_rate:g}/{s.session_burst}, HEADER_TIMEOUT {s.header_timeout:g} "
               f"s); {PAIRS} pairs at {PAIR_RATE:g} msg/s a side; {seconds:g} s per attack\n")
         print(f"{'attack':15} {'rounds':>6} {'n':>5} {'p50':>6} {'p99':>6} {'max':>6} "
               f"{'lost':>4} {'err':>3} {'RSS MiB':>11} {'CPU s':>5} {'fds':>9} {'tb':>3} "
