@@ -703,3 +703,13 @@ def test_the_heartbeat_keeps_its_worker_alive_and_forgets_long_dead_ones(store, 
     left = r.zrange(K.workers, 0, -1, withscores=True)
     assert [w for w, _ in left] == ["gone-just-now", "w1"]
     assert left[1][1] > now_ms(r)  # w1 alive for one grace
+
+
+def test_a_drained_waiting_user_is_parked_silently_and_back_in_line_on_return(store, r):
+    store.connect("a", "sa", "w1")
+    enqueue(store, r, "a")
+    first = r.zscore(K.queue, "a")
+    assert store.disconnect("a", "sa", draining=True) == "draining"
+    assert r.zscore(K.queue, "a") is None and r.hget(K.away, "a") is None
+    store.connect("a", "sa2", "w2")
+    assert r.zscore(K.queue, "a") == first

@@ -120,3 +120,37 @@ def test_a_token_expires_and_a_fresh_one_does_not(monkeypatch):
     monkeypatch.undo()
     assert tokens.verify(old) is None
     assert tokens.verify(fresh[:-2] + "xx") is None
+
+
+async def test_reconnecting_refills_no_budget_and_cycling_is_bounded(fresh):
+    """A user who reconnects to get a fresh budget gets none: the control budget is the user's,
+    and reconnects themselves are limited per user (each one is a presence change for the
+    partner): the partner hears of at most a burst of them."""
+    w1, w2 = fresh.urls()
+    a, b = await Peer(w1, "A").connect(), await Peer(w2, "B").connect()
+    await pair(a, b)
+    acks = [await a.call("typing", {"typing": i % 2 == 0}) for i in range(40)]
+    assert any(not x["ok"] for x in acks), "the control burst was never reached"
+    token, refused, accepted = a.token, [], 0
+    await a.close()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(15):  # drop and come back, as fast as the client can
+        p = Peer(w1, f"A{i}")
+        p.sio.on("connect_error", lambda data=None: refused.append(data))
+        try:
+            await p.connect(token=token)
+        except Exception:
+            continue
+        for _ in range(5):
+            ack = await p.call("typing", {"typing": True})
+            accepted += ack["ok"]
+            assert ack["ok"] or ack["error"]["code"] == "rate_limited", ack
+        await p.close()
+    # only what the budget refilled meanwhile (CONTROL_RATE 10/s); a fresh budget per
+    # connection would have let all five through each time
+    assert accepted <= 10 * (loop.time() - started) + 2, accepted
+    assert refused and all((e.get("data") or {}).get("code") == "rate_limited" for e in refused)
+    await asyncio.sleep(0.5)  # what the partner was told has arrived by now
+    assert b.count("partner_back") <= 11, b.count("partner_back")
+    await b.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from peer import Peer, pair
+from peer import Peer, pair, wait_for
 
 GRACE = 3.0  # RESUME_GRACE of the test stacks (tests/procs.py)
 
@@ -137,4 +137,34 @@ async def test_a_reconnect_while_redis_is_down_gets_one_hello_then_unavailable(m
     # the error is sent after the hello on the same connection: a second hello would be here
     assert [h["online"] for h in again.events["hello"]] == [0]
     assert again.count("resumed") == 0
+    # half a user (no presence, no resume) is not left connected: the server closes the
+    # transport so that the client comes back and does both again once Redis is up
+    await wait_for(lambda: not again.sio.connected, 10, "the half-made connection to be closed")
     await again.close()
+
+
+async def test_a_user_whose_connect_failed_in_redis_is_whole_again_after_reconnecting(
+        make_stack):
+    """X waits and drops; X's reconnect meets a Redis error (it refuses writes); the server
+    closes it; X's next reconnect puts X back in the queue, and X is matched."""
+    s = make_stack(workers=1, matchers=1)
+    url = s.urls()[0]
+    x = await Peer(url, "X").connect()
+    await x.join()
+    await x.vanish()  # parked: out of the queue, away
+    r = s.redis.client
+    await wait_for(lambda: r.hexists("{chat}:parked", x.user), 5, "X to be parked")
+    r.config_set("maxmemory", 1)  # every script that writes is refused (OOM)
+    try:
+        x2 = await Peer(url, "X again").connect(token=x.token)
+        assert (await x2.next("error"))["code"] == "unavailable"
+        await wait_for(lambda: not x2.sio.connected, 10, "the half-made connection to close")
+    finally:
+        r.config_set("maxmemory", 0)
+    x3 = await Peer(url, "X once more").connect(token=x.token)
+    assert (await x3.next("resumed"))["state"] == "waiting"
+    y = await Peer(url, "Y").connect()
+    await y.join()
+    assert (await x3.next("matched"))["room"] == (await y.next("matched"))["room"]
+    for p in (x2, x3, y):
+        await p.close()

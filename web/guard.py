@@ -32,7 +32,7 @@ from gunicorn.workers.ggevent import PyWSGIServer
 
 from common import config
 
-from .ratelimit import TokenBucket
+from .ratelimit import KeyedBuckets
 
 log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 info = logging.getLogger("web")
@@ -56,31 +56,8 @@ def _refuse(start_response, status: str, body: bytes):
     return [body]
 
 
-class SessionRate:
-    """New Engine.IO sessions per client address: a token bucket each (web/ratelimit.py).
-
-    Buckets of addresses that have gone quiet (full again) are dropped when there are many, so
-    the table stays small whatever the number of addresses seen.
-    """
-
-    PRUNE_AT = 10_000
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.buckets: dict[str, TokenBucket] = {}
-
-    def take(self, address: str) -> bool:
-        bucket = self.buckets.get(address)
-        if bucket is None:
-            if len(self.buckets) >= self.PRUNE_AT:
-                self._prune()
-            bucket = self.buckets[address] = TokenBucket(self.rate, self.burst)
-        return bucket.take()
-
-    def _prune(self) -> None:
-        for address, bucket in list(self.buckets.items()):
-            if bucket.refilled():
-                del self.buckets[address]
+class SessionRate(KeyedBuckets):
+    """New Engine.IO sessions per client address."""
 
 
 def settings_of(app) -> config.Settings:

@@ -37,7 +37,7 @@ REDIS_RETRIES = 1
 # Snapshots run this many at a time after a gap, so a worker with thousands of connections does
 # not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX.
 REPLAY_CONCURRENCY = 8
-# Keys of the `seen` map beyond the local users that trigger a pruning pass.
+# Keys of the `seen` map beyond the local connections that trigger a pruning pass.
 SEEN_SLACK = 1024
 
 
@@ -57,7 +57,7 @@ class Listener:
         self.store = store
         self.conns = conns
         self.settings = settings
-        # user -> (room, highest seq of a partner `message` this worker delivered to them)
+        # sid -> (room, highest seq of a partner `message` this worker delivered to it)
         self.seen: dict[str, tuple[str, int]] = {}
         self.subscribes = 0  # SUBSCRIBE confirmations seen (the first one is the start)
         self.replays = 0  # snapshots sent after a gap
@@ -95,7 +95,7 @@ class Listener:
         m._handle_emit = handle_emit_tracked
 
     def _track(self, message: dict) -> None:
-        """Remember the partner message's seq for its user, if that user is connected here."""
+        """Remember the partner message's seq for each local connection of its user."""
         try:
             to = message["room"]
             data = message["data"][0]
@@ -104,16 +104,19 @@ class Listener:
             return
         if not isinstance(to, str) or not to.startswith(USER_ROOM_PREFIX):
             return
-        if not self.manager.rooms.get("/", {}).get(to):
+        sids = self.manager.rooms.get("/", {}).get(to)
+        if not sids:
             return  # nobody of that user here
-        user = to[len(USER_ROOM_PREFIX):]
+        # Per connection, not per user: a user's new connection has been sent nothing yet, and
+        # its own resume may be the snapshot that fell into a gap.
         seen = self.seen
-        prev = seen.get(user)
-        if prev is None or prev[0] != room or prev[1] < seq:
-            seen[user] = (room, seq)
-            if prev is None and len(seen) > 2 * len(self.conns) + SEEN_SLACK:
-                local = set(self.conns.users())
-                self.seen = {u: v for u, v in seen.items() if u in local}
+        for sid in sids:
+            prev = seen.get(sid)
+            if prev is None or prev[0] != room or prev[1] < seq:
+                seen[sid] = (room, seq)
+        if len(seen) > 2 * len(self.conns) + SEEN_SLACK:
+            local = {sid for sid, _ in self.conns.items()}
+            self.seen = {sid: v for sid, v in seen.items() if sid in local}
 
     def _listen_with_retries(self):
         """python-socketio's listener loop with a short back-off and a watched SUBSCRIBE."""
@@ -150,15 +153,15 @@ class Listener:
         """Redis confirmed the subscription: anything published from now on reaches us."""
         self.subscribes += 1
         self._delay = RETRY_FIRST
-        # What each user had been sent before the gap. Copied now: a message delivered between
-        # this confirmation and the replay must not raise `since` above one lost in the gap;
-        # users an earlier replay has not reached yet keep that earlier gap's `since`.
+        # What each connection had been sent before the gap. Copied now: a message delivered
+        # between this confirmation and the replay must not raise `since` above one lost in it;
+        # connections an earlier replay has not reached yet keep that earlier gap's `since`.
         old, new = self._before_gap, dict(self.seen)
-        for user in set(self._unfinished.values()):
-            if user in old:
-                new[user] = old[user]
+        for sid in self._unfinished:
+            if sid in old:
+                new[sid] = old[sid]
             else:
-                new.pop(user, None)
+                new.pop(sid, None)
         self._before_gap = new
         if self.subscribes > 1:
             log.info("queue listener subscribed again: replaying to %d connections",
@@ -205,7 +208,7 @@ class Listener:
             if self.conns.user_of(sid) != user:
                 self._unfinished.pop(sid, None)
                 return  # gone, or another user now: its own connect resumed it
-            seen = self._before_gap.get(user)
+            seen = self._before_gap.get(sid)
             since = seen[1] if seen is not None and seen[0] == rooms.get(user) else 0
             try:
                 self.store.snapshot(user, since, sid)

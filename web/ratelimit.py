@@ -1,4 +1,5 @@
-"""A per-connection token bucket for control events (join, next, typing, ...).
+"""Token buckets: per user for control events (join, next, typing, ...), per address for new
+sessions, per connection for packets.
 
 Hand-written (ten lines) rather than `limits`: it is per socket, lives and dies with the
 connection, and must cost no I/O; message rate limiting, which must hold across workers and
@@ -28,3 +29,28 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+class KeyedBuckets:
+    """One bucket per key (a user, an address), kept after its owner leaves: a budget that a
+    reconnect could reset would be no budget. Buckets that have gone quiet (full again) are
+    dropped when there are many, so the table stays small whatever the number of keys seen."""
+
+    PRUNE_AT = 10_000
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str) -> bool:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.PRUNE_AT:
+                self.prune()
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst)
+        return bucket.take()
+
+    def prune(self) -> None:
+        for key, bucket in list(self.buckets.items()):
+            if bucket.refilled():
+                del self.buckets[key]

@@ -17,6 +17,7 @@ import time
 import gevent.local
 from flask_socketio import SocketIO
 from redis.exceptions import RedisError
+from socketio import exceptions as sio_errors
 
 from common import events as ev
 from common.config import Settings
@@ -27,11 +28,19 @@ from common.store import Store
 from common.tokens import Tokens
 
 from . import packets
+from .drain import close_transport
 from .presence import Connections
-from .ratelimit import TokenBucket
+from .ratelimit import KeyedBuckets
 
 log = logging.getLogger("web.sockets")
 UNKNOWN = "\x00not-an-event"  # what a forbidden event name is renamed to before dispatch
+RETRY_CONNECT_AFTER = 2.0  # s: a connection whose presence or resume failed is closed after
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # s: back-off of a disconnect Redis refused
+RETRY_DISCONNECT_FOR = 120.0  # s: then the reaper takes over
+# Connections per user (a token): each is a presence change told to the partner and a resume.
+# A page reloads or loses its network a few times a minute at most; a client cycling its
+# connection to flood its partner with partner_away/partner_back gets one every 2 s.
+CONNECT_RATE, CONNECT_BURST = 0.5, 10
 
 
 def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
@@ -65,8 +74,10 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
              conns: Connections) -> None:
     ack_state = _track_ack_requests(socketio)
     # Control-event budgets per user, not per connection: a user's connections share one (a
-    # token opened on ten sockets gets no more than one), dropped with their last connection.
-    buckets: dict[str, TokenBucket] = {}
+    # token opened on ten sockets gets no more than one), and it outlives the connection (a
+    # reconnect does not refill it).
+    budgets = KeyedBuckets(settings.control_rate, settings.control_burst)
+    connects = KeyedBuckets(CONNECT_RATE, CONNECT_BURST)
     server = socketio.server
     packets.guard(server, settings, conns)
 
@@ -109,23 +120,42 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                 user = conns.user_of(sid)
                 if user is None:
                     return refuse(sid, "internal")
-                if limited:
-                    bucket = buckets.get(user)
-                    if bucket is not None and not bucket.take():
-                        return refuse(sid, "rate_limited")
+                if limited and not budgets.take(user):
+                    return refuse(sid, "rate_limited")
                 return guarded(event, sid, fn, sid, user, args[0] if args else None)
             on(event)(run)
             return fn
         return deco
 
+    def close_later(sid: str) -> None:
+        """Close a connection that is only half a user (its presence or resume failed): the
+        client reconnects and does both again, after a pause so that an outage is no loop."""
+        socketio.sleep(RETRY_CONNECT_AFTER)
+        close_transport(server, sid)
+
+    def disconnect_until_done(user: str, sid: str, draining: bool) -> None:
+        """A disconnect Redis refused is retried: a stale live sid would keep the user 'here'."""
+        delay, deadline = RETRY_FIRST, time.monotonic() + RETRY_DISCONNECT_FOR
+        while time.monotonic() < deadline:
+            socketio.sleep(delay)
+            try:
+                store.disconnect(user, sid, draining=draining)
+                return
+            except RedisError:
+                delay = min(delay * 2, RETRY_MAX)
+        log.warning("disconnect of %s: gave up; the reaper ends it after the grace", user)
+
     @on("connect")
     def on_connect(sid, environ, auth=None):
         token, since = parse_auth(auth)
         known = tokens.verify(token)
+        if known and not connects.take(known):
+            log.info("connect of %s refused: reconnecting too often", known)
+            # a connect_error shaped like the packet gate's: {message, data: {code, message}}
+            raise sio_errors.ConnectionRefusedError(ev.ERRORS["rate_limited"],
+                                                    ev.error("rate_limited"))
         user = known or tokens.new_user()
         conns.add(sid, user)
-        if user not in buckets:
-            buckets[user] = TokenBucket(settings.control_rate, settings.control_burst)
         server.enter_room(sid, user_room(user), namespace="/")
         code = None  # an error to tell after the hello, which always comes, once
         try:
@@ -133,6 +163,9 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             online, replaced = store.connect(user, sid, settings.worker_id)
             if replaced:
                 log.info("connection of %s replaced %d older one(s)", user, replaced)
+            if conns.user_of(sid) != user:  # it closed while connect.lua ran: undo its entry
+                store.disconnect(user, sid, draining=conns.draining)
+                return
         except RedisError as exc:
             log.warning("connect of %s: redis unavailable: %s", user, exc)
             online, code = 0, "unavailable"
@@ -149,18 +182,18 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                 code = "internal"
         if code:
             send_self(sid, ev.ERROR, ev.error(code))
+            socketio.start_background_task(close_later, sid)
 
     @on("disconnect")
     def on_disconnect(sid, reason=None):
-        user, last_here = conns.remove(sid)
+        user, _last_here = conns.remove(sid)
         if user is None:
             return
-        if last_here:
-            buckets.pop(user, None)
         try:  # the grace period starts when the user's last connection anywhere is gone
             store.disconnect(user, sid, draining=conns.draining)
         except RedisError as exc:
-            log.warning("disconnect of %s: redis unavailable: %s", user, exc)
+            log.warning("disconnect of %s: redis unavailable (%s); retrying", user, exc)
+            socketio.start_background_task(disconnect_until_done, user, sid, conns.draining)
 
     @handler(ev.JOIN)
     def on_join(sid, user, data):
@@ -212,8 +245,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         if not isinstance(sid, str):  # never answer to anything but the sender's own sid
             return None
         user = conns.user_of(sid)
-        bucket = buckets.get(user) if user else None
-        if bucket is not None and not bucket.take():
+        if user and not budgets.take(user):
             return refuse(sid, "rate_limited")
         log.debug("unknown event %r from %s", str(event)[:64], user)
         return refuse(sid, "unknown_event")

@@ -26,15 +26,16 @@ redis.call('HSET', where, sid, worker)
 redis.call('EXPIRE', where, where_ttl)
 redis.call('ZADD', alive, now + ttl_ms, user)
 
-if redis.call('HDEL', away, user) == 1 then
-  local since = redis.call('HGET', parked, user)
-  if since then
-    redis.call('HDEL', parked, user)
-    if redis.call('HEXISTS', partner_key, user) == 0 then
-      redis.call('ZADD', queue, 'NX', since, user)
-      wake_matcher(wake)
-    end
+local was_away = redis.call('HDEL', away, user) == 1
+local since = redis.call('HGET', parked, user)
+if since then  -- parked when their last connection closed (away, or drained)
+  redis.call('HDEL', parked, user)
+  if redis.call('HEXISTS', partner_key, user) == 0 then
+    redis.call('ZADD', queue, 'NX', since, user)
+    wake_matcher(wake)
   end
+end
+if was_away then
   tell_partner(partner_key, room_key, user, EV.partner_back)
 end
 return {online_count(alive, away, now), #others}

@@ -3,7 +3,7 @@
 -- user's partner is told `partner_away` at once; the reaper ends it all after the grace.
 -- KEYS: 1 alive, 2 away, 3 workers, 4 where:<user>, 5 parked, 6 queue, 7 partner, 8 room
 -- ARGV: 1 user, 2 sid, 3 presence ttl ms, 4 '1' when the worker is draining (its clients are
---       resuming elsewhere now: not "away", only the grace starts)
+--       resuming elsewhere now: the partner is not told, but a waiting user is parked)
 -- Returns 'here' (another connection is live), 'draining' or 'away'.
 local alive, away, workers, where = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local parked, queue, partner_key, room_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -18,14 +18,15 @@ if not redis.call('ZSCORE', alive, user) then
   return 'away'  -- reaped already (or never known): nothing to keep
 end
 redis.call('ZADD', alive, now + ttl_ms, user)
-if draining then
-  return 'draining'
-end
-redis.call('HSET', away, user, now)
+-- nobody is matched with a closed tab, drained or not: out of the queue until they return
 local since = redis.call('ZSCORE', queue, user)
 if since then
   redis.call('ZREM', queue, user)
   redis.call('HSET', parked, user, since)
 end
+if draining then
+  return 'draining'
+end
+redis.call('HSET', away, user, now)
 tell_partner(partner_key, room_key, user, EV.partner_away)
 return 'away'

@@ -2,8 +2,11 @@
 -- all gone (the `away` hash: they keep their chat or their place in the queue for the grace,
 -- but nobody is talking to them now).
 local function online_count(alive_key, away_key, now)
-  local n = redis.call('ZCOUNT', alive_key, '(' .. now, '+inf') - redis.call('HLEN', away_key)
-  if n < 0 then return 0 end
+  local n = redis.call('ZCOUNT', alive_key, '(' .. now, '+inf')
+  for _, u in ipairs(redis.call('HKEYS', away_key)) do  -- few: users inside their grace
+    local deadline = tonumber(redis.call('ZSCORE', alive_key, u))
+    if deadline and deadline > now then n = n - 1 end  -- counted above, yet not here
+  end
   return n
 end
 
