@@ -18,6 +18,7 @@
   const TYPING_REPEAT_MS = 2000;       // send typing:true at most this often
   const TYPING_IDLE_MS = 3000;         // send typing:false after this long without a keystroke
   const PARTNER_TYPING_TTL_MS = 6000;  // hide the partner's indicator after this long without news
+  const RATE_LIMITED_RETRY_MS = 3000;  // a reconnect refused as too frequent waits this long
   const BOOT_WAIT_MS = 2500;           // after hello, how long a reload waits for `resumed`
   const BOOT_GIVE_UP_MS = 6000;        // show the page anyway when the server can't be reached
   const NOTICE_HIDE_MS = 6000;
@@ -1024,13 +1025,21 @@
     state.lostNotice = addNotice(state.netOffline ? 'notice_offline' : 'notice_reconnecting', null, 'warn');
   }
 
-  function onConnectError() {
+  function onConnectError(err) {
     showConnectionBanner();
     if (state.drainUntil) {
       if (drainRetry()) return;
       noteConnectionLost();  // the quiet move did not work out: say so as for any lost link
     }
     if (socket.active || state.replaced || state.netOffline) return;  // socket.io retries by itself
+    if (err && err.data && err.data.code === 'rate_limited') {
+      // Reconnecting too often (the server limits reconnects per user): the token is fine,
+      // come back a little later as the same user.
+      clearTimeout(timers.reconnect);
+      timers.reconnect = setTimeout(() => { if (!socket.connected) socket.connect(); },
+                                    RATE_LIMITED_RETRY_MS);
+      return;
+    }
     // Refused by the server: retry with a backoff; after a few refusals drop the token,
     // which may be what is refused, and come back as a new user.
     state.refusals += 1;
