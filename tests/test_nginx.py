@@ -271,24 +271,35 @@ def _status(s: socket.socket) -> int | None:
     return int(buf.split()[1])
 
 
+def limited_nginx(stack, name: str, **limits) -> tuple[Proc, int]:
+    """An nginx of the template in front of `stack`'s workers with these limits, answering."""
+    port = free_port()
+    conf = local_nginx_conf(Path(tempfile.mkdtemp(prefix=f"nginx-{name}-")),
+                            [(w.worker_id, f"127.0.0.1:{w.port}") for w in stack.webs], port,
+                            limits=nginx_limits(**limits))
+    nginx = Proc(f"nginx-{name}", nginx_command(find_nginx(), conf))
+
+    def up():
+        assert nginx.alive(), nginx.output()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx-health", timeout=2) as r:
+            return r.status == 200
+
+    try:
+        wait_until(up, 15, "nginx to answer")
+    except BaseException:
+        nginx.stop()
+        raise
+    return nginx, port
+
+
 def test_nginx_enforces_the_transport_limits(stack):
     """nginx in front of the workers refuses what the workers' own guards refuse (body sizes,
     slow headers) and caps the connections of one address; this nginx has a cap of 3 and a
     1 s header timeout, the config otherwise the template's."""
     cap = 3
-    port = free_port()
-    conf = local_nginx_conf(Path(tempfile.mkdtemp(prefix="nginx-limits-")),
-                            [(w.worker_id, f"127.0.0.1:{w.port}") for w in stack.webs], port,
-                            limits=nginx_limits(max_conns_per_addr=cap, header_timeout_ms=1000))
-    nginx = Proc("nginx-limits", nginx_command(find_nginx(), conf))
+    nginx, port = limited_nginx(stack, "limits", max_conns_per_addr=cap, header_timeout_ms=1000)
     held = []
     try:
-        def up():
-            assert nginx.alive(), nginx.output()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx-health", timeout=2) as r:
-                return r.status == 200
-
-        wait_until(up, 15, "nginx to answer")
         # bodies: MAX_BODY_BYTES for pages, MAX_FRAME_BYTES for Socket.IO, from the header
         big = _raw(port, b"POST /admin/login HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                    % (1024 * 1024))
@@ -330,20 +341,10 @@ def test_nginx_enforces_the_transport_limits(stack):
 def test_nginx_limits_new_sessions_per_address_not_requests_of_open_ones(stack):
     """One new Socket.IO session a minute, burst 2, from one address: the fourth handshake at once
     is refused with 429; a poll of an open session (it carries its sid) is never counted."""
-    port = free_port()
-    conf = local_nginx_conf(Path(tempfile.mkdtemp(prefix="nginx-sessions-")),
-                            [(w.worker_id, f"127.0.0.1:{w.port}") for w in stack.webs], port,
-                            limits=nginx_limits(max_conns_per_addr=0, session_rate_per_min=1,
-                                                session_burst=2))
-    nginx = Proc("nginx-sessions", nginx_command(find_nginx(), conf))
+    nginx, port = limited_nginx(stack, "sessions", max_conns_per_addr=0, session_rate_per_min=1,
+                                session_burst=2)
     base = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling&affinity=one"
     try:
-        def up():
-            assert nginx.alive(), nginx.output()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/nginx-health", timeout=2) as r:
-                return r.status == 200
-
-        wait_until(up, 15, "nginx to answer")
         got = [_get(base) for _ in range(4)]
         assert [status for status, _ in got] == [200, 200, 200, 429], got
         sid = json.loads(got[0][1][1:])["sid"]
