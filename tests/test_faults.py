@@ -442,3 +442,20 @@ async def test_sigterm_worker_clients_resume_elsewhere_at_once(make_stack):
     assert f["on_victim"] == 0
     assert max(f["resume_s"]) < 5, f["resume_s"]
     assert f["told"] == f["moved"], "every client of the stopped worker is told to move"
+
+
+async def test_a_takeover_lost_in_a_listener_gap_is_done_by_the_replay(faults):
+    """The older tab's `replaced` and `disconnect` are published while its worker's listener
+    is away: the replay after the gap sees the sid is no longer the user's and does it."""
+    w1 = faults.urls()[0]
+    old = await Peer(w1, "old tab").connect()
+    r = faults.redis.client
+    where = "{chat}:where:" + old.user
+    await wait_for(lambda: r.hlen(where) == 1, 5, "the tab's connection to be listed")
+    r.delete(where)
+    r.hset(where, "a-newer-connection", "elsewhere")  # what a takeover leaves, its events lost
+    faults.redis.kill_clients("pubsub")  # the gap: the worker subscribes again and replays
+    err = await old.next("error", timeout=10)
+    assert err["code"] == "replaced"
+    await wait_for(lambda: not old.sio.connected, 10, "the replaced tab to be closed")
+    await old.close()

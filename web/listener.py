@@ -195,6 +195,20 @@ class Listener:
                 self._wake.wait(timeout=delay)
                 delay = min(delay * 2, RETRY_MAX)
 
+    def _replaced(self, user: str, sid: str) -> bool:
+        """A takeover's `replaced` and `disconnect` for `sid` may have been published into the
+        gap: when the user's connection list no longer has this sid, do here what they would
+        have done. (No list at all, e.g. expired on a tab open for days, proves nothing.)"""
+        live = self.store.r.hkeys(self.store.k.where(user))
+        if not live or sid in live:
+            return False
+        self._unfinished.pop(sid, None)
+        self.server.emit(ev.ERROR, ev.error("replaced"), to=sid, namespace="/",
+                         ignore_queue=True)
+        self.server.disconnect(sid, namespace="/", ignore_queue=True)
+        log.info("connection of %s was replaced during a listener gap: closed", user)
+        return True
+
     def _replay(self, pending: dict[str, str]) -> dict[str, str]:
         """Snapshot each (sid, user) still connected; return those that failed."""
         if not pending:
@@ -211,6 +225,8 @@ class Listener:
             seen = self._before_gap.get(sid)
             since = seen[1] if seen is not None and seen[0] == rooms.get(user) else 0
             try:
+                if self._replaced(user, sid):
+                    return
                 self.store.snapshot(user, since, sid)
                 self._unfinished.pop(sid, None)
                 self.replays += 1
