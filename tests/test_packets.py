@@ -548,7 +548,7 @@ def test_cpu_per_valid_packet_before_and_after_the_gate(capsys):
                   namespace="/")
         if gated:
             packets.guard(server, dataclasses.replace(DEFAULTS, packet_rate=1e9,
-                                                      packet_burst=10**9), None)
+                                                      packet_burst=10**9))
         server.eio.send_packet = lambda eio_sid, pkt: None  # no socket: the send is not measured
         server.eio.handlers["connect"]("e1", {"REMOTE_ADDR": "127.0.0.1"})
         server.eio.handlers["message"]("e1", "0{}")

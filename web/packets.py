@@ -205,10 +205,11 @@ class Gate:
         # (and the gate dropping) every frame already buffered: 2 s of CPU for 32 MB.
         self.server.sleep(0)
 
-    def charge(self, eio_sid, code) -> None:
-        """A handler refused an event for a protocol fault: it costs like a refused packet."""
+    def charge(self, sid: str, code: str) -> None:
+        """A handler refused connection `sid`'s event for a protocol fault: it costs like a
+        refused packet."""
         if code in PROTOCOL_FAULTS:
-            bucket = self.buckets.get(eio_sid)
+            bucket = self.buckets.get(self.manager.eio_sid_from_sid(sid, "/"))
             if bucket is not None:
                 bucket.tokens -= REFUSED_COST - 1
 
@@ -225,11 +226,12 @@ class Gate:
         self.last_log = now
 
 
-def guard(server, settings, conns) -> Gate:
+def guard(server, settings) -> Gate:
     """Wrap `server` so that hostile packets cost their sender and never reach a handler.
 
     Engine.IO holds python-socketio's bound methods in `server.eio.handlers`, so the gate is
-    installed there as well as on the server object. `conns` is not needed at this level.
+    installed there as well as on the server object. The event handlers' refusals are charged
+    by web/sockets.py's one refusal path (`Gate.charge`).
     """
     eio_packet.Packet.json = server.packet_class.json = PacketJson
     gate = Gate(server, settings)
@@ -239,30 +241,4 @@ def guard(server, settings, conns) -> Gate:
     handlers["message"] = server._handle_eio_message = gate.message
     server._handle_eio_disconnect = handlers["disconnect"]
 
-    # Handler refusals for protocol faults: seen on their way out, as a failed ack (sent by
-    # python-socketio's `_send_packet`) or as an `error` event sent with `emit`.
-    send_packet, emit = server._send_packet, server.emit
-    manager = server.manager
-
-    def send_packet_charged(eio_sid, pkt):
-        if pkt.packet_type == sio_packet.ACK:
-            args = pkt.data
-            if args and args[0].__class__ is dict and args[0].get("ok") is False:
-                err = args[0].get("error")
-                gate.charge(eio_sid, err.get("code") if err.__class__ is dict else None)
-        return send_packet(eio_sid, pkt)
-
-    def emit_charged(event, *args, **kw):
-        if event == ev.ERROR:
-            data = args[0] if args else kw.get("data")
-            sid = kw.get("to") or kw.get("room") or (args[1] if len(args) > 1 else None)
-            if data.__class__ is dict and sid.__class__ is str:
-                eio_sid = manager.eio_sid_from_sid(sid, "/")
-                if eio_sid is not None:
-                    gate.charge(eio_sid, data.get("code"))
-        return emit(event, *args, **kw)
-
-    server._send_packet = send_packet_charged
-    server.emit = emit_charged
-    server.packet_gate = gate
     return gate

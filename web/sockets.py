@@ -79,7 +79,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     budgets = KeyedBuckets(settings.control_rate, settings.control_burst)
     connects = KeyedBuckets(CONNECT_RATE, CONNECT_BURST)
     server = socketio.server
-    packets.guard(server, settings, conns)
+    gate = packets.guard(server, settings)
 
     def on(event: str):
         def deco(fn):
@@ -94,6 +94,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
 
     def refuse(sid: str, code: str):
+        gate.charge(sid, code)  # a protocol fault costs the connection's packet budget
         if getattr(ack_state, "ack", False):
             return ev.failed(code)
         send_self(sid, ev.ERROR, ev.error(code))
