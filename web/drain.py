@@ -28,6 +28,18 @@ def _local_sids(conns) -> list[str]:
     return [sid for sid, _ in conns.items()]
 
 
+def close_session(eio, eio_sid: str, *, abort: bool = False, reason=None) -> bool:
+    """End one Engine.IO session now, without waiting: python-engineio 4.15's own
+    `disconnect(sid)` waits until the CLOSE packet is polled, which a client that is not polling
+    (or the very request that asks for the close) never does. Forgotten at once: a POST to a
+    session closed but still listed makes Engine.IO raise KeyError. False if it was gone."""
+    session = eio.sockets.pop(eio_sid, None)
+    if session is None:
+        return False
+    session.close(wait=False, abort=abort, reason=reason or eio.reason.SERVER_DISCONNECT)
+    return True
+
+
 def close_transport(server, sid: str) -> bool:
     """Close one connection's Engine.IO transport without a Socket.IO DISCONNECT packet.
 
@@ -36,12 +48,7 @@ def close_transport(server, sid: str) -> bool:
     which every client reads as a lost transport and reconnects.
     """
     eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-    sock = server.eio.sockets.get(eio_sid) if eio_sid else None
-    if sock is None:
-        return False
-    sock.close(wait=False, abort=True)  # runs the disconnect handlers now, in this greenlet
-    server.eio.sockets.pop(eio_sid, None)
-    return True
+    return bool(eio_sid) and close_session(server.eio, eio_sid, abort=True)
 
 
 def drain(socketio, conns, settings) -> dict:

@@ -32,6 +32,7 @@ from gunicorn.workers.ggevent import PyWSGIServer
 
 from common import config
 
+from .drain import close_session
 from .ratelimit import KeyedBuckets
 
 log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
@@ -144,11 +145,7 @@ class BodyLimit:
         if not sid or socketio is None:
             return
         eio = socketio.server.eio
-        session = eio.sockets.pop(sid, None)
-        if session is not None:
-            # wait=False: Engine.IO's own disconnect() waits for the close packet to be polled,
-            # which a client that is not polling never does.
-            session.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
+        close_session(eio, sid, reason=eio.reason.TRANSPORT_ERROR)
 
 
 def wrap(app, settings: config.Settings | None = None):
@@ -170,9 +167,7 @@ def _disconnect_without_waiting(eio) -> None:
     def disconnect(sid=None):
         if sid is None:
             return original()
-        session = eio.sockets.pop(sid, None)
-        if session is not None:
-            session.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+        close_session(eio, sid)
         return None
 
     eio.disconnect = disconnect

@@ -37,6 +37,7 @@ from socketio import packet as sio_packet
 
 from common import events as ev
 
+from .drain import close_session
 from .ratelimit import TokenBucket
 
 log = logging.getLogger("web.packets")
@@ -189,16 +190,10 @@ class Gate:
         self.buckets.pop(eio_sid, None)  # two POSTs of one polling session may both get here
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
             self.send_eio(eio_sid, self.answers["rate_limited"])
-        # As Engine.IO's own `disconnect(sid)`, but without waiting for the queue to drain
-        # (from inside this connection's request or reader, that could wait for a poll that
-        # never comes). Forgotten at once: a long-polling POST to a session that is closed
-        # but still listed makes Engine.IO 4.15 raise KeyError from `_get_socket`; a GET
-        # already waiting still holds the socket and carries the error and CLOSE out.
+        # Without waiting (from inside this connection's request or reader, a wait could be
+        # for a poll that never comes); a GET already waiting carries the error and CLOSE out.
         addr = (self.server.environ.get(eio_sid) or {}).get("REMOTE_ADDR", "?")
-        sock = self.server.eio.sockets.pop(eio_sid, None)
-        if sock is not None:
-            sock.close(wait=False, abort=False,
-                       reason=self.server.eio.reason.SERVER_DISCONNECT)
+        close_session(self.server.eio, eio_sid)
         self.note(addr, "over its packet budget: closed", "closed")
         # Let the connection's writer run now: it sends the error and the CLOSE, then closes the
         # WebSocket, which stops this reader. Without the switch, the reader went on decoding
