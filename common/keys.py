@@ -14,7 +14,7 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:room_info`           | hash   | room id -> JSON {interests, opened} |
 | `{p}:last`                | hash   | user -> last partner (so Next does not rematch them at once) |
 | `{p}:wake`                | list   | pushed on every join; the matcher blocks on it to wake up |
-| `{p}:away`                | hash   | user -> when their last connection closed (ms); out of the online count until they return or are reaped |
+| `{p}:away`                | zset   | user whose last connection closed -> their presence deadline (ms); out of the online count until they return or are reaped |
 | `{p}:parked`              | hash   | away user -> their place in the queue (ms), given back if they return within the grace |
 | `{p}:workers`             | zset   | web worker id -> heartbeat deadline (ms); connections on a worker past it are dead |
 | `{p}:where:<user>`        | hash   | the user's connections: sid -> web worker id (one live one; a new one replaces it) |

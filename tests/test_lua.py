@@ -653,7 +653,7 @@ def test_partner_away_at_once_and_back_on_return_only_for_the_last_connection(st
     assert outbox(r)[1:] == [{"to": "b", "event": "partner_back", "data": {"room": room}}]
     assert store.disconnect("a", "unknown-sid") == "here"  # a stale sid: a is still connected
     assert store.disconnect("a", "sa2", draining=True) == "draining"  # resuming elsewhere
-    assert len(outbox(r)) == 2 and r.hget(K.away, "a") is None
+    assert len(outbox(r)) == 2 and r.zscore(K.away, "a") is None
     assert r.hget(K.partner, "a") == "b"
 
 
@@ -710,6 +710,17 @@ def test_a_drained_waiting_user_is_parked_silently_and_back_in_line_on_return(st
     enqueue(store, r, "a")
     first = r.zscore(K.queue, "a")
     assert store.disconnect("a", "sa", draining=True) == "draining"
-    assert r.zscore(K.queue, "a") is None and r.hget(K.away, "a") is None
+    assert r.zscore(K.queue, "a") is None and r.zscore(K.away, "a") is None
     store.connect("a", "sa2", "w2")
     assert r.zscore(K.queue, "a") == first
+
+
+def test_online_leaves_out_away_users_only_while_their_grace_lasts(store, r):
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w1")
+    assert store.disconnect("a", "sa") == "away"
+    assert store.online() == 1
+    past = now_ms(r) - 1000
+    r.zadd(K.alive, {"a": past})
+    r.zadd(K.away, {"a": past})  # their grace is over; the reaper has not come yet
+    assert store.online() == 1  # b: a is neither counted nor subtracted twice

@@ -26,7 +26,7 @@ redis.call('HSET', where, sid, worker)
 redis.call('EXPIRE', where, where_ttl)
 redis.call('ZADD', alive, now + ttl_ms, user)
 
-local was_away = redis.call('HDEL', away, user) == 1
+local was_away = redis.call('ZREM', away, user) == 1
 local since = redis.call('HGET', parked, user)
 if since then  -- parked when their last connection closed (away, or drained)
   redis.call('HDEL', parked, user)

@@ -27,6 +27,6 @@ end
 if draining then
   return 'draining'
 end
-redis.call('HSET', away, user, now)
+redis.call('ZADD', away, now + ttl_ms, user)  -- out of the count until then, as in alive
 tell_partner(partner_key, room_key, user, EV.partner_away)
 return 'away'

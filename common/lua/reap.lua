@@ -14,7 +14,8 @@ local gone = redis.call('ZRANGEBYSCORE', k.alive, '-inf', now, 'LIMIT', 0, limit
 for _, u in ipairs(gone) do
   redis.call('ZREM', k.alive, u)
   redis.call('ZREM', k.queue, u)
-  for _, key in ipairs({k.prefs, k.last, k.away, k.parked}) do
+  redis.call('ZREM', k.away, u)
+  for _, key in ipairs({k.prefs, k.last, k.parked}) do
     redis.call('HDEL', key, u)
   end
   local partner = redis.call('HGET', k.partner, u)

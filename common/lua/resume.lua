@@ -42,7 +42,7 @@ if partner and room then
       interests = cjson.encode(shared)
     end
   end
-  local away = redis.call('HEXISTS', away, partner) == 1 and 'true' or 'false'
+  local away = redis.call('ZSCORE', away, partner) and 'true' or 'false'
   emit_json(EV.resumed, sid, '{"state":"chatting","room":' .. cjson.encode(room)
     .. ',"interests":' .. interests .. ',"partner_away":' .. away
     .. ',"history":[' .. table.concat(history, ',') .. ']}')

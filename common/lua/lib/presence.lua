@@ -1,13 +1,9 @@
 -- Who is online: users with a presence deadline in the future, less those whose connections are
--- all gone (the `away` hash: they keep their chat or their place in the queue for the grace,
--- but nobody is talking to them now).
+-- all gone (the `away` zset, with the same deadline: they keep their chat or their place in the
+-- queue for the grace, but nobody is talking to them now). Two counts, no scan.
 local function online_count(alive_key, away_key, now)
-  local n = redis.call('ZCOUNT', alive_key, '(' .. now, '+inf')
-  for _, u in ipairs(redis.call('HKEYS', away_key)) do  -- few: users inside their grace
-    local deadline = tonumber(redis.call('ZSCORE', alive_key, u))
-    if deadline and deadline > now then n = n - 1 end  -- counted above, yet not here
-  end
-  return n
+  return redis.call('ZCOUNT', alive_key, '(' .. now, '+inf')
+    - redis.call('ZCOUNT', away_key, '(' .. now, '+inf')
 end
 
 -- The sids in a user's `where` hash whose worker is alive (its heartbeat deadline not passed).
