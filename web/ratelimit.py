@@ -7,6 +7,7 @@ reconnects, is done in Redis inside common/lua/message.lua.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 
@@ -53,4 +54,10 @@ class KeyedBuckets:
     def prune(self) -> None:
         for key, bucket in list(self.buckets.items()):
             if bucket.refilled():
+                del self.buckets[key]
+        if len(self.buckets) >= self.PRUNE_AT // 2:
+            # Still crowded (many keys busy at once): forget the oldest half rather than scan
+            # them all again on the next new key. A forgotten key starts again with a full
+            # bucket, which costs less than a worker scanning thousands on every arrival.
+            for key in list(itertools.islice(self.buckets, len(self.buckets) // 2)):
                 del self.buckets[key]
