@@ -17,7 +17,7 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:away`                | zset   | user whose last connection closed -> their presence deadline (ms); out of the online count until they return or are reaped |
 | `{p}:parked`              | hash   | away user -> their place in the queue (ms), given back if they return within the grace |
 | `{p}:workers`             | zset   | web worker id -> heartbeat deadline (ms); connections on a worker past it are dead |
-| `{p}:where:<user>`        | hash   | the user's connections: sid -> web worker id (one live one; a new one replaces it) |
+| `{p}:where:<user>`        | hash   | the user's connections: sid -> web worker id (one live one; a new one replaces it); the route of every event to the user; expires a day after the last heartbeat |
 | `{p}:history`             | stream | room opened / message / room closed / report, for the archiver |
 | `{p}:sent:<user>`         | list   | the user's recent messages in their room, for replay on resume |
 | `{p}:dedupe:<user>`       | hash   | client message id -> "seq:ts:room", so a resend is delivered once |
@@ -26,6 +26,11 @@ scripts, which touch several of them atomically, stay legal there too.
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
 
 Socket.IO rooms (not Redis keys): `u:<user>` holds every connection of one user.
+
+Pub/sub channels (not keys either), named from SOCKETIO_CHANNEL (`c`, default `flask-socketio`):
+`c` carries broadcasts (`stats`) and whatever python-socketio's own emitters publish, and every
+web worker reads it; `c:w:<worker id>` carries the events for the connections of one worker
+(directed delivery, common/lua/lib/emit.lua), and only that worker reads it.
 """
 from __future__ import annotations
 
@@ -88,7 +93,11 @@ class Keys:
         return self._k("workers")
 
     def where(self, user: str) -> str:
-        return self._k("where:" + user)
+        return self.where_prefix + user
+
+    @property
+    def where_prefix(self) -> str:
+        return self._k("where:")
 
     @property
     def history(self) -> str:
@@ -109,6 +118,14 @@ class Keys:
 
 
 USER_ROOM_PREFIX = "u:"
+
+
+WORKER_CHANNEL_INFIX = ":w:"
+
+
+def worker_channel(channel: str, worker: str) -> str:
+    """The pub/sub channel of one web worker's events (built in lua/lib/emit.lua too)."""
+    return channel + WORKER_CHANNEL_INFIX + worker
 
 
 def user_room(user: str) -> str:

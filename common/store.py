@@ -14,7 +14,7 @@ import redis
 
 from . import events as ev
 from .config import Settings
-from .keys import USER_ROOM_PREFIX, Keys
+from .keys import USER_ROOM_PREFIX, Keys, worker_channel
 
 LUA_DIR = Path(__file__).with_name("lua")
 HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
@@ -51,7 +51,9 @@ def lua_string(value: str) -> str:
 def lua_prelude(settings: Settings) -> str:
     """What every script can use: the helpers of lua/lib/*.lua and the constants they need."""
     names = ", ".join(f"{name} = {lua_string(name)}" for name in ev.LUA_EVENTS)
-    return (f"local EMIT_CHANNEL = {lua_string(settings.socketio_channel)}\n"
+    keys = Keys(settings.redis_prefix)
+    return (f"local WORKER_CHANNEL_PREFIX = {lua_string(worker_channel(settings.socketio_channel, ''))}\n"
+            f"local WHERE_PREFIX = {lua_string(keys.where_prefix)}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
             f"local EV = {{{names}}}\n"
             f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
@@ -85,7 +87,8 @@ class Store:
     def touch(self, users: list[str], worker: str = "") -> int:
         """Keep these users (and their worker) alive for one grace period; the online count."""
         k = self.k
-        return int(self._run("touch", [k.alive, k.away, k.workers], [self.ttl_ms, worker, *users]))
+        return int(self._run("touch", [k.alive, k.away, k.workers],
+                             [self.ttl_ms, worker, WHERE_TTL, *users]))
 
     def online(self) -> int:
         return self.touch([])
@@ -162,7 +165,8 @@ class Store:
         return True
 
     def resume(self, user: str, since: int, sid: str) -> str:
-        """Emit `resumed` to connection `sid` (resume.lua); returns the state it told."""
+        """Emit `resumed` to connection `sid` of this web worker (resume.lua); returns the state
+        it told."""
         k = self.k
         for _ in range(RESUME_TRIES):
             partner = self.r.hget(k.partner, user) or ""
@@ -170,7 +174,7 @@ class Store:
                 "resume",
                 [k.partner, k.room, k.queue, k.room_info, k.sent(user),
                  k.sent(partner) if partner else k.sent(user), k.away],
-                [user, partner, since, sid])
+                [user, partner, since, sid, self.s.worker_id])
             if state != "retry":
                 return state
         raise redis.RedisError(f"the partner of {user} kept changing during a resume")

@@ -18,6 +18,8 @@ from procs import RedisServer
 GRACE = 5  # RESUME_GRACE of these tests, seconds
 TTL_MS = GRACE * 1000
 K = Keys("chat")
+WORKER = "w-test"  # the web worker the routes of the tests' users point at (see route())
+CHANNEL = "flask-socketio"  # SOCKETIO_CHANNEL's default
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,18 @@ def waited(r, user: str, ms: int) -> None:
     r.zadd(K.queue, {user: now_ms(r) - ms}, xx=True)
 
 
+def route(r, *users: str, worker: str = WORKER) -> None:
+    """Give these users a connection on `worker` in their route (`where`), as connect.lua does,
+    so that events for them are published; the worker has no heartbeat, so presence ignores it.
+    A user who already has a route (a test's own connect) keeps just that one."""
+    for u in users:
+        if not r.exists(K.where(u)):
+            r.hset(K.where(u), "s-" + u, worker)
+
+
 def enqueue(store: Store, r, *users: str, interests=None) -> None:
-    """Join these users in this order (distinct enqueue times, oldest first)."""
+    """Join these users in this order (distinct enqueue times, oldest first), each routed."""
+    route(r, *users)
     for i, u in enumerate(users):
         state, _ = store.join(u, interests)
         assert state == "waiting"
@@ -106,9 +118,7 @@ _sub = {}
 def _record_emits(redis_server, r):
     """Subscribe before the test acts, so that outbox() sees every emit its scripts publish."""
     _seen.clear()
-    _sub["sub"] = subscribe(redis_server.client, config.load({
-        "APP_ENV": "development", "SECRET_KEY": "x" * 40,
-        "ADMIN_PASSWORD": "lua-test-admin"}).socketio_channel)
+    _sub["sub"] = subscribe(redis_server.client, CHANNEL + "*")
     yield
     _sub.pop("sub").close()
 
@@ -121,27 +131,30 @@ def outbox(r) -> list[dict]:
     return list(_seen)
 
 
-def subscribe(client, channel: str):
-    """A pub/sub connection on `channel`, subscribed by the time this returns."""
+def subscribe(client, pattern: str):
+    """A pub/sub connection on the channels matching `pattern`, subscribed when this returns."""
     sub = client.pubsub()
-    sub.subscribe(channel)
+    sub.psubscribe(pattern)
     confirm = sub.get_message(timeout=5)
-    assert confirm is not None and confirm["type"] == "subscribe", confirm
+    assert confirm is not None and confirm["type"] == "psubscribe", confirm
     return sub
 
 
-def published(sub) -> list[dict]:
-    """What was published on `sub`'s channel until it has been quiet for 0.2 s, decoded."""
+def published(sub, channels: list | None = None) -> list[dict]:
+    """What was published on `sub`'s channels until it has been quiet for 0.2 s, decoded; with
+    `channels`, each message's channel is appended to it."""
     got = []
     while (m := sub.get_message(timeout=0.2)) is not None:
         got.append(json.loads(m["data"]))
+        if channels is not None:
+            channels.append(m["channel"])
     return got
 
 
 @pytest.fixture
 def emitted(redis_server, store):
     """emitted() -> the Socket.IO emits the scripts published since the test began, decoded."""
-    sub = subscribe(redis_server.client, store.s.socketio_channel)
+    sub = subscribe(redis_server.client, store.s.socketio_channel + "*")
     yield lambda: published(sub)
     sub.close()
 
@@ -429,11 +442,74 @@ def test_typing_goes_to_the_partner_with_the_room_and_not_without_a_chat(store, 
 def test_an_odd_socketio_channel_name_reaches_the_scripts_intact(make_store, r, redis_server):
     channel = 'chan "\\ é\n]]'
     store = make_store(SOCKETIO_CHANNEL=channel)
-    sub = subscribe(redis_server.client, channel)
+    sub = subscribe(redis_server.client, "chan*")
     pair_up(store, r, "a", "b")
     assert store.typing("a", True)
-    assert [e["room"] for e in published(sub) if e["event"] == "typing"] == ["u:b"]
+    channels = []
+    assert [e["room"] for e in published(sub, channels) if e["event"] == "typing"] == ["u:b"]
+    assert channels[-1] == channel + ":w:" + WORKER
     sub.close()
+
+
+# -- directed delivery (lib/emit.lua) ------------------------------------------------------------
+def test_each_event_goes_only_to_the_workers_holding_its_users_connections(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w2")
+    sub = subscribe(r, CHANNEL + "*")
+    enqueue(store, r, "a", "b")
+    assert store.match() == 1
+    store.message("a", "a1", "hi")
+    store.typing("b", True)
+    channels: list[str] = []
+    got = [(e["event"], e["room"]) for e in published(sub, channels)]
+    assert list(zip(got, channels)) == [
+        (("matched", "u:a"), CHANNEL + ":w:w1"), (("matched", "u:b"), CHANNEL + ":w:w2"),
+        (("message", "u:b"), CHANNEL + ":w:w2"), (("typing", "u:a"), CHANNEL + ":w:w1")]
+    sub.close()
+
+
+def test_a_user_without_a_connection_is_sent_nothing_and_one_on_two_workers_both(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    enqueue(store, r, "a", "b")
+    assert store.match() == 1
+    r.delete(K.where("b"))  # b's connections are all gone
+    sub = subscribe(r, CHANNEL + "*")
+    store.message("a", "a1", "to nobody")
+    assert published(sub) == []
+    assert store.resume("b", 0, "sb") == "chatting"  # b comes back: the message is in it
+    assert [m["id"] for m in resumed_to(published(sub), "sb")["history"]] == ["a1"]
+    r.delete(K.where("a"))
+    r.hset(K.where("a"), mapping={"old": "w1", "new": "w2"})  # a moment of a resume
+    store.message("b", "b1", "to both")
+    channels: list[str] = []
+    got = [e for e in published(sub, channels) if e["event"] == "message"]
+    assert [e["data"][0]["id"] for e in got] == ["b1", "b1"]
+    assert sorted(channels[-2:]) == [CHANNEL + ":w:w1", CHANNEL + ":w:w2"]
+    sub.close()
+
+
+def test_a_takeover_closes_the_old_connection_on_its_own_worker(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    store.connect("a", "old", "w1")
+    sub = subscribe(r, CHANNEL + "*")
+    store.connect("a", "new", "w2")
+    channels: list[str] = []
+    got = published(sub, channels)
+    assert [(m.get("event"), m.get("room") or m.get("sid")) for m in got] == [
+        ("error", "old"), (None, "old")]
+    assert channels == [CHANNEL + ":w:w1"] * 2
+    sub.close()
+
+
+def test_the_heartbeat_keeps_a_long_open_connections_route(store, r):
+    store.connect("a", "sa", "w1")
+    r.expire(K.where("a"), 5)
+    store.touch(["a"], "w1")
+    assert r.ttl(K.where("a")) > 3600
 
 
 # -- match.lua ----------------------------------------------------------------------------------
@@ -478,6 +554,7 @@ def test_match_drops_expired_and_already_partnered_users_from_the_queue(store, r
 
 
 def test_shared_interests_are_matched_first_with_the_common_ones(store, r):
+    route(r, "a", "b", "c")
     store.join("a", ["music", "cats"])
     store.join("b", ["hiking"])
     store.join("c", ["cats", "chess"])
@@ -559,6 +636,7 @@ def test_last_partners_may_be_paired_again_when_only_they_wait(store, r):
     r.flushall()
     outbox(r)
     _seen.clear()
+    route(r, "A", "B")
     store.join("A", ["cats"])
     store.join("B", ["cats", "dogs"])
     r.hset(K.last, mapping={"A": "B", "B": "A"})

@@ -1,12 +1,15 @@
-"""Delivery after a gap in the Socket.IO queue listener: every local client is made whole.
+"""The Socket.IO queue listener: directed delivery, and every local client made whole after a gap.
 
-Chat events reach a worker's clients through one Redis pub/sub subscription (python-socketio's
-RedisManager). Pub/sub keeps nothing: whatever is published while that subscription is down
+Chat events reach a worker's clients through one Redis pub/sub connection (python-socketio's
+RedisManager, patched here), subscribed to two channels: the worker's own (the events for its
+connections, published by the Lua scripts on the route of each user: common/lua/lib/emit.lua)
+and the shared one (broadcasts). A worker thus decodes only what its own clients receive, not
+every event of the cluster. Pub/sub keeps nothing: whatever is published while that subscription is down
 (Redis restarting, the listener's connection killed, a shard moving) reaches none of this
 worker's clients, although the message is stored and its sender was told `ok`.
 
-So the worker watches its own subscription. Every time Redis confirms a SUBSCRIBE of the
-listener (python-socketio's reconnect loop, or redis-py's own silent reconnect inside
+So the worker watches its own subscription. Every time Redis confirms the SUBSCRIBE of the
+worker's channel (python-socketio's reconnect loop, or redis-py's own silent reconnect inside
 `PubSub.listen`), a gap may lie behind it, and each local connection is sent a `resumed`
 snapshot (Store.snapshot) of what came after the last partner message it was sent. The snapshot
 is published after the confirmation, so it cannot fall into the same gap; clients already
@@ -23,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from common import events as ev
-from common.keys import USER_ROOM_PREFIX
+from common.keys import USER_ROOM_PREFIX, worker_channel
 
 log = logging.getLogger("web.listener")
 
@@ -41,11 +44,14 @@ REPLAY_CONCURRENCY = 8
 SEEN_SLACK = 1024
 
 
-def _is_subscribe_reply(response) -> bool:
-    if not isinstance(response, (list, tuple)) or not response:
-        return False
-    kind = response[0]
-    return kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe")
+def _subscribed_channel(response) -> str | None:
+    """The channel a SUBSCRIBE confirmation is about, or None for any other reply."""
+    if not isinstance(response, (list, tuple)) or len(response) < 2:
+        return None
+    if response[0] not in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
+        return None
+    channel = response[1]
+    return channel.decode() if isinstance(channel, bytes) else str(channel)
 
 
 class Listener:
@@ -57,6 +63,8 @@ class Listener:
         self.store = store
         self.conns = conns
         self.settings = settings
+        self.channels = (self.manager.channel,
+                         worker_channel(self.manager.channel, settings.worker_id))
         # sid -> (room, highest seq of a partner `message` this worker delivered to it)
         self.seen: dict[str, tuple[str, int]] = {}
         self.subscribes = 0  # SUBSCRIBE confirmations seen (the first one is the start)
@@ -85,6 +93,7 @@ class Listener:
 
         m._redis_connect = redis_connect
         m._redis_listen_with_retries = self._listen_with_retries
+        m._listen = self._listen
         handle_emit = m._handle_emit
 
         def handle_emit_tracked(message):
@@ -130,12 +139,13 @@ class Listener:
                 handle = pubsub.handle_message
 
                 def watched(response, ignore_subscribe_messages=False, _handle=handle):
-                    if _is_subscribe_reply(response):
+                    # the worker's channel carries the chat: its confirmation ends a gap
+                    if _subscribed_channel(response) == self.channels[1]:
                         self._subscribed()
                     return _handle(response, ignore_subscribe_messages)
 
                 pubsub.handle_message = watched
-                pubsub.subscribe(m.channel)
+                pubsub.subscribe(*self.channels)
                 yield from pubsub.listen()
             except Exception as exc:
                 delay = self._delay
@@ -148,6 +158,13 @@ class Listener:
                         pass
                 time.sleep(delay)
                 self._delay = min(delay * 2, RETRY_MAX)
+
+    def _listen(self):
+        """python-socketio's `_listen`, for both of the worker's channels."""
+        wanted = {c.encode() for c in self.channels}
+        for message in self.manager._redis_listen_with_retries():
+            if message.get("type") == "message" and message.get("channel") in wanted:
+                yield message["data"]
 
     def _subscribed(self) -> None:
         """Redis confirmed the subscription: anything published from now on reaches us."""

@@ -14,11 +14,11 @@ local ttl_ms, where_ttl, replaced_json = tonumber(ARGV[4]), tonumber(ARGV[5]), A
 local now = now_ms()
 redis.call('ZADD', workers, now + ttl_ms, worker)  -- before its first heartbeat, too
 
-local others = live_sids(where, workers, now)
+local others, owner = live_sids(where, workers, now)
 for _, old in ipairs(others) do
   if old ~= sid then
-    emit_json(EV.error, old, replaced_json)
-    disconnect_sid(old)
+    emit_sid_json(EV.error, old, owner[old], replaced_json)
+    disconnect_sid(old, owner[old])
     redis.call('HDEL', where, old)
   end
 end

@@ -95,8 +95,8 @@ for i = 1, n do
       redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'opened', 'room', room,
         'user1', u, 'user2', best, 'interests', shared_json, 'ts', tostring(now))
       local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. shared_json .. '}'
-      emit_json(EV.matched, USER_ROOM_PREFIX .. u, data)
-      emit_json(EV.matched, USER_ROOM_PREFIX .. best, data)
+      emit_json(EV.matched, u, data)
+      emit_json(EV.matched, best, data)
       pairs_made = pairs_made + 1
     end
   end

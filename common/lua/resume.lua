@@ -7,12 +7,13 @@
 --       7 away
 -- A chatting snapshot says whether the partner is away now (`partner_away`), so a client that
 -- missed `partner_away`/`partner_back` while it was itself disconnected shows the truth.
--- ARGV: 1 user, 2 expected partner ('' if none), 3 since, 4 the connection's sid
+-- ARGV: 1 user, 2 expected partner ('' if none), 3 since, 4 the connection's sid, 5 the worker
+--       holding it (the caller)
 -- Returns the state emitted, or 'retry' when the partner is no longer the expected one (the
 -- caller read it just before, to name its sent list in KEYS; it changed in between).
 local partner_key, room_key, queue, room_info, sent_mine, sent_theirs, away = KEYS[1], KEYS[2],
   KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local user, expected, since, sid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local user, expected, since, sid, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local partner = redis.call('HGET', partner_key, user)
 if (partner or '') ~= expected then
@@ -43,11 +44,11 @@ if partner and room then
     end
   end
   local away = redis.call('ZSCORE', away, partner) and 'true' or 'false'
-  emit_json(EV.resumed, sid, '{"state":"chatting","room":' .. cjson.encode(room)
+  emit_sid_json(EV.resumed, sid, worker, '{"state":"chatting","room":' .. cjson.encode(room)
     .. ',"interests":' .. interests .. ',"partner_away":' .. away
     .. ',"history":[' .. table.concat(history, ',') .. ']}')
   return 'chatting'
 end
 local state = redis.call('ZSCORE', queue, user) and 'waiting' or 'idle'
-emit_json(EV.resumed, sid, '{"state":"' .. state .. '"}')
+emit_sid_json(EV.resumed, sid, worker, '{"state":"' .. state .. '"}')
 return state

@@ -6,19 +6,21 @@ local function online_count(alive_key, away_key, now)
     - redis.call('ZCOUNT', away_key, '(' .. now, '+inf')
 end
 
--- The sids in a user's `where` hash whose worker is alive (its heartbeat deadline not passed).
+-- The sids in a user's `where` hash whose worker is alive (its heartbeat deadline not passed),
+-- and sid -> worker of each.
 local function live_sids(where_key, workers_key, now)
-  local out = {}
+  local out, owner = {}, {}
   local flat = redis.call('HGETALL', where_key)
   for i = 1, #flat, 2 do
     local deadline = tonumber(redis.call('ZSCORE', workers_key, flat[i + 1]))
     if deadline and deadline > now then
       out[#out + 1] = flat[i]
+      owner[flat[i]] = flat[i + 1]
     else
       redis.call('HDEL', where_key, flat[i])  -- a dead worker's connection
     end
   end
-  return out
+  return out, owner
 end
 
 -- Tell a chatting user's partner something about their room (`partner_away`, `partner_back`).
