@@ -81,6 +81,7 @@ class Settings:
     socketio_channel: str
     worker_id: str
     worker_connections: int
+    max_connections: int
     log_level: str
     resume_grace: float
     heartbeat_interval: float
@@ -162,6 +163,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if heartbeat
         else resume_grace / 4
     )
+    worker_connections = _int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "10000"), 10,
+                              1_000_000)
+    max_connections = _int("MAX_CONNECTIONS", get("MAX_CONNECTIONS", "3000"), 0, 1_000_000)
+    if max_connections >= worker_connections:
+        # past WORKER_CONNECTIONS gevent stops accepting and new clients wait without a word
+        raise ConfigError("MAX_CONNECTIONS must be below WORKER_CONNECTIONS "
+                          f"({max_connections} >= {worker_connections})")
     prefix = get("REDIS_PREFIX", "chat")
     if not prefix.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"REDIS_PREFIX must be letters, digits, - or _, got {prefix!r}")
@@ -191,7 +199,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         redis_prefix=prefix,
         socketio_channel=get("SOCKETIO_CHANNEL", "flask-socketio"),
         worker_id=get("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}"),
-        worker_connections=_int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "10000"), 10, 1_000_000),
+        worker_connections=worker_connections,
+        max_connections=max_connections,
         log_level=_choice(
             "LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
         ),
@@ -231,8 +240,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 # The environment variables read anywhere in the project (checked against deploy files by tests).
 ENV_VARS = (
     "APP_ENV HOST PORT REDIS_URL DATABASE_URL SECRET_KEY REDIS_PREFIX SOCKETIO_CHANNEL WORKER_ID "
-    "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
-    "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
+    "WORKER_CONNECTIONS MAX_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT "
+    "MESSAGE_RATE MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
     "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
     "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES TOKEN_TTL PACKET_RATE PACKET_BURST "
     "MAX_BODY_BYTES HEADER_TIMEOUT MAX_CONNS_PER_ADDR SESSION_RATE SESSION_BURST DRAIN_TIMEOUT"

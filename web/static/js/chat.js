@@ -363,9 +363,10 @@
   }
 
   /** The banner that says why the socket is away. */
-  function showConnectionBanner() {
+  function showConnectionBanner(full) {
     if (state.replaced) showBanner('banner_replaced', 'replaced');
     else if (state.netOffline) showBanner('banner_offline', 'still');
+    else if (full) showBanner('banner_full');
     else showBanner(state.everConnected ? 'banner_reconnecting' : 'banner_connecting');
   }
 
@@ -1026,7 +1027,8 @@
   }
 
   function onConnectError(err) {
-    showConnectionBanner();
+    // 503 to the handshake: every server is full (or restarting); Socket.IO retries by itself.
+    showConnectionBanner(Boolean(err && err.description === 503));
     if (state.drainUntil) {
       if (drainRetry()) return;
       noteConnectionLost();  // the quiet move did not work out: say so as for any lost link
