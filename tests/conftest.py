@@ -63,6 +63,16 @@ def fresh(stack):
     yield from flushed(stack)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-master Redis Cluster (tests/rediscluster.py) for the session; tests flush() it."""
+    from rediscluster import RedisClusterServer
+
+    c = RedisClusterServer()
+    yield c
+    c.stop()
+
+
 @pytest.fixture
 def make_stack():
     made = []
