@@ -11,7 +11,8 @@ from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
-from common.store import Store, redis_client
+from common.redisconn import connect as redis_connect
+from common.store import Store
 from common.tokens import Tokens
 
 from . import admin, drain, listener, sockets
@@ -75,7 +76,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # default): events published for a fresh worker's first clients would otherwise be lost.
     socketio.server.manager_initialized = True
     socketio.server.manager.initialize()
-    store = Store(redis_client(settings.redis_url), settings)
+    store = Store(redis_connect(settings), settings)
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
                               "socketio": socketio}

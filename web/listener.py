@@ -26,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from common import events as ev
-from common.keys import USER_ROOM_PREFIX, worker_channel
+from common.keys import USER_ROOM_PREFIX
 
 log = logging.getLogger("web.listener")
 
@@ -63,8 +63,9 @@ class Listener:
         self.store = store
         self.conns = conns
         self.settings = settings
-        self.channels = (self.manager.channel,
-                         worker_channel(self.manager.channel, settings.worker_id))
+        # the shared broadcast channel, then this worker's own channel of every hash tag
+        self.worker_channels = frozenset(store.k.worker_channels(settings.worker_id))
+        self.channels = (self.manager.channel, *sorted(self.worker_channels))
         # sid -> (room, highest seq of a partner `message` this worker delivered to it)
         self.seen: dict[str, tuple[str, int]] = {}
         self.subscribes = 0  # SUBSCRIBE confirmations seen (the first one is the start)
@@ -140,7 +141,7 @@ class Listener:
 
                 def watched(response, ignore_subscribe_messages=False, _handle=handle):
                     # the worker's channel carries the chat: its confirmation ends a gap
-                    if _subscribed_channel(response) == self.channels[1]:
+                    if _subscribed_channel(response) in self.worker_channels:
                         self._subscribed()
                     return _handle(response, ignore_subscribe_messages)
 

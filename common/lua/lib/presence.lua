@@ -23,11 +23,17 @@ local function live_sids(where_key, workers_key, now)
   return out, owner
 end
 
--- Tell a chatting user's partner something about their room (`partner_away`, `partner_back`).
-local function tell_partner(partner_key, room_key, user, event)
-  local partner = redis.call('HGET', partner_key, user)
-  local room = redis.call('HGET', room_key, user)
-  if partner and room then
-    emit(event, partner, {room = room})
+-- A user's route: the JSON list of the live web workers holding their connections (the home
+-- slot's `where`, copied into a chat when it opens; the chat's shard cannot read it later).
+local function route_of(user, workers_key, now)
+  local seen, route = {}, {}
+  local sids, owner = live_sids(WHERE_PREFIX .. user, workers_key, now)
+  for _, sid in ipairs(sids) do
+    local worker = owner[sid]
+    if not seen[worker] then
+      seen[worker] = true
+      route[#route + 1] = worker
+    end
   end
+  return json_list(route)
 end
