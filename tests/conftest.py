@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,10 @@ class Stack:
 
             self._cluster_client = RedisCluster.from_url(self.cluster.url, decode_responses=True)
         return self._cluster_client
+
+    def home_key(self, name: str) -> str:
+        """A key of the home slot (common/keys.py) under this stack's REDIS_PREFIX."""
+        return "{" + self.env.get("REDIS_PREFIX", "chat") + "}:" + name
 
     def flush(self) -> None:
         if self.cluster is None:
@@ -111,12 +116,12 @@ def fresh_any(request):
 
 @pytest.fixture(params=["redis", "cluster"])
 def backend(request) -> dict:
-    """make_stack(**backend): one Redis of the stack's own, or the session's Redis Cluster."""
+    """make_stack(**backend): one Redis of the stack's own, or the session's Redis Cluster under
+    a prefix of its own (the session's `cluster_stack` and its matcher share that cluster)."""
     if request.param == "redis":
         return {}
     cluster = request.getfixturevalue("redis_cluster")
-    cluster.flush()
-    return {"cluster": cluster}
+    return {"cluster": cluster, "REDIS_PREFIX": "own" + uuid.uuid4().hex[:8]}
 
 
 @pytest.fixture

@@ -78,7 +78,8 @@ async def test_pairing_and_parting_cut_by_a_kill_are_finished_by_whoever_comes(m
         left = await b.next("partner_left", timeout=20)
         assert left == {"reason": "next", "room": room}
         assert (await b.call("message", {"id": "late", "text": "anyone?"}))["ok"] is False
-        assert s.client.hgetall("{chat}:opening") == {} == s.client.hgetall("{chat}:closing")
+        assert s.client.hgetall(s.home_key("opening")) == {}
+        assert s.client.hgetall(s.home_key("closing")) == {}
         for p in (a2, b, c, d):
             assert p.count("matched") + p.count("resumed") == 1  # told once each
     finally:

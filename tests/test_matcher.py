@@ -23,11 +23,11 @@ async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_st
     by_user = {p.user: m["room"] for p, m in zip(peers, matched)}
     assert len(by_user) == 200  # 200 distinct users, each in one room
     r = s.client
-    partner = r.hgetall("{chat}:partner")
+    partner = r.hgetall(s.home_key("partner"))
     assert len(partner) == 200
     for u, v in partner.items():
         assert u != v and partner[v] == u and by_user[u] == by_user[v]
-    assert r.zcard("{chat}:queue") == 0
+    assert r.zcard(s.home_key("queue")) == 0
     # both matchers did work, and nobody was told of a second match
     logs = [m.output() for m in s.matchers]
     assert all("matched" in log for log in logs), logs
