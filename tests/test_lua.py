@@ -394,8 +394,11 @@ def test_resume_emits_each_state_to_the_connection_only(store, r, emitted):
     room = pair_up(store, r, "a", "b")
     assert store.resume("a", 0, "sid-a") == "chatting"
     events = emitted()
-    assert resumed_to(events, "sid-w") == {"state": "waiting"}
-    assert resumed_to(events, "sid-n") == {"state": "idle"}
+    waiting, idle = resumed_to(events, "sid-w"), resumed_to(events, "sid-n")
+    assert (waiting["state"], idle["state"]) == ("waiting", "idle")
+    matched_at = [e["data"][0]["at"] for e in events if e["event"] == "matched"]
+    # stamped by the home slot's clock, like `matched`: a client can tell which came first
+    assert waiting["at"] <= idle["at"] <= matched_at[0] == matched_at[1]
     # no messages and no shared interests: empty lists, not the empty objects cjson would make
     assert resumed_to(events, "sid-a") == {"state": "chatting", "room": room, "interests": [],
                                            "partner_away": False, "history": []}
@@ -566,9 +569,10 @@ def test_match_pairs_two_waiting_users_and_queues_their_matched_events(store, r)
     assert (chat["a"], chat["b"], chat["seq"], chat["interests"]) == ("a", "b", "0", "[]")
     assert int(chat["opened"]) > 0 and chat["route:a"] == chat["route:b"] == json.dumps([WORKER])
     assert r.hgetall(K.opening) == {}
+    at = json.loads(chat["opened"])
     assert outbox(r) == [
-        {"to": "a", "event": "matched", "data": {"room": room, "interests": []}},
-        {"to": "b", "event": "matched", "data": {"room": room, "interests": []}},
+        {"to": "a", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
+        {"to": "b", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
     ]
     opened = history(r, "opened")
     assert [(h["room"], {h["user1"], h["user2"]}) for h in opened] == [(room, {"a", "b"})]
@@ -608,8 +612,8 @@ def test_shared_interests_are_matched_first_with_the_common_ones(store, r):
     assert pairs(r) == {frozenset("ac")}
     assert r.zrange(K.queue, 0, -1) == ["b"]
     room = r.hget(K.room, "a")
-    assert [(e["to"], e["data"]) for e in outbox(r)] == [
-        ("a", {"room": room, "interests": ["cats"]}), ("c", {"room": room, "interests": ["cats"]})]
+    assert [(e["to"], e["data"]["room"], e["data"]["interests"]) for e in outbox(r)] == [
+        ("a", room, ["cats"]), ("c", room, ["cats"])]
     assert json.loads(r.hget(K.chat(room), "interests")) == ["cats"]
 
 

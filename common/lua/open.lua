@@ -21,7 +21,10 @@ redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests,
 redis.call('EXPIRE', chat, ttl)
 redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'opened', 'room', room,
   'user1', a, 'user2', b, 'interests', interests, 'ts', tostring(intent.at))
-local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. '}'
+-- `at`: the pairing's time in the home slot, which a client compares with a `resumed` that
+-- came from there (on a cluster the two may arrive out of order: docs/protocol.md)
+local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. ',"at":'
+  .. string.format('%d', intent.at) .. '}'
 emit_route_json(tag, ra, EV.matched, a, data)
 emit_route_json(tag, rb, EV.matched, b, data)
 return 1

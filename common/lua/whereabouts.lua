@@ -13,5 +13,7 @@ if partner and room then
   return {'chatting', room, partner}
 end
 local state = redis.call('ZSCORE', queue, user) and 'waiting' or 'idle'
-emit_sid_json(tag_of(partner_key), worker, EV.resumed, sid, '{"state":"' .. state .. '"}')
+-- `at`: when, by the home slot's clock (the one `matched {at}` is stamped with)
+emit_sid_json(tag_of(partner_key), worker, EV.resumed, sid, '{"state":"' .. state .. '","at":'
+  .. now_ms() .. '}')
 return {state}
