@@ -29,14 +29,14 @@ from gevent.pool import Pool
 from common import events as ev
 from common.keys import USER_ROOM_PREFIX
 
-from .subscriber import Subscriber
+from .subscriber import RETRY_FIRST, RETRY_MAX, Subscriber
 
 log = logging.getLogger("web.listener")
 
 # Snapshots run this many at a time after a gap, so a worker with thousands of connections does
-# not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX.
+# not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX
+# (the subscriber's own back-off).
 REPLAY_CONCURRENCY = 8
-RETRY_FIRST, RETRY_MAX = 0.1, 1.0
 # Keys of the `seen` map beyond the local connections that trigger a pruning pass.
 SEEN_SLACK = 1024
 
