@@ -161,6 +161,19 @@ def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: all held open while they are chosen (ports picked one at a time,
+    each closed before the next, may come back twice from the kernel)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def redis_binary() -> str:
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
@@ -226,7 +239,7 @@ def run(args) -> int:
 
     base = config.INSTANCE_DIR / "cluster"
     base.mkdir(parents=True, exist_ok=True)
-    web_ports = [free_port() for _ in range(workers)]
+    web_ports = free_ports(workers)
     names = [f"web{i}" for i in range(1, workers + 1)]
     conf = local_nginx_conf(base / "nginx", list(zip(names, (f"127.0.0.1:{p}" for p in web_ports))),
                             port, limits=nginx_limits(settings))

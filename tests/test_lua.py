@@ -356,6 +356,17 @@ def test_message_token_bucket_allows_the_burst_then_rate_limits(make_store, r):
     assert store.message("a", "m6", "hi").status == "rate_limited"
 
 
+def test_the_dedupe_table_of_a_long_chat_stays_bounded_and_still_knows_recent_ids(make_store, r):
+    store = make_store(MESSAGE_BURST=10_000, MESSAGE_RATE=10_000)
+    room = pair_up(store, r, "a", "b")
+    n = 2 * SENT_KEPT + 50
+    first = [store.message("a", f"a{i}", "x") for i in range(n)]
+    assert r.hlen(K.dedupe(room, "a")) <= 2 * SENT_KEPT  # not one entry per message sent
+    recent = store.message("a", f"a{n - 1}", "resent")  # a recent id is still a dup
+    assert (recent.status, recent.seq) == ("dup", first[-1].seq)
+    assert r.llen(K.sent(room)) == SENT_KEPT
+
+
 def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r, emitted):
     store = make_store(MESSAGE_BURST=1000, MESSAGE_RATE=1000)
     room = pair_up(store, r, "a", "b")

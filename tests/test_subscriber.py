@@ -26,8 +26,10 @@ from redis.crc import key_slot
 from common.keys import CLUSTER_SHARDS, Keys
 from common.redisconn import cluster_client, redis_client
 
-BROADCAST = "flask-socketio"
-PREFIX = "chat"
+# Names of their own: the session's cluster stack (tests/conftest.py) runs a matcher that
+# broadcasts `stats` on SOCKETIO_CHANNEL's default on the same cluster.
+BROADCAST = "subscriber-test-broadcast"
+PREFIX = "subtest"
 
 
 # backends ---------------------------------------------------------------------------------------

@@ -37,11 +37,22 @@ if tokens < 1 then
 end
 local seq = redis.call('HINCRBY', chat, 'seq', 1)
 redis.call('HSET', chat, 'tokens:' .. user, tostring(tokens - 1), 'ts:' .. user, tostring(now))
-redis.call('HSET', dedupe, id, seq .. ':' .. now .. ':' .. room)
-redis.call('EXPIRE', dedupe, ttl)
 redis.call('RPUSH', sent, cjson.encode({id = id, seq = seq, text = text, ts = now, from = user}))
 redis.call('LTRIM', sent, -kept, -1)
 redis.call('EXPIRE', sent, ttl)
+redis.call('HSET', dedupe, id, seq .. ':' .. now .. ':' .. room)
+if redis.call('HLEN', dedupe) > 2 * kept then
+  -- A long chat: keep only the ids still in the resume buffer (a client resends what it has
+  -- not seen acked, never older), rebuilt once per `kept` messages.
+  redis.call('DEL', dedupe)
+  for _, raw in ipairs(redis.call('LRANGE', sent, 0, -1)) do
+    local m = cjson.decode(raw)
+    if m.from == user then
+      redis.call('HSET', dedupe, m.id, m.seq .. ':' .. m.ts .. ':' .. room)
+    end
+  end
+end
+redis.call('EXPIRE', dedupe, ttl)
 redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'message', 'room', room,
   'user', user, 'id', id, 'seq', tostring(seq), 'text', text, 'ts', tostring(now))
 emit_route(tag_of(chat), b[3], EV.message, partner,
