@@ -1,14 +1,27 @@
-"""The archiver loop: read the history stream with a consumer group, write a batch, commit, ack.
+"""The archiver loop: read every history stream with a consumer group, write a batch, commit, ack.
 
-An entry is acknowledged (and deleted from the stream) only after its batch is committed. If
-the database is down, nothing is acked: the batch stays pending and is retried with back-off
-while the chat goes on. Entries left pending by a dead archiver are claimed after ARCHIVER_CLAIM_IDLE seconds.
+The history is one stream per tag (Keys.history_streams): `{chat}:history` alone on one Redis;
+on a Redis Cluster the home stream (reports without a room) and one per chat shard, spread over
+the masters. All the events of one room are in its shard's stream, in order, so a batch may mix
+streams freely.
 
-Under a steady trickle a blocking read returns one entry at a time; a commit (an fsync) and an
-XACK per message cost more than the chat itself. So after a batch that was not full the archiver
-lingers LINGER seconds before it reads again: one commit then carries everything that came
-meanwhile, and the history reaches SQL at most about LINGER later. Progress is logged once per
-LOG_EVERY seconds, not per batch.
+An entry is acknowledged (and deleted) only after its batch is committed. If the database is
+down, nothing is acked: the batch stays pending and is retried with back-off while the chat goes
+on. Entries left pending by a dead archiver are claimed after ARCHIVER_CLAIM_IDLE seconds; two
+archivers share the streams through the consumer group.
+
+Many streams, one client: a multi-stream XREADGROUP must stay within one slot, and a client
+blocks on one node at a time. So each step asks every stream's length (XLEN, one pipeline per
+node), reads only the streams that hold entries (one non-blocking XREADGROUP each, pipelined),
+and when none has anything new, blocks on one stream, the one that had the most entries last,
+for BLOCK_MS. Idle, that is one probe and one blocking read per BLOCK_MS: no spinning, and an
+entry in any other stream waits at most about BLOCK_MS. On one Redis there is one stream, and
+the blocking read wakes as soon as an entry comes.
+
+Under a steady trickle a read returns one entry at a time; a commit (an fsync) and an ack per
+message cost more than the chat itself. So after a batch that was not full the archiver lingers
+LINGER seconds before it reads again: one commit then carries everything that came meanwhile.
+Progress is logged once per LOG_EVERY seconds, not per batch.
 """
 from __future__ import annotations
 
@@ -17,38 +30,52 @@ import os
 import socket
 import time
 
-from redis.exceptions import RedisError, ResponseError
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.config import Settings
-from common.entry import pause
 from common.db import make_engine
-from common.keys import Keys
-from common.store import redis_client
+from common.entry import pause
+from common.redisconn import connect, keys_of
 
-from .writer import write_batch
+from .writer import report_id, write_batch
 
 log = logging.getLogger("archiver")
 
 GROUP = "archiver"
-BATCH = 500
-BLOCK_MS = 1000
+BATCH = 500  # entries per batch, about: each stream that holds entries gives its share
+MIN_SHARE = 20  # entries per stream and read at least, however many streams hold entries
+BLOCK_MS = 500  # the longest an entry waits in a stream other than the one blocked on
 CLAIM_EVERY = 2.0
 LINGER = 0.2  # seconds to let a batch fill after one that was not full
 LOG_EVERY = 60.0  # seconds between progress lines
 MAX_BACKOFF = 10.0
+# a cluster client raises RedisClusterException (not a RedisError) when no node answers
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+
+Entries = dict[str, list[tuple[str, dict]]]  # stream -> [(entry id, fields)], in stream order
 
 
 class Archiver:
     def __init__(self, settings: Settings, consumer: str | None = None):
         self.s = settings
-        self.stream = Keys(settings.redis_prefix).history
-        # blocking reads: the socket timeout must outlast BLOCK_MS (redis-py #4119)
-        self.r = redis_client(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 10)
+        keys = keys_of(settings)
+        self.streams = keys.history_streams
+        # a stream's shard number qualifies its report ids (writer.report_id); home's: None
+        self.shard = {keys.history_of(t): n for n, t in enumerate(keys.shard_tags)}
+        self.shard[keys.history_of(keys.home)] = None
+        # connected, and the groups made, in step(): a cluster client fails at once while no
+        # node answers, and Redis may come up after the archiver
+        self.r: redis.Redis | RedisCluster | None = None
+        self.grouped = False
         self.engine = make_engine(settings.database_url, settings.db_pool_size)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = False
-        self.pending_first = True  # after a start or a failure, our own pending entries first
+        # after a start or a failure, read our own pending entries ("0") before new ones (">")
+        self.pending = set(self.streams)
+        self.blocking_on = self.streams[0]
         self._next_claim = 0.0
         self.written = 0
         self._logged = (time.monotonic(), 0, 0)  # when, entries and batches at the last line
@@ -57,54 +84,141 @@ class Archiver:
     def stop(self, *_):
         self.stopping = True
 
-    def ensure_group(self) -> None:
+    # Redis --------------------------------------------------------------------------------------
+    def _each(self, streams, command, raise_on_error: bool = True) -> list:
+        """`command(pipe, stream)` for each stream in one pipeline (on a cluster, redis-py's sends
+        one per node and follows redirections); the replies in the streams' order."""
+        pipe = self.r.pipeline(transaction=False)
+        for stream in streams:
+            command(pipe, stream)
+        return pipe.execute(raise_on_error=raise_on_error)
+
+    def ensure_groups(self) -> None:
+        replies = self._each(self.streams, lambda p, s: p.xgroup_create(s, GROUP, id="0",
+                                                                         mkstream=True),
+                             raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+        made = sum(reply is True for reply in replies)
+        if made:
+            log.info("created consumer group %s on %d history stream(s)", GROUP, made)
+        self.grouped = True
+
+    def probe(self) -> list[str]:
+        """The streams that hold entries (XLEN; what is archived is deleted, so 0 is done).
+
+        Straight to each node, not through a cluster pipeline: redis-py's costs ~60 µs of CPU a
+        command, which idle, 49 streams twice a second, would be most of the archiver's CPU.
+        On an error (a moved slot, a node down) through the cluster client instead, which
+        follows redirections and refreshes its map of the slots."""
+        lengths: dict[str, int] = {}
         try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-            log.info("created consumer group %s on the history stream", GROUP)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            for node, streams in self._by_node():
+                pipe = node.pipeline(transaction=False)
+                for stream in streams:
+                    pipe.xlen(stream)
+                lengths.update(zip(streams, pipe.execute()))
+        except REDIS_ERRORS as exc:
+            log.debug("probing through the cluster client: %s", exc)
+            lengths = dict(zip(self.streams, self._each(self.streams, lambda p, s: p.xlen(s))))
+        return [s for s in self.streams if lengths[s]]
 
-    def claim_stale(self) -> int:
-        """Take over entries another (dead) archiver read but never acknowledged."""
-        claimed = self.r.xautoclaim(self.stream, GROUP, self.consumer,
-                                    min_idle_time=int(self.s.archiver_claim_idle * 1000), start_id="0-0",
-                                    count=BATCH, justid=True)  # with justid: a list of ids
-        if claimed:
-            log.info("claimed %d stale pending entries", len(claimed))
-            self.pending_first = True
-        return len(claimed)
+    def _by_node(self):
+        if not isinstance(self.r, RedisCluster):
+            return [(self.r, self.streams)]
+        nodes: dict[str, tuple] = {}
+        for stream in self.streams:
+            node = self.r.get_node_from_key(stream)
+            nodes.setdefault(node.name, (self.r.get_redis_connection(node), []))[1].append(stream)
+        return list(nodes.values())
 
-    def read(self) -> list[tuple[str, dict]]:
-        start = "0" if self.pending_first else ">"
-        block = None if self.pending_first else BLOCK_MS
-        res = self.r.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=BATCH,
-                                block=block)
-        entries = res[0][1] if res else []
-        if self.pending_first and not entries:
-            self.pending_first = False
-        return [(eid, fields) for eid, fields in entries if fields]  # deleted ones come empty
+    def claim_stale(self, streams: list[str]) -> int:
+        """Take over entries another (dead) archiver read but never acknowledged, in the
+        streams that hold entries (in an empty one, nothing pending holds anything)."""
+        claimed = self._each(streams, lambda p, s: p.xautoclaim(
+            s, GROUP, self.consumer, min_idle_time=int(self.s.archiver_claim_idle * 1000),
+            start_id="0-0", count=BATCH, justid=True))  # with justid: a list of ids
+        for stream, ids in zip(streams, claimed):
+            if ids:
+                self.pending.add(stream)
+        total = sum(len(ids) for ids in claimed)
+        if total:
+            log.info("claimed %d stale pending entries", total)
+        return total
 
+    def read(self, holding: list[str]) -> tuple[Entries, bool]:
+        """Without blocking: our own pending entries of the streams in self.pending, new ones of
+        the other streams that hold entries. Also whether a stream gave all that was asked."""
+        wanted = [s for s in self.streams if s in self.pending or s in holding]
+        if not wanted:
+            return {}, False
+        share = max(MIN_SHARE, BATCH // len(wanted))
+        since = {s: "0" if s in self.pending else ">" for s in wanted}
+        replies = self._each(wanted, lambda p, s: p.xreadgroup(GROUP, self.consumer,
+                                                               {s: since[s]}, count=share))
+        got: Entries = {}
+        for stream, reply in zip(wanted, replies):
+            entries = reply[0][1] if reply else []
+            if entries:
+                got[stream] = entries
+            elif since[stream] == "0":
+                self.pending.discard(stream)
+        return got, any(len(e) == share for e in got.values())
+
+    def wait(self) -> tuple[Entries, bool]:
+        """Block up to BLOCK_MS for new entries of one stream."""
+        stream = self.blocking_on
+        reply = self.r.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=BATCH,
+                                  block=BLOCK_MS)
+        entries = reply[0][1] if reply else []
+        return ({stream: entries} if entries else {}), len(entries) == BATCH
+
+    def done(self, got: Entries) -> None:
+        """Delete, then acknowledge. An archiver that dies between the two leaves a deleted
+        entry pending, which holds nothing and a claim clears; the other order would leave an
+        archived entry in its stream."""
+        pipe = self.r.pipeline(transaction=False)
+        for stream, entries in got.items():
+            ids = [eid for eid, _ in entries]
+            pipe.xdel(stream, *ids)
+            pipe.xack(stream, GROUP, *ids)
+        pipe.execute()
+
+    # the loop -----------------------------------------------------------------------------------
     def step(self) -> int:
+        if self.r is None:
+            # blocking reads: the socket timeout must outlast BLOCK_MS (redis-py #4119)
+            self.r = connect(self.s, socket_timeout=BLOCK_MS / 1000 + 10)
+        if not self.grouped:
+            self.ensure_groups()
+        holding = self.probe()
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + CLAIM_EVERY
-            self.claim_stale()
-        entries = self.read()
-        if not entries:
-            return 0
-        counts = write_batch(self.engine, entries)
-        ids = [eid for eid, _ in entries]
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xack(self.stream, GROUP, *ids)
-        pipe.xdel(self.stream, *ids)
-        pipe.execute()
-        self.written += len(ids)
+            if holding:
+                self.claim_stale(holding)
+        pending = bool(self.pending)
+        got, full = self.read(holding)
+        if not got and pending:  # none of our own was pending: the new entries, then
+            got, full = self.read(holding)
+        if not got:
+            got, full = self.wait()
+            if not got:
+                return 0
+        # a deleted entry (trimmed, or archived by an archiver that died before its ack) comes
+        # back without fields while pending: nothing to write, only to acknowledge
+        batch = [(report_id(self.shard[s], eid), fields)
+                 for s, entries in got.items() for eid, fields in entries if fields]
+        counts = write_batch(self.engine, batch) if batch else {}
+        self.done(got)
+        self.blocking_on = max(got, key=lambda s: len(got[s]))
+        self.written += len(batch)
         self.batches += 1
-        log.debug("archived %d entries: %s", len(ids), counts)
+        log.debug("archived %d entries from %d stream(s): %s", len(batch), len(got), counts)
         self._log_progress()
-        if len(ids) < BATCH:
+        if not full:
             pause(LINGER, lambda: self.stopping)
-        return len(ids)
+        return len(batch)
 
     def _log_progress(self) -> None:
         now = time.monotonic()
@@ -115,36 +229,28 @@ class Archiver:
             self._logged = (now, self.written, self.batches)
 
     def run(self) -> int:
-        log.info("archiver %s started", self.consumer)
-        backoff = 0.5
-        while not self.stopping:
-            try:
-                self.ensure_group()
-                break
-            except RedisError as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                pause(backoff, lambda: self.stopping)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+        log.info("archiver %s started on %d history stream(s)", self.consumer, len(self.streams))
         backoff = 0.5
         while not self.stopping:
             try:
                 self.step()
                 backoff = 0.5
-            except (SQLAlchemyError, RedisError, OSError) as exc:
+                continue
+            except (SQLAlchemyError, *REDIS_ERRORS) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    # a stream lost with its node's data (or flushed): Redis answers again,
+                    # so make the groups again at once, not after the outage's back-off
+                    self.grouped, backoff = False, 0.5
                 kind = "database" if isinstance(exc, SQLAlchemyError) else "redis"
                 log.warning("%s unavailable (%s); batch kept pending, retrying in %.1fs",
                             kind, str(exc).splitlines()[0][:200], backoff)
-                self.pending_first = True
-                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    self.ensure_group()
-                pause(backoff, lambda: self.stopping)
-                backoff = min(MAX_BACKOFF, backoff * 2)
             except Exception:  # a bug must not stop the history: log it, back off, go on
                 log.exception("archiver step failed; retrying in %.1fs", backoff)
-                self.pending_first = True
-                pause(backoff, lambda: self.stopping)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+            self.pending = set(self.streams)
+            pause(backoff, lambda: self.stopping)
+            backoff = min(MAX_BACKOFF, backoff * 2)
         self.engine.dispose()
+        if self.r is not None:
+            self.r.close()
         log.info("archiver stopped after archiving %d entries", self.written)
         return 0
-

@@ -1,7 +1,12 @@
 """Turn history stream entries into SQL rows, idempotently: replaying an entry inserts nothing.
 
-Rooms are keyed by their id, messages by (room, client message id), reports by the stream entry
-id, and every insert is ON CONFLICT DO NOTHING; a close is an UPDATE of a room still open.
+Rooms are keyed by their id, messages by (room, client message id), reports by their entry id
+qualified by its stream (report_id), and every insert is ON CONFLICT DO NOTHING.
+
+Batches may also land out of order: two archivers share the streams, and either may commit
+first, so a room's `closed` or a message can reach SQL before its `opened`. A message or a close
+then makes a placeholder room, which the `opened` entry fills in when it comes (its fields win,
+so a replay writes the same values again); a close only ever closes a room still open.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -22,6 +27,13 @@ log = logging.getLogger("archiver.writer")
 def _insert(engine: Engine, table):
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def report_id(shard: int | None, entry_id: str) -> str:
+    """A report's key: entry ids are unique within one stream only (two shards can both hold
+    1700000000000-0), so a chat shard's entries are prefixed with the shard's number (`7/…`);
+    the home stream's keep their bare id, as before there were shards."""
+    return entry_id if shard is None else f"{shard}/{entry_id}"
 
 
 def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list, list]:
@@ -54,27 +66,44 @@ def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list
 
 
 def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
-    """Write one batch in one transaction; returns counts by kind."""
+    """Write one batch in one transaction; returns counts by kind. `entries` are (id, fields),
+    the id as report_id() makes it."""
     rooms, messages, closes, reports = rows_from_entries(entries)
+    # one row per room and statement: PostgreSQL refuses an upsert that meets a row twice
+    rooms, closes = _first_per_id(rooms), _first_per_id(closes)
     with engine.begin() as conn:
         if rooms:
-            conn.execute(_insert(engine, Room).on_conflict_do_nothing(), rooms)
+            opened = _insert(engine, Room)
+            conn.execute(opened.on_conflict_do_update(index_elements=[Room.id], set_={
+                c: opened.excluded[c] for c in ("user1", "user2", "interests", "opened_at")}),
+                rooms)
         if messages:
             _ensure_rooms(conn, engine, messages)
             conn.execute(_insert(engine, Message).on_conflict_do_nothing(), messages)
-        for c in closes:
-            conn.execute(update(Room).where(Room.id == c["id"], Room.closed_at.is_(None))
-                         .values(closed_at=c["closed_at"], close_reason=c["close_reason"],
-                                 closed_by=c["closed_by"]))
+        if closes:
+            closing = _insert(engine, Room)
+            conn.execute(closing.on_conflict_do_update(
+                index_elements=[Room.id], where=Room.closed_at.is_(None), set_={
+                    c: closing.excluded[c] for c in ("closed_at", "close_reason", "closed_by")}),
+                [{**c, "user1": c["closed_by"], "user2": "", "interests": [],
+                  "opened_at": c["closed_at"]} for c in closes])
         if reports:
             conn.execute(_insert(engine, Report).on_conflict_do_nothing(), reports)
     return {"rooms": len(rooms), "messages": len(messages), "closes": len(closes),
             "reports": len(reports)}
 
 
+def _first_per_id(rows: list[dict]) -> list[dict]:
+    first: dict[str, dict] = {}
+    for row in rows:
+        first.setdefault(row["id"], row)
+    return list(first.values())
+
+
 def _ensure_rooms(conn, engine: Engine, messages: list[dict]) -> None:
-    """A message whose room row is missing (its `opened` entry was trimmed from the stream) gets
-    a placeholder room rather than failing its batch forever on the foreign key."""
+    """A message whose room row is missing (its `opened` entry was trimmed from the stream, or
+    is in another archiver's batch not committed yet) gets a placeholder room rather than
+    failing its batch forever on the foreign key."""
     wanted = {m["room_id"] for m in messages}
     have = set(conn.execute(select(Room.id).where(Room.id.in_(wanted))).scalars())
     missing = wanted - have

@@ -75,12 +75,14 @@ class Settings:
     host: str
     port: int
     redis_url: str
+    redis_cluster_url: str | None
     database_url: str
     secret_key: str
     redis_prefix: str
     socketio_channel: str
     worker_id: str
     worker_connections: int
+    max_connections: int
     log_level: str
     resume_grace: float
     heartbeat_interval: float
@@ -117,7 +119,7 @@ class Settings:
 
     def describe(self) -> str:
         """One log line of the settings, secrets and credentials left out."""
-        hidden = {"secret_key", "redis_url", "database_url", "admin_password"}
+        hidden = {"secret_key", "redis_url", "redis_cluster_url", "database_url", "admin_password"}
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         return " ".join(f"{k}={v}" for k, v in shown.items())
 
@@ -133,10 +135,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     app_env = _choice("APP_ENV", get("APP_ENV", "development"), ("development", "production"))
     production = app_env == "production"
 
+    redis_cluster_url = get("REDIS_CLUSTER_URL")  # one seed node of a Redis Cluster
+    if redis_cluster_url is not None:
+        _url("REDIS_CLUSTER_URL", redis_cluster_url, ("redis", "rediss"))
     redis_url = get("REDIS_URL")
     if redis_url is None:
-        if production:
-            raise ConfigError("REDIS_URL is required in production")
+        if production and redis_cluster_url is None:
+            raise ConfigError("REDIS_URL (or REDIS_CLUSTER_URL) is required in production")
         redis_url = "redis://127.0.0.1:6379/0"
     _url("REDIS_URL", redis_url, ("redis", "rediss", "unix"))
 
@@ -162,6 +167,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if heartbeat
         else resume_grace / 4
     )
+    worker_connections = _int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "10000"), 10,
+                              1_000_000)
+    max_connections = _int("MAX_CONNECTIONS", get("MAX_CONNECTIONS", "3000"), 0, 1_000_000)
+    if max_connections >= worker_connections:
+        # past WORKER_CONNECTIONS gevent stops accepting and new clients wait without a word
+        raise ConfigError("MAX_CONNECTIONS must be below WORKER_CONNECTIONS "
+                          f"({max_connections} >= {worker_connections})")
     prefix = get("REDIS_PREFIX", "chat")
     if not prefix.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"REDIS_PREFIX must be letters, digits, - or _, got {prefix!r}")
@@ -186,12 +198,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         host=get("HOST", "127.0.0.1"),
         port=_int("PORT", get("PORT", "5000"), 1, 65535),
         redis_url=redis_url,
+        redis_cluster_url=redis_cluster_url,
         database_url=database_url,
         secret_key=secret_key,
         redis_prefix=prefix,
         socketio_channel=get("SOCKETIO_CHANNEL", "flask-socketio"),
         worker_id=get("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}"),
-        worker_connections=_int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "10000"), 10, 1_000_000),
+        worker_connections=worker_connections,
+        max_connections=max_connections,
         log_level=_choice(
             "LOG_LEVEL", get("LOG_LEVEL", "INFO").upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
         ),
@@ -230,9 +244,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
 # The environment variables read anywhere in the project (checked against deploy files by tests).
 ENV_VARS = (
-    "APP_ENV HOST PORT REDIS_URL DATABASE_URL SECRET_KEY REDIS_PREFIX SOCKETIO_CHANNEL WORKER_ID "
-    "WORKER_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT MESSAGE_RATE "
-    "MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
+    "APP_ENV HOST PORT REDIS_URL REDIS_CLUSTER_URL DATABASE_URL SECRET_KEY REDIS_PREFIX SOCKETIO_CHANNEL WORKER_ID "
+    "WORKER_CONNECTIONS MAX_CONNECTIONS LOG_LEVEL RESUME_GRACE HEARTBEAT_INTERVAL INTEREST_WAIT "
+    "MESSAGE_RATE MESSAGE_BURST CONTROL_RATE CONTROL_BURST MAX_MESSAGE_LEN MAX_FRAME_BYTES PING_INTERVAL "
     "PING_TIMEOUT MATCH_BATCH STATS_INTERVAL INSTANCE_DIR ADMIN_PASSWORD DISPLAY_TZ RETENTION_DAYS "
     "DB_POOL_SIZE ARCHIVER_CLAIM_IDLE TRUSTED_PROXIES TOKEN_TTL PACKET_RATE PACKET_BURST "
     "MAX_BODY_BYTES HEADER_TIMEOUT MAX_CONNS_PER_ADDR SESSION_RATE SESSION_BURST DRAIN_TIMEOUT"

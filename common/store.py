@@ -1,11 +1,18 @@
 """The chat state in Redis: the atomic operations (Lua scripts in ./lua) and the reads around them.
 
 Web workers and the matcher both go through this class, so the key layout (common/keys.py) and
-the scripts are used one way only.
+the scripts are used one way only. Each script runs in one hash slot: the home slot (presence,
+the wait list, who is chatting with whom) or a chat's shard (its messages). A step that spans
+both is two scripts, made safe by an intent: the home slot's script records what the shard must
+do (`opening`, `closing`), the shard's script is idempotent, and the intent is deleted once
+done; whoever finds an intent left by a process killed in between carries it out
+(finish_pending, and a resume that meets a room not open yet). On one Redis the home slot and
+the only shard are the same tag; the steps are the same.
 """
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,32 +21,17 @@ import redis
 
 from . import events as ev
 from .config import Settings
-from .keys import USER_ROOM_PREFIX, Keys
+from .keys import USER_ROOM_PREFIX, WORKER_CHANNEL_INFIX, Keys
+from .redisconn import keys_of
 
 LUA_DIR = Path(__file__).with_name("lua")
-HISTORY_MAXLEN = 1_000_000  # safety cap on the history stream while no archiver drains it
-SENT_KEPT = 200  # messages per user kept for replay on resume
+HISTORY_MAXLEN = 1_000_000  # safety cap on each history stream while no archiver drains it
+SENT_KEPT = 400  # messages per chat kept for replay on resume
 SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last message
-WHERE_TTL = 86400  # seconds a user's connection list outlives their last connection
-RESUME_TRIES = 5  # resume.lua retries when the partner changed between its read and the script
-POOL_MAX = 100  # Redis connections per process
-POOL_WAIT = 10.0  # seconds a command may wait for a free one
-
-
-def redis_client(url: str, **kwargs) -> redis.Redis:
-    """A client for short commands; blocking reads use their own timeout (redis-py #4119).
-
-    Its pool is bounded and blocking: when Redis stalls for a moment, a web worker's greenlets
-    (one per busy connection) wait for one of POOL_MAX connections instead of failing with
-    redis-py's "Too many connections" (its default pool refuses a 101st connection).
-    """
-    kwargs.setdefault("socket_connect_timeout", 5)
-    kwargs.setdefault("socket_timeout", 10)
-    kwargs.setdefault("health_check_interval", 30)
-    kwargs.setdefault("retry_on_timeout", True)
-    pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=POOL_MAX,
-                                                 timeout=POOL_WAIT, **kwargs)
-    return redis.Redis(connection_pool=pool)
+CHAT_TTL = 7 * 86400  # seconds an open chat lives at most (its end closes it long before)
+WHERE_TTL = 86400  # seconds a user's connection list outlives their last heartbeat
+RESUME_TRIES = 5  # resumes retried when the chat changed between the home slot and its shard
+STALE_INTENT_MS = 5000  # an intent this old was left by a process that died: carry it out
 
 
 def lua_string(value: str) -> str:
@@ -48,10 +40,12 @@ def lua_string(value: str) -> str:
                          for b in value.encode()) + '"'
 
 
-def lua_prelude(settings: Settings) -> str:
+def lua_prelude(keys: Keys, cluster: bool) -> str:
     """What every script can use: the helpers of lua/lib/*.lua and the constants they need."""
     names = ", ".join(f"{name} = {lua_string(name)}" for name in ev.LUA_EVENTS)
-    return (f"local EMIT_CHANNEL = {lua_string(settings.socketio_channel)}\n"
+    return (f"local PUBLISH_CMD = {lua_string('SPUBLISH' if cluster else 'PUBLISH')}\n"
+            f"local WORKER_CHANNEL_INFIX = {lua_string(WORKER_CHANNEL_INFIX)}\n"
+            f"local WHERE_PREFIX = {lua_string(keys.where_prefix)}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
             f"local EV = {{{names}}}\n"
             f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
@@ -67,12 +61,12 @@ class MessageResult:
 
 
 class Store:
-    def __init__(self, client: redis.Redis, settings: Settings):
+    def __init__(self, client, settings: Settings, keys: Keys | None = None):
         self.r = client
         self.s = settings
-        self.k = Keys(settings.redis_prefix)
+        self.k = keys or keys_of(settings)
         self.ttl_ms = int(settings.resume_grace * 1000)
-        prelude = lua_prelude(settings)
+        prelude = lua_prelude(self.k, bool(settings.redis_cluster_url))
         self._scripts = {
             p.stem: client.register_script(prelude + p.read_text())
             for p in sorted(LUA_DIR.glob("*.lua"))
@@ -85,7 +79,8 @@ class Store:
     def touch(self, users: list[str], worker: str = "") -> int:
         """Keep these users (and their worker) alive for one grace period; the online count."""
         k = self.k
-        return int(self._run("touch", [k.alive, k.away, k.workers], [self.ttl_ms, worker, *users]))
+        return int(self._run("touch", [k.alive, k.away, k.workers],
+                             [self.ttl_ms, worker, WHERE_TTL, *users]))
 
     def online(self) -> int:
         return self.touch([])
@@ -93,21 +88,28 @@ class Store:
     def connect(self, user: str, sid: str, worker: str) -> tuple[int, int]:
         """A connection of `user` arrived: (online, how many older connections it replaced)."""
         k = self.k
-        online, replaced = self._run(
+        online, replaced, back_in = self._run(
             "connect",
             [k.alive, k.away, k.workers, k.where(user), k.parked, k.queue, k.partner, k.room,
              k.wake],
             [user, sid, worker, self.ttl_ms, WHERE_TTL,
              json.dumps(ev.error("replaced"), ensure_ascii=False)])
+        if back_in:
+            self._tell(user, "back", back_in)
         return int(online), int(replaced)
 
     def disconnect(self, user: str, sid: str, draining: bool = False) -> str:
         """A connection of `user` closed: 'here', 'draining' or 'away' (see disconnect.lua)."""
         k = self.k
-        return self._run(
-            "disconnect",
-            [k.alive, k.away, k.workers, k.where(user), k.parked, k.queue, k.partner, k.room],
+        state, room = self._run(
+            "disconnect", [k.alive, k.away, k.workers, k.where(user), k.parked, k.queue, k.room],
             [user, sid, self.ttl_ms, "1" if draining else "0"])
+        if room:
+            self._tell(user, "away", room)
+        return state
+
+    def _tell(self, user: str, what: str, room: str) -> None:
+        self._run("tell", [self.k.chat(room)], [user, what, room])
 
     # the chat ---------------------------------------------------------------------------------
     def join(self, user: str, interests: list[str] | None) -> tuple[str, int]:
@@ -118,30 +120,39 @@ class Store:
         return res[0], int(res[1]) if len(res) > 1 else 0
 
     def end_chat(self, user: str, reason: str, requeue: bool) -> tuple[str, str]:
+        """End the user's chat: the home slot first (end_chat.lua), then its shard (close.lua
+        tells the partner); returns (partner, room), '' when they were not chatting."""
         k = self.k
-        partner, room = self._run(
-            "end_chat",
-            [k.partner, k.room, k.last, k.queue, k.room_seq, k.room_info, k.history, k.wake],
-            [user, reason, "1" if requeue else "0", HISTORY_MAXLEN],
-        )
+        partner, room, intent = self._run(
+            "end_chat", [k.partner, k.room, k.last, k.queue, k.wake, k.closing],
+            [user, reason, "1" if requeue else "0"])
+        if room and intent:
+            self.close_room(room, intent)
         return partner, room
 
-    def message(self, user: str, msg_id: str, text: str) -> MessageResult:
-        """Store a message and emit it to the partner, in one atomic step."""
+    def room_of(self, user: str) -> str | None:
+        """The user's chat now (the home slot's pointer), or None."""
+        return self.r.hget(self.k.room, user)
+
+    def message(self, user: str, msg_id: str, text: str, room: str | None = None) -> MessageResult:
+        """Store a message and emit it to the partner, in one atomic step in the chat's shard.
+        `room`: the caller's idea of the user's chat (else the home slot is asked)."""
+        room = room or self.room_of(user)
+        if not room:
+            return MessageResult("not_chatting", 0, 0, "")
         k = self.k
         res = self._run(
-            "message",
-            [k.partner, k.room, k.room_seq, k.dedupe(user), k.bucket(user), k.sent(user),
-             k.history],
+            "message", [k.chat(room), k.dedupe(room, user), k.sent(room), k.history_of(k.room_tag(room))],
             [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
-             HISTORY_MAXLEN],
-        )
+             HISTORY_MAXLEN, room])
         return MessageResult(res[0], int(res[1]), int(res[2]), res[3])
 
-    def typing(self, user: str, typing: bool) -> bool:
-        """Tell the partner; False when the user is not chatting."""
-        return bool(self._run("typing", [self.k.partner, self.k.room],
-                              [user, "1" if typing else "0"]))
+    def typing(self, user: str, typing: bool, room: str | None = None) -> bool:
+        """Tell the partner; False when the user is not chatting (in `room`, if given)."""
+        room = room or self.room_of(user)
+        if not room:
+            return False
+        return bool(self._run("typing", [self.k.chat(room)], [user, "1" if typing else "0", room]))
 
     def report(self, user: str, reason: str, ts: int) -> bool:
         """Record a report about the current partner, or the last one if the chat just ended."""
@@ -153,8 +164,9 @@ class Store:
         target = partner or last
         if not target:
             return False
+        stream = self.k.history_of(self.k.room_tag(room)) if room else self.k.history
         self.r.xadd(
-            self.k.history,
+            stream,
             {"type": "report", "user": user, "reported": target, "room": room or "",
              "reason": reason, "ts": str(ts)},
             maxlen=HISTORY_MAXLEN, approximate=True,
@@ -162,42 +174,109 @@ class Store:
         return True
 
     def resume(self, user: str, since: int, sid: str) -> str:
-        """Emit `resumed` to connection `sid` (resume.lua); returns the state it told."""
-        k = self.k
+        """Emit `resumed` to connection `sid` of this web worker; returns the state it told.
+
+        The home slot says where the user is (and tells a user who is not chatting at once);
+        a chatting user's snapshot comes from the chat's shard, which also makes this worker
+        their route. A room not open yet is opened from its intent first."""
+        k, worker = self.k, self.s.worker_id
         for _ in range(RESUME_TRIES):
-            partner = self.r.hget(k.partner, user) or ""
-            state = self._run(
-                "resume",
-                [k.partner, k.room, k.queue, k.room_info, k.sent(user),
-                 k.sent(partner) if partner else k.sent(user), k.away],
-                [user, partner, since, sid])
-            if state != "retry":
+            found = self._run("whereabouts", [k.partner, k.room, k.queue], [user, sid, worker])
+            if found[0] != "chatting":
+                return found[0]
+            room = found[1]
+            state = self._run("snapshot", [k.chat(room), k.sent(room)],
+                              [user, since, sid, worker, room])
+            if state == "missing":
+                intent = self.r.hget(k.opening, room)
+                if intent:
+                    self.open_room(room, intent)
+                continue
+            if state == "chatting":
                 return state
-        raise redis.RedisError(f"the partner of {user} kept changing during a resume")
+        raise redis.RedisError(f"the chat of {user} kept changing during a resume")
 
     def snapshot(self, user: str, since: int, sid: str) -> str:
         """Emit `resumed` to `sid` without counting it as a reconnection (a replay after a gap)."""
         return self.resume(user, since, sid)
 
+    # the two halves of pairing and parting ----------------------------------------------------
+    def open_room(self, room: str, intent: str) -> bool:
+        """Open a paired room in its shard (open.lua, idempotent), then drop its intent."""
+        k = self.k
+        opened = self._run("open", [k.chat(room), k.history_of(k.room_tag(room))],
+                           [room, intent, HISTORY_MAXLEN, CHAT_TTL])
+        self.r.hdel(k.opening, room)
+        return bool(opened)
+
+    def close_room(self, room: str, intent: str) -> bool:
+        """Close an ended room in its shard (close.lua, idempotent), then drop its intent."""
+        k = self.k
+        closed = self._run("close", [k.chat(room), k.history_of(k.room_tag(room)), k.sent(room)],
+                           [room, intent, HISTORY_MAXLEN, SENT_TTL])
+        self.r.hdel(k.closing, room)
+        return bool(closed)
+
+    def finish_pending(self, older_than_ms: int = STALE_INTENT_MS) -> int:
+        """Carry out the intents left in the home slot at least `older_than_ms` ago (by a
+        process killed between the two halves, or by reap.lua for the matcher); how many."""
+        k, done = self.k, 0
+        now = int(time.time() * 1000)
+        for key, finish in ((k.opening, self.open_room), (k.closing, self.close_room)):
+            for room, intent in self.r.hgetall(key).items():
+                try:
+                    at = int(json.loads(intent).get("at", 0))
+                except (ValueError, AttributeError):
+                    at = 0
+                if now - at >= older_than_ms:
+                    finish(room, intent)
+                    done += 1
+        return done
+
     # the matcher's side ----------------------------------------------------------------------
     def match(self) -> int:
+        """Pair waiting users (match.lua, home slot) and open their rooms (open.lua, shards)."""
         k = self.k
-        pairs = self.s.match_batch // 2
-        rooms = [uuid.uuid4().hex for _ in range(pairs)]
-        return int(self._run(
+        rooms = [uuid.uuid4().hex for _ in range(self.s.match_batch // 2)]
+        made = self._run(
             "match",
-            [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.room_info, k.history],
-            [int(self.s.interest_wait * 1000), self.s.match_batch, HISTORY_MAXLEN, *rooms],
-        ))
+            [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.workers, k.opening],
+            [int(self.s.interest_wait * 1000), self.s.match_batch, *rooms],
+        )
+        for i in range(0, len(made), 2):
+            self.open_room(made[i], made[i + 1])
+        return len(made) // 2
 
     def reap(self, limit: int = 500) -> int:
+        """End the chats of users gone past the grace (reap.lua), and close their rooms."""
         k = self.k
-        return int(self._run(
+        gone = int(self._run(
             "reap",
-            [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.room_seq, k.room_info,
-             k.away, k.history, k.parked],
-            [limit, HISTORY_MAXLEN],
+            [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.away, k.parked, k.closing],
+            [limit],
         ))
+        if gone:
+            self.finish_pending(older_than_ms=0)
+        return gone
+
+    # events from outside the scripts --------------------------------------------------------
+    def broadcast(self, event: str, data) -> None:
+        """To every connection of every worker (`stats`): python-socketio's emit format on the
+        shared channel (classic PUBLISH, which a cluster passes to every node)."""
+        self.r.publish(self.s.socketio_channel, json.dumps(
+            {"method": "emit", "event": event, "data": [data], "namespace": "/", "room": None},
+            ensure_ascii=False))
+
+    def emit_to(self, user: str, event: str, data) -> int:
+        """To every connection of `user`, directed like the scripts' events (on the home tag's
+        channel of each worker in their `where`); for emitters outside the chat's scripts."""
+        body = json.dumps({"method": "emit", "event": event, "data": [data], "namespace": "/",
+                           "room": USER_ROOM_PREFIX + user}, ensure_ascii=False)
+        publish = self.r.spublish if self.s.redis_cluster_url else self.r.publish
+        workers = set(self.r.hvals(self.k.where(user)))
+        for worker in workers:
+            publish(self.k.home + WORKER_CHANNEL_INFIX + worker, body)
+        return len(workers)
 
     def counts(self) -> dict:
         """Online, waiting and chatting users now."""

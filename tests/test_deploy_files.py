@@ -33,7 +33,7 @@ K8S = ROOT / "deploy" / "k8s"
 DEPLOYED = ("common", "web", "matcher", "archiver")
 # variables only a web worker reads: its address and its name
 WEB_ONLY = {"HOST", "PORT", "WORKER_ID"}
-SECRETS = {"SECRET_KEY", "ADMIN_PASSWORD", "DATABASE_URL", "REDIS_URL"}
+SECRETS = {"SECRET_KEY", "ADMIN_PASSWORD", "DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_URL"}
 # Python's own variables, set in the image
 PYTHON_VARS = re.compile(r"^(PYTHON[A-Z_]*|PATH|PIP_[A-Z_]+)$")
 

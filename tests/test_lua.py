@@ -12,12 +12,15 @@ import pytest
 
 from common import config
 from common.keys import Keys
-from common.store import SENT_KEPT, SENT_TTL, MessageResult, Store, redis_client
+from common.redisconn import redis_client
+from common.store import SENT_KEPT, SENT_TTL, MessageResult, Store
 from procs import RedisServer
 
 GRACE = 5  # RESUME_GRACE of these tests, seconds
 TTL_MS = GRACE * 1000
 K = Keys("chat")
+WORKER = "w-test"  # the web worker the routes of the tests' users point at (see route())
+CHANNEL = "{chat}:w:"  # + worker: a worker's channel (one Redis: one tag, the home one)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +78,19 @@ def waited(r, user: str, ms: int) -> None:
     r.zadd(K.queue, {user: now_ms(r) - ms}, xx=True)
 
 
+def route(r, *users: str, worker: str = WORKER) -> None:
+    """Give these users a connection on `worker` in their route (`where`), as connect.lua does,
+    so that events for them are published, and the worker a heartbeat. A user who already has
+    a route (a test's own connect) keeps just that one."""
+    r.zadd(K.workers, {worker: now_ms(r) + 3600_000})
+    for u in users:
+        if not r.exists(K.where(u)):
+            r.hset(K.where(u), "s-" + u, worker)
+
+
 def enqueue(store: Store, r, *users: str, interests=None) -> None:
-    """Join these users in this order (distinct enqueue times, oldest first)."""
+    """Join these users in this order (distinct enqueue times, oldest first), each routed."""
+    route(r, *users)
     for i, u in enumerate(users):
         state, _ = store.join(u, interests)
         assert state == "waiting"
@@ -106,9 +120,7 @@ _sub = {}
 def _record_emits(redis_server, r):
     """Subscribe before the test acts, so that outbox() sees every emit its scripts publish."""
     _seen.clear()
-    _sub["sub"] = subscribe(redis_server.client, config.load({
-        "APP_ENV": "development", "SECRET_KEY": "x" * 40,
-        "ADMIN_PASSWORD": "lua-test-admin"}).socketio_channel)
+    _sub["sub"] = subscribe(redis_server.client, CHANNEL + "*")
     yield
     _sub.pop("sub").close()
 
@@ -121,27 +133,30 @@ def outbox(r) -> list[dict]:
     return list(_seen)
 
 
-def subscribe(client, channel: str):
-    """A pub/sub connection on `channel`, subscribed by the time this returns."""
+def subscribe(client, pattern: str):
+    """A pub/sub connection on the channels matching `pattern`, subscribed when this returns."""
     sub = client.pubsub()
-    sub.subscribe(channel)
+    sub.psubscribe(pattern)
     confirm = sub.get_message(timeout=5)
-    assert confirm is not None and confirm["type"] == "subscribe", confirm
+    assert confirm is not None and confirm["type"] == "psubscribe", confirm
     return sub
 
 
-def published(sub) -> list[dict]:
-    """What was published on `sub`'s channel until it has been quiet for 0.2 s, decoded."""
+def published(sub, channels: list | None = None) -> list[dict]:
+    """What was published on `sub`'s channels until it has been quiet for 0.2 s, decoded; with
+    `channels`, each message's channel is appended to it."""
     got = []
     while (m := sub.get_message(timeout=0.2)) is not None:
         got.append(json.loads(m["data"]))
+        if channels is not None:
+            channels.append(m["channel"])
     return got
 
 
 @pytest.fixture
 def emitted(redis_server, store):
     """emitted() -> the Socket.IO emits the scripts published since the test began, decoded."""
-    sub = subscribe(redis_server.client, store.s.socketio_channel)
+    sub = subscribe(redis_server.client, CHANNEL + "*")
     yield lambda: published(sub)
     sub.close()
 
@@ -223,7 +238,9 @@ def test_end_chat_with_next_clears_both_sides_remembers_and_requeues(store, r):
     for u in ("a", "b"):
         assert r.hget(K.partner, u) is None and r.hget(K.room, u) is None
     assert r.hgetall(K.last) == {"a": "b", "b": "a"}
-    assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
+    chat = r.hgetall(K.chat(room))  # closed in its shard, kept a while for late resends
+    assert chat["closed"] and t0 <= int(chat["closed"]) <= t1 and r.ttl(K.chat(room)) <= SENT_TTL
+    assert r.hgetall(K.closing) == {}  # the intent was carried out
     assert t0 <= r.zscore(K.queue, "a") <= t1
     assert r.zscore(K.queue, "b") is None  # the partner is idle, not requeued
     assert r.llen(K.wake) == 1
@@ -271,7 +288,7 @@ def test_message_is_numbered_per_room_across_both_directions(store, r):
     assert (store.message("b", "b1", "two").seq, store.message("c", "c1", "x").seq) == (2, 1)
     m3 = store.message("a", "a2", "three")
     assert (m3.status, m3.seq, m3.room) == ("ok", 3, room1)
-    assert r.hget(K.room_seq, room1) == "3" and r.hget(K.room_seq, room2) == "1"
+    assert r.hget(K.chat(room1), "seq") == "3" and r.hget(K.chat(room2), "seq") == "1"
     msgs = [(h["room"], h["user"], h["id"], h["seq"], h["text"]) for h in history(r, "message")]
     assert msgs == [(room1, "a", "a1", "1", "one"), (room1, "b", "b1", "2", "two"),
                     (room2, "c", "c1", "1", "x"), (room1, "a", "a2", "3", "three")]
@@ -291,23 +308,21 @@ def test_message_is_emitted_to_the_partner_in_the_same_step(store, r, emitted):
 
 
 def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
-    pair_up(store, r, "a", "b")
+    room = pair_up(store, r, "a", "b")
     first = store.message("a", "m1", "hello")
     assert first.status == "ok"
     again = store.message("a", "m1", "hello (resent)")
     assert (again.status, again.seq, again.ts, again.room) == ("dup", first.seq, first.ts,
                                                                first.room)
-    assert len(history(r, "message")) == 1 and r.llen(K.sent("a")) == 1
+    assert len(history(r, "message")) == 1 and r.llen(K.sent(room)) == 1
     assert store.message("a", "m2", "next one").seq == 2  # the dup took no seq
     # ids are per user: the partner may use the same id
     assert store.message("b", "m1", "mine too").status == "ok"
-    # a resend after the chat ended is still acknowledged with the first seq
+    # a resend to the chat after it ended is still acknowledged with the first seq
     store.end_chat("a", "left", False)
-    late = store.message("a", "m1", "hello")
+    late = store.message("a", "m1", "hello", room)
     assert (late.status, late.seq, late.ts) == ("dup", first.seq, first.ts)
-    # a de-duplication entry written before the emit moved into the script ends in ':<sid>'
-    r.hset(K.dedupe("a"), "old", f"7:123:{first.room}:sid-1")
-    assert store.message("a", "old", "x") == MessageResult("dup", 7, 123, first.room)
+    assert store.message("a", "m9", "new", room) == MessageResult("not_chatting", 0, 0, "")
 
 
 def test_message_without_a_partner_is_not_chatting_and_records_nothing(store, r):
@@ -315,8 +330,10 @@ def test_message_without_a_partner_is_not_chatting_and_records_nothing(store, r)
     assert (res.status, res.seq, res.room) == ("not_chatting", 0, "")
     store.join("a", None)
     assert store.message("a", "m1", "anyone?").status == "not_chatting"
-    assert history(r, "message") == [] and r.llen(K.sent("a")) == 0
-    pair_up(store, r, "a", "b")
+    assert history(r, "message") == []
+    room = pair_up(store, r, "a", "b")
+    assert store.message("c", "c1", "not mine", room).status == "not_chatting"  # not a member
+    assert r.llen(K.sent(room)) == 0
     res = store.message("a", "m1", "now")  # the refused id was not used up
     assert (res.status, res.seq) == ("ok", 1)
 
@@ -328,16 +345,26 @@ def test_message_token_bucket_allows_the_burst_then_rate_limits(make_store, r):
     limited = store.message("a", "m3", "hi")
     assert (limited.status, limited.seq, limited.room) == ("rate_limited", 0, "")
     assert store.message("a", "m4", "hi").status == "rate_limited"
-    assert r.hget(K.room_seq, room) == "3" and len(history(r, "message")) == 3
+    assert r.hget(K.chat(room), "seq") == "3" and len(history(r, "message")) == 3
     # the partner has a bucket of their own
     assert store.message("b", "b0", "hi").status == "ok"
     # 200 s later the bucket holds 2 more tokens (rate 0.01/s)
-    r.hset(K.bucket("a"), "ts", str(now_ms(r) - 200_000))
+    r.hset(K.chat(room), "ts:a", str(now_ms(r) - 200_000))
     again = store.message("a", "m3", "hi")  # the refused id is not a dup
     assert (again.status, again.seq) == ("ok", 5)
     assert store.message("a", "m5", "hi").status == "ok"
     assert store.message("a", "m6", "hi").status == "rate_limited"
-    assert 0 < r.pttl(K.bucket("a")) <= 3 / 0.01 * 1000 + 1000
+
+
+def test_the_dedupe_table_of_a_long_chat_stays_bounded_and_still_knows_recent_ids(make_store, r):
+    store = make_store(MESSAGE_BURST=10_000, MESSAGE_RATE=10_000)
+    room = pair_up(store, r, "a", "b")
+    n = 2 * SENT_KEPT + 50
+    first = [store.message("a", f"a{i}", "x") for i in range(n)]
+    assert r.hlen(K.dedupe(room, "a")) <= 2 * SENT_KEPT  # not one entry per message sent
+    recent = store.message("a", f"a{n - 1}", "resent")  # a recent id is still a dup
+    assert (recent.status, recent.seq) == ("dup", first[-1].seq)
+    assert r.llen(K.sent(room)) == SENT_KEPT
 
 
 def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r, emitted):
@@ -346,14 +373,14 @@ def test_sent_messages_are_kept_for_resume_bounded_and_expiring(make_store, r, e
     n = SENT_KEPT + 5
     for i in range(n):
         assert store.message("a", f"a{i}", f"text {i}").status == "ok"
-    b1 = store.message("b", "b1", "reply")
-    kept = [json.loads(x) for x in r.lrange(K.sent("a"), 0, -1)]
+    kept = [json.loads(x) for x in r.lrange(K.sent(room), 0, -1)]
     assert len(kept) == SENT_KEPT
     assert [m["seq"] for m in kept] == list(range(n - SENT_KEPT + 1, n + 1))
     last = kept[-1]
-    assert (last["id"], last["text"], last["room"], last["seq"]) == (
-        f"a{n - 1}", f"text {n - 1}", room, n)
-    for key in (K.sent("a"), K.dedupe("a"), K.sent("b"), K.dedupe("b")):
+    assert (last["id"], last["text"], last["from"], last["seq"]) == (
+        f"a{n - 1}", f"text {n - 1}", "a", n)
+    b1 = store.message("b", "b1", "reply")
+    for key in (K.sent(room), K.dedupe(room, "a"), K.dedupe(room, "b")):
         assert 0 < r.ttl(key) <= SENT_TTL
     # what a resuming user gets: the room's messages after `since`, both directions, in order
     assert store.resume("b", n - 1, "sid-b") == "chatting"
@@ -378,8 +405,11 @@ def test_resume_emits_each_state_to_the_connection_only(store, r, emitted):
     room = pair_up(store, r, "a", "b")
     assert store.resume("a", 0, "sid-a") == "chatting"
     events = emitted()
-    assert resumed_to(events, "sid-w") == {"state": "waiting"}
-    assert resumed_to(events, "sid-n") == {"state": "idle"}
+    waiting, idle = resumed_to(events, "sid-w"), resumed_to(events, "sid-n")
+    assert (waiting["state"], idle["state"]) == ("waiting", "idle")
+    matched_at = [e["data"][0]["at"] for e in events if e["event"] == "matched"]
+    # stamped by the home slot's clock, like `matched`: a client can tell which came first
+    assert waiting["at"] <= idle["at"] <= matched_at[0] == matched_at[1]
     # no messages and no shared interests: empty lists, not the empty objects cjson would make
     assert resumed_to(events, "sid-a") == {"state": "chatting", "room": room, "interests": [],
                                            "partner_away": False, "history": []}
@@ -403,13 +433,62 @@ def test_resume_carries_the_shared_interests_and_skips_other_rooms(store, r, emi
     assert [m["id"] for m in state["history"]] == ["c1"]
 
 
-def test_resume_retries_when_the_partner_changed_after_it_was_read(store, r, emitted):
-    pair_up(store, r, "a", "b")
+def test_a_snapshot_of_a_chat_not_open_or_already_closed_tells_nothing(store, r, emitted):
+    room = pair_up(store, r, "a", "b")
     k = store.k
-    stale = store._run("resume", [k.partner, k.room, k.queue, k.room_info, k.sent("a"),
-                                  k.sent("x"), k.away], ["a", "x", 0, "sid"])
-    assert stale == "retry"
+    args = ["a", 0, "sid", WORKER]
+    assert store._run("snapshot", [k.chat("nope"), k.sent("nope")], [*args, "nope"]) == "missing"
+    store.end_chat("b", "left", False)
+    assert store._run("snapshot", [k.chat(room), k.sent(room)], [*args, room]) == "closed"
     assert [e for e in emitted() if e["event"] == "resumed"] == []  # nothing was told
+
+
+# -- the two halves: intents left by a process killed between them -------------------------------
+def half_match(store: Store, r, a: str, b: str) -> str:
+    """match.lua alone, as a matcher killed -9 before open.lua leaves it; the room."""
+    k = store.k
+    enqueue(store, r, a, b)
+    made = store._run("match", [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.workers,
+                                k.opening], [600_000, 10, "room-x"])
+    assert made[0] == "room-x" and r.hget(k.opening, "room-x") == made[1]
+    assert not r.exists(k.chat("room-x"))
+    return "room-x"
+
+
+def test_a_resume_opens_a_room_its_matcher_left_unopened(store, r, emitted):
+    room = half_match(store, r, "a", "b")
+    assert store.resume("a", 0, "sid-a") == "chatting"
+    got = emitted()
+    assert resumed_to(got, "sid-a")["room"] == room
+    # the room was opened from the intent: both were told `matched`, once
+    assert [(e["room"], e["data"][0]["room"]) for e in got if e["event"] == "matched"] == [
+        ("u:a", room), ("u:b", room)]
+    assert r.hgetall(K.opening) == {} and len(history(r, "opened")) == 1
+    assert store.message("b", "b1", "hi").status == "ok"
+    # the matcher's own open, had it lived, would change nothing
+    assert store.open_room(room, json.dumps({"a": "a", "b": "b", "interests": [], "at": 1,
+                                             "ra": [], "rb": []})) is False
+    assert [e for e in emitted() if e["event"] == "matched"] == []
+
+
+def test_stale_intents_are_carried_out_by_whoever_finds_them(store, r, emitted):
+    opened = half_match(store, r, "a", "b")
+    assert store.finish_pending() == 0  # fresh: its own process may still be at it
+    intent = json.loads(r.hget(K.opening, opened))
+    r.hset(K.opening, opened, json.dumps({**intent, "at": intent["at"] - 60_000}))  # long ago
+    assert store.finish_pending() == 1
+    assert store.message("a", "a1", "hi").status == "ok"
+    # a Next whose worker was killed -9 after end_chat.lua, before close.lua
+    k = store.k
+    partner, room, intent = store._run("end_chat", [k.partner, k.room, k.last, k.queue, k.wake,
+                                                    k.closing], ["a", "next", "1"])
+    assert (partner, room) == ("b", opened) and r.hget(k.closing, room) == intent
+    assert store.message("b", "b1", "still open in its shard?", room).status == "ok"
+    assert store.finish_pending(older_than_ms=0) == 1
+    assert store.message("b", "b2", "now?", room).status == "not_chatting"
+    left = [e for e in emitted() if e["event"] == "partner_left"]
+    assert [(e["room"], e["data"][0]) for e in left] == [("u:b", {"reason": "next", "room": room})]
+    assert r.hgetall(K.closing) == {} and len(history(r, "closed")) == 1
 
 
 # -- typing.lua ---------------------------------------------------------------------------------
@@ -426,14 +505,67 @@ def test_typing_goes_to_the_partner_with_the_room_and_not_without_a_chat(store, 
     ]
 
 
-def test_an_odd_socketio_channel_name_reaches_the_scripts_intact(make_store, r, redis_server):
-    channel = 'chan "\\ é\n]]'
-    store = make_store(SOCKETIO_CHANNEL=channel)
-    sub = subscribe(redis_server.client, channel)
-    pair_up(store, r, "a", "b")
-    assert store.typing("a", True)
-    assert [e["room"] for e in published(sub) if e["event"] == "typing"] == ["u:b"]
+# -- directed delivery (lib/emit.lua) ------------------------------------------------------------
+def test_each_event_goes_only_to_the_workers_holding_its_users_connections(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    store.connect("a", "sa", "w1")
+    store.connect("b", "sb", "w2")
+    sub = subscribe(r, CHANNEL + "*")
+    enqueue(store, r, "a", "b")
+    assert store.match() == 1
+    store.message("a", "a1", "hi")
+    store.typing("b", True)
+    channels: list[str] = []
+    got = [(e["event"], e["room"]) for e in published(sub, channels)]
+    assert list(zip(got, channels)) == [
+        (("matched", "u:a"), CHANNEL + "w1"), (("matched", "u:b"), CHANNEL + "w2"),
+        (("message", "u:b"), CHANNEL + "w2"), (("typing", "u:a"), CHANNEL + "w1")]
     sub.close()
+
+
+def test_a_user_without_a_connection_is_sent_nothing_and_one_on_two_workers_both(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    r.hset(K.where("a"), mapping={"old": "w1", "new": "w2"})  # a moment of a resume
+    store.join("a", None)
+    store.join("b", None)  # b has no connection at all
+    sub = subscribe(r, CHANNEL + "*")
+    assert store.match() == 1
+    channels: list[str] = []
+    got = [(e["event"], e["room"]) for e in published(sub, channels)]
+    assert got == [("matched", "u:a"), ("matched", "u:a")]  # on both of a's workers
+    assert sorted(channels) == [CHANNEL + "w1", CHANNEL + "w2"]
+    store.message("a", "a1", "to nobody")
+    assert published(sub) == []
+    assert store.resume("b", 0, "sb") == "chatting"  # b comes back: the message is in it
+    assert [m["id"] for m in resumed_to(published(sub), "sb")["history"]] == ["a1"]
+    store.message("a", "a2", "to b's new route")
+    channels.clear()
+    assert [e["room"] for e in published(sub, channels)] == ["u:b"]
+    assert channels == [CHANNEL + store.s.worker_id]  # the worker that resumed b
+    sub.close()
+
+
+def test_a_takeover_closes_the_old_connection_on_its_own_worker(store, r):
+    store.touch([], "w1")
+    store.touch([], "w2")
+    store.connect("a", "old", "w1")
+    sub = subscribe(r, CHANNEL + "*")
+    store.connect("a", "new", "w2")
+    channels: list[str] = []
+    got = published(sub, channels)
+    assert [(m.get("event"), m.get("room") or m.get("sid")) for m in got] == [
+        ("error", "old"), (None, "old")]
+    assert channels == [CHANNEL + "w1"] * 2
+    sub.close()
+
+
+def test_the_heartbeat_keeps_a_long_open_connections_route(store, r):
+    store.connect("a", "sa", "w1")
+    r.expire(K.where("a"), 5)
+    store.touch(["a"], "w1")
+    assert r.ttl(K.where("a")) > 3600
 
 
 # -- match.lua ----------------------------------------------------------------------------------
@@ -444,11 +576,14 @@ def test_match_pairs_two_waiting_users_and_queues_their_matched_events(store, r)
     room = r.hget(K.room, "a")
     assert r.hget(K.room, "b") == room and len(room) == 32
     assert r.zcard(K.queue) == 0
-    info = json.loads(r.hget(K.room_info, room))
-    assert info["interests"] == [] and info["opened"] > 0
+    chat = r.hgetall(K.chat(room))  # opened in its shard, with each user's route
+    assert (chat["a"], chat["b"], chat["seq"], chat["interests"]) == ("a", "b", "0", "[]")
+    assert int(chat["opened"]) > 0 and chat["route:a"] == chat["route:b"] == json.dumps([WORKER])
+    assert r.hgetall(K.opening) == {}
+    at = json.loads(chat["opened"])
     assert outbox(r) == [
-        {"to": "a", "event": "matched", "data": {"room": room, "interests": []}},
-        {"to": "b", "event": "matched", "data": {"room": room, "interests": []}},
+        {"to": "a", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
+        {"to": "b", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
     ]
     opened = history(r, "opened")
     assert [(h["room"], {h["user1"], h["user2"]}) for h in opened] == [(room, {"a", "b"})]
@@ -478,6 +613,7 @@ def test_match_drops_expired_and_already_partnered_users_from_the_queue(store, r
 
 
 def test_shared_interests_are_matched_first_with_the_common_ones(store, r):
+    route(r, "a", "b", "c")
     store.join("a", ["music", "cats"])
     store.join("b", ["hiking"])
     store.join("c", ["cats", "chess"])
@@ -487,9 +623,9 @@ def test_shared_interests_are_matched_first_with_the_common_ones(store, r):
     assert pairs(r) == {frozenset("ac")}
     assert r.zrange(K.queue, 0, -1) == ["b"]
     room = r.hget(K.room, "a")
-    assert [(e["to"], e["data"]) for e in outbox(r)] == [
-        ("a", {"room": room, "interests": ["cats"]}), ("c", {"room": room, "interests": ["cats"]})]
-    assert json.loads(r.hget(K.room_info, room))["interests"] == ["cats"]
+    assert [(e["to"], e["data"]["room"], e["data"]["interests"]) for e in outbox(r)] == [
+        ("a", room, ["cats"]), ("c", room, ["cats"])]
+    assert json.loads(r.hget(K.chat(room), "interests")) == ["cats"]
 
 
 def test_users_without_a_shared_interest_are_paired_only_after_the_interest_wait(store, r):
@@ -559,6 +695,7 @@ def test_last_partners_may_be_paired_again_when_only_they_wait(store, r):
     r.flushall()
     outbox(r)
     _seen.clear()
+    route(r, "A", "B")
     store.join("A", ["cats"])
     store.join("B", ["cats", "dogs"])
     r.hset(K.last, mapping={"A": "B", "B": "A"})
@@ -596,7 +733,7 @@ def test_reap_ends_the_chat_of_a_user_gone_past_the_grace(store, r):
     assert r.zscore(K.alive, "a") is None and r.zscore(K.alive, "b") is not None
     assert r.hlen(K.partner) == 0 and r.hlen(K.room) == 0
     assert r.hgetall(K.last) == {"b": "a"}
-    assert r.hget(K.room_seq, room) is None and r.hget(K.room_info, room) is None
+    assert r.hget(K.chat(room), "closed") and r.hgetall(K.closing) == {}
     left = {"event": "partner_left", "data": {"reason": "disconnected", "room": room}}
     assert [e for e in outbox(r) if e["event"] != "message"] == [{"to": "b", **left},
                                                                   {"to": "a", **left}]

@@ -8,9 +8,9 @@ from peer import Peer, pair
 from procs import MatcherProc
 
 
-async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_stack):
+async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_stack, backend):
     # 200 clients from one address: the worker's own per-address cap is for `make run` alone
-    s = make_stack(workers=2, matchers=2, MAX_CONNS_PER_ADDR=0)
+    s = make_stack(workers=2, matchers=2, MAX_CONNS_PER_ADDR=0, **backend)
     urls = s.urls()
     peers = [Peer(urls[i % 2], f"u{i}") for i in range(200)]
     await asyncio.gather(*(p.connect(timeout=30) for p in peers))
@@ -22,12 +22,12 @@ async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_st
     assert len(rooms) == 100 and set(rooms.values()) == {2}
     by_user = {p.user: m["room"] for p, m in zip(peers, matched)}
     assert len(by_user) == 200  # 200 distinct users, each in one room
-    r = s.redis.client
-    partner = r.hgetall("{chat}:partner")
+    r = s.client
+    partner = r.hgetall(s.home_key("partner"))
     assert len(partner) == 200
     for u, v in partner.items():
         assert u != v and partner[v] == u and by_user[u] == by_user[v]
-    assert r.zcard("{chat}:queue") == 0
+    assert r.zcard(s.home_key("queue")) == 0
     # both matchers did work, and nobody was told of a second match
     logs = [m.output() for m in s.matchers]
     assert all("matched" in log for log in logs), logs
@@ -35,8 +35,9 @@ async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_st
     await asyncio.gather(*(p.close() for p in peers))
 
 
-async def test_users_waiting_while_the_matcher_is_down_are_matched_after_restart(make_stack):
-    s = make_stack(workers=2, matchers=1)
+async def test_users_waiting_while_the_matcher_is_down_are_matched_after_restart(make_stack,
+                                                                                 backend):
+    s = make_stack(workers=2, matchers=1, **backend)
     s.matchers[0].kill()
     w1, w2 = s.urls()
     a, b = Peer(w1), Peer(w2)

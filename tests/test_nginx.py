@@ -362,3 +362,51 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def _handshake_status(url: str) -> tuple[int, str]:
+    """(status, body) of a new Engine.IO polling session at `url`."""
+    try:
+        with urllib.request.urlopen(f"{url}/socket.io/?EIO=4&transport=polling",
+                                    timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def test_full_workers_refuse_newcomers_with_the_reason_and_chats_go_on():
+    """MAX_CONNECTIONS per worker: past it a worker answers 503 with the reason and nginx tries
+    the next one; when every worker is full, nginx answers 503 itself. Users already connected
+    keep chatting, and a freed place is taken again."""
+    s = NginxStack(workers=2, MAX_CONNECTIONS=2)
+    peers = [Peer(s.url, f"in{i}") for i in range(4)]
+    late: list[Peer] = []
+    try:
+        await connect_all(peers)  # two per worker: nginx passes a full worker's 503 on
+        assert collections.Counter(p.worker for p in peers) == {w.worker_id: 2 for w in s.webs}
+        for web in s.webs:  # a worker reached directly says why
+            status, body = _handshake_status(web.url)
+            assert status == 503 and "full" in body, (status, body)
+        status, body = _handshake_status(s.url)  # every worker full: nginx's own 503
+        assert status == 503 and "full" in body, (status, body)
+
+        rooms = await join_and_pair(peers)
+        await asyncio.gather(*(exchange(a, b, "still here") for a, b in rooms.values()))
+
+        await peers.pop().close()
+
+        async def place_taken():
+            newcomer = Peer(s.url, "late")
+            try:
+                await newcomer.connect(timeout=3)
+            except Exception:
+                await close_all([newcomer])
+                return False
+            late.append(newcomer)
+            return True
+
+        await wait_for(place_taken, 20, "the freed place to be given to a newcomer")
+        assert "Traceback" not in s.logs()
+    finally:
+        await close_all([*peers, *late])
+        s.stop()

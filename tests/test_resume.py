@@ -8,8 +8,8 @@ from peer import Peer, pair, wait_for
 GRACE = 3.0  # RESUME_GRACE of the test stacks (tests/procs.py)
 
 
-async def test_reload_within_grace_resumes_with_history_and_partner_sees_nothing(fresh):
-    w1, w2 = fresh.urls()
+async def test_reload_within_grace_resumes_with_history_and_partner_sees_nothing(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1, "A"), Peer(w2, "B")
     await a.connect()
     await b.connect()
@@ -39,8 +39,8 @@ async def test_reload_within_grace_resumes_with_history_and_partner_sees_nothing
     await b.close()
 
 
-async def test_resume_replays_only_what_came_after_since(fresh):
-    w1, w2 = fresh.urls()
+async def test_resume_replays_only_what_came_after_since(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1), Peer(w2)
     await a.connect()
     await b.connect()
@@ -57,8 +57,8 @@ async def test_resume_replays_only_what_came_after_since(fresh):
     await b2.close()
 
 
-async def test_vanished_client_makes_partner_get_left_after_grace(fresh):
-    w1, w2 = fresh.urls()
+async def test_vanished_client_makes_partner_get_left_after_grace(fresh_any):
+    w1, w2 = fresh_any.urls()
     a, b = Peer(w1, "A"), Peer(w2, "B")
     await a.connect()
     await b.connect()
@@ -75,8 +75,8 @@ async def test_vanished_client_makes_partner_get_left_after_grace(fresh):
     await b2.close()
 
 
-async def test_waiting_user_who_vanishes_is_never_matched(fresh):
-    w1, w2 = fresh.urls()
+async def test_waiting_user_who_vanishes_is_never_matched(fresh_any):
+    w1, w2 = fresh_any.urls()
     gone = Peer(w1, "gone")
     await gone.connect()
     await gone.join()
@@ -84,7 +84,7 @@ async def test_waiting_user_who_vanishes_is_never_matched(fresh):
     # wait until the reaper took them off the wait list
     deadline = asyncio.get_running_loop().time() + GRACE + 10
     key = "{chat}:queue"
-    while fresh.redis.client.zscore(key, gone.user) is not None:
+    while fresh_any.client.zscore(key, gone.user) is not None:
         assert asyncio.get_running_loop().time() < deadline, "vanished user still waiting"
         await asyncio.sleep(0.1)
     a, b = Peer(w2, "A"), Peer(w1, "B")
@@ -95,8 +95,8 @@ async def test_waiting_user_who_vanishes_is_never_matched(fresh):
     await b.close()
 
 
-async def test_killed_worker_users_resume_elsewhere_or_partner_is_told(make_stack):
-    s = make_stack(workers=3)
+async def test_killed_worker_users_resume_elsewhere_or_partner_is_told(make_stack, backend):
+    s = make_stack(workers=3, **backend)
     w1, w2, w3 = s.urls()
     a, b = Peer(w1, "A"), Peer(w2, "B")
     c, d = Peer(w1, "C"), Peer(w2, "D")

@@ -11,7 +11,8 @@ from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
-from common.store import Store, redis_client
+from common.redisconn import connect as redis_connect
+from common.store import Store
 from common.tokens import Tokens
 
 from . import admin, drain, listener, sockets
@@ -55,11 +56,12 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     i18n = json.loads((HERE / "i18n.json").read_text(encoding="utf-8"))
     static_version = _static_version(HERE / "static")
 
+    store = Store(redis_connect(settings), settings)
     socketio = SocketIO(
         app,
         async_mode="gevent",
-        message_queue=settings.redis_url,
-        channel=settings.socketio_channel,
+        # directed delivery on the chat's Redis (one or a cluster): web/listener.py
+        client_manager=listener.ChatQueue(store, settings),
         max_http_buffer_size=settings.max_frame_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
@@ -75,7 +77,6 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # default): events published for a fresh worker's first clients would otherwise be lost.
     socketio.server.manager_initialized = True
     socketio.server.manager.initialize()
-    store = Store(redis_client(settings.redis_url), settings)
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
                               "socketio": socketio}
@@ -102,8 +103,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             return jsonify(ok=False, redis=False), 503
         if conns.draining:
             return jsonify(ok=False, draining=True), 503
-        pubsub = getattr(socketio.server.manager, "pubsub", None)
-        if pubsub is None or not pubsub.subscribed:
+        if not socketio.server.manager.subscribed:
             return jsonify(ok=False, redis=True, queue=False), 503
         return jsonify(ok=True, redis=True, worker=settings.worker_id, connections=len(conns))
 

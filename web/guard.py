@@ -48,6 +48,8 @@ GRACE_AFTER_DRAIN = 2.0
 _TOO_LARGE_BODY = b"Payload Too Large\n"
 _DRAINING_BODY = b"This worker is restarting; connect again.\n"
 _SESSIONS_BODY = b"Too many new connections from your address; wait a moment.\n"
+_FULL_BODY = b"This server is full; connect again in a moment.\n"
+FULL_LOG_EVERY = 10.0  # s: one log line per this many seconds of refusals while full
 
 
 def _refuse(start_response, status: str, body: bytes):
@@ -83,7 +85,13 @@ class BodyLimit:
         self.app = app
         self.body_limit = settings.max_body_bytes
         self.socketio_limit = settings.max_frame_bytes
-        self.conns = (getattr(app, "extensions", {}).get("chat") or {}).get("conns")
+        chat = getattr(app, "extensions", {}).get("chat") or {}
+        self.conns = chat.get("conns")
+        socketio = chat.get("socketio")
+        # Engine.IO's sessions of this worker, connected to the chat or not yet
+        self.sessions_open = socketio.server.eio.sockets if socketio is not None else {}
+        self.max_sessions = settings.max_connections
+        self._full_refused, self._full_logged = 0, 0.0
         # behind a proxy every request comes from it: nginx limits per client address itself
         self.sessions = (SessionRate(settings.session_rate, settings.session_burst)
                          if settings.session_rate and not settings.trusted_proxies else None)
@@ -93,20 +101,37 @@ class BodyLimit:
         """The app's extensions (web/__main__.py reaches `worker.wsgi.extensions["chat"]`)."""
         return self.app.extensions
 
+    def new_session_refusal(self, wsgi_env) -> tuple[str, bytes] | None:
+        """(status, reason) when a request that would open an Engine.IO session must not.
+
+        Checked here for polling, and by GuardedHandler before it upgrades a WebSocket (after
+        the 101 a refusal could no longer be said, nor passed on to another worker by nginx).
+        """
+        if not wsgi_env.get("PATH_INFO", "").startswith("/socket.io") \
+                or "sid=" in wsgi_env.get("QUERY_STRING", ""):
+            return None
+        if self.conns is not None and self.conns.draining:
+            # A stopping worker takes no new session, even on a connection nginx keeps alive
+            # to it: 503, which nginx passes to the next worker (http_503).
+            return "503 Service Unavailable", _DRAINING_BODY
+        if self.max_sessions and len(self.sessions_open) >= self.max_sessions:
+            # Past its capacity a worker would slow down everyone it already serves: the
+            # newcomer is refused with the reason, and nginx tries the next worker (http_503).
+            self._log_full()
+            return "503 Service Unavailable", _FULL_BODY
+        if self.sessions is not None and not self.sessions.take(wsgi_env.get("REMOTE_ADDR", "")):
+            # Each session is memory until its ping times out: one address may not open them
+            # faster than SESSION_RATE (a refused frame or a flood reconnecting).
+            log.warning("refused a new session: too many from one address")
+            return "429 Too Many Requests", _SESSIONS_BODY
+        return None
+
     def __call__(self, wsgi_env, start_response):
         path = wsgi_env.get("PATH_INFO", "")
-        if path.startswith("/socket.io") and "sid=" not in wsgi_env.get("QUERY_STRING", ""):
-            # A new Engine.IO session (polling or WebSocket handshake).
-            if self.conns is not None and self.conns.draining:
-                # A stopping worker takes no new session, even on a connection nginx keeps
-                # alive to it: 503, which nginx passes to the next worker (http_503).
-                return _refuse(start_response, "503 Service Unavailable", _DRAINING_BODY)
-            if self.sessions is not None and not self.sessions.take(
-                    wsgi_env.get("REMOTE_ADDR", "")):
-                # Each session is memory until its ping times out: one address may not open
-                # them faster than SESSION_RATE (a refused frame or a flood reconnecting).
-                log.warning("refused a new session: too many from one address")
-                return _refuse(start_response, "429 Too Many Requests", _SESSIONS_BODY)
+        if "wsgi.websocket" not in wsgi_env:  # an upgraded one was checked before the upgrade
+            refusal = self.new_session_refusal(wsgi_env)
+            if refusal is not None:
+                return _refuse(start_response, *refusal)
         limit = self.socketio_limit if path.startswith("/socket.io") else self.body_limit
         declared = wsgi_env.get("CONTENT_LENGTH")
         if declared:
@@ -123,6 +148,14 @@ class BodyLimit:
             wsgi_env["wsgi.input"] = io.BytesIO(body)
             wsgi_env["CONTENT_LENGTH"] = str(len(body))
         return self.app(wsgi_env, start_response)
+
+    def _log_full(self) -> None:
+        self._full_refused += 1
+        now = time.monotonic()
+        if now - self._full_logged >= FULL_LOG_EVERY:
+            log.warning("full: refused %d new sessions (MAX_CONNECTIONS %d)", self._full_refused,
+                        self.max_sessions)
+            self._full_refused, self._full_logged = 0, now
 
     def _too_large(self, wsgi_env, start_response, how: str):
         wsgi_env[REFUSED] = True
@@ -336,9 +369,13 @@ class GuardedHandler(WebSocketHandler):
         return result
 
     def upgrade_connection(self):
+        wsgi_env = self.environ
+        check = getattr(self.application, "new_session_refusal", None)
+        refusal = check(wsgi_env) if check is not None else None
+        if refusal is not None:
+            return _refuse(self.start_response, *refusal)
         # 0.10.1 decodes the key expecting Python 2's TypeError; on Python 3 a key that is not
         # base64 raises binascii.Error, a traceback per request: check it first.
-        wsgi_env = self.environ
         key = wsgi_env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         try:
             valid = len(base64.b64decode(key, validate=True)) == 16

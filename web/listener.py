@@ -1,100 +1,101 @@
-"""Delivery after a gap in the Socket.IO queue listener: every local client is made whole.
+"""The Socket.IO queue: directed delivery in, and every local client made whole after a gap.
 
-Chat events reach a worker's clients through one Redis pub/sub subscription (python-socketio's
-RedisManager). Pub/sub keeps nothing: whatever is published while that subscription is down
-(Redis restarting, the listener's connection killed, a shard moving) reaches none of this
-worker's clients, although the message is stored and its sender was told `ok`.
+Chat events reach a worker's clients through Redis pub/sub (web/subscriber.py): the worker's own
+channel of every hash tag (the events for its connections, published by the Lua scripts on the
+route of each user: common/lua/lib/emit.lua; sharded channels on a Redis Cluster) and the
+shared broadcast channel (`stats`). A worker thus decodes only what its own clients receive,
+not every event of the cluster. `ChatQueue` is python-socketio's pub/sub manager on these
+channels and on the chat's own Redis client (one Redis or a cluster), instead of its
+RedisManager, which knows one Redis and one channel.
 
-So the worker watches its own subscription. Every time Redis confirms a SUBSCRIBE of the
-listener (python-socketio's reconnect loop, or redis-py's own silent reconnect inside
-`PubSub.listen`), a gap may lie behind it, and each local connection is sent a `resumed`
-snapshot (Store.snapshot) of what came after the last partner message it was sent. The snapshot
-is published after the confirmation, so it cannot fall into the same gap; clients already
-de-duplicate by `seq`. docs/RELIABILITY.md has the reasoning and the measured cost.
+Pub/sub keeps nothing: whatever is published while a subscription is down (Redis restarting,
+the listener's connection killed, a node of the cluster restarting) reaches none of this
+worker's clients, although the message is stored and its sender was told `ok`. So every time
+Redis confirms the subscription of one of the worker's channels, a gap may lie behind it, and
+each local connection is sent a `resumed` snapshot (Store.snapshot) of what came after the last
+partner message it was sent. The snapshot is published after the confirmation, so it cannot
+fall into the same gap; clients already de-duplicate by `seq`. docs/RELIABILITY.md has the
+reasoning and the measured cost.
 """
 from __future__ import annotations
 
 import logging
 import time
 
+import socketio
 from gevent.event import Event
 from gevent.pool import Pool
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from common import events as ev
 from common.keys import USER_ROOM_PREFIX
 
+from .subscriber import RETRY_FIRST, RETRY_MAX, Subscriber
+
 log = logging.getLogger("web.listener")
 
-# The listener's back-off between attempts to subscribe again. python-socketio's own is 1, 2,
-# 4 … 60 s, so a Redis restarted after a few seconds was used only seconds later.
-RETRY_FIRST = 0.1
-RETRY_MAX = 1.0
-# redis-py's retries inside one attempt (its default, 10 with up to 1 s each, hides the outage
-# from the loop above and delays the resubscription).
-REDIS_RETRIES = 1
 # Snapshots run this many at a time after a gap, so a worker with thousands of connections does
-# not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX.
+# not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX
+# (the subscriber's own back-off).
 REPLAY_CONCURRENCY = 8
 # Keys of the `seen` map beyond the local connections that trigger a pruning pass.
 SEEN_SLACK = 1024
 
 
-def _is_subscribe_reply(response) -> bool:
-    if not isinstance(response, (list, tuple)) or not response:
-        return False
-    kind = response[0]
-    return kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe")
+class ChatQueue(socketio.PubSubManager):
+    """python-socketio's pub/sub manager on the chat's channels and Redis client."""
+
+    name = "chat"
+
+    def __init__(self, store, settings):
+        super().__init__(channel=settings.socketio_channel)
+        self.store = store
+        self.worker_channels = tuple(store.k.worker_channels(settings.worker_id))
+        self.listener: Listener | None = None
+        self.subscriber: Subscriber | None = None
+
+    def initialize(self):
+        self.subscriber = Subscriber(
+            self.store.r, list(self.worker_channels), self.channel,
+            on_subscribed=lambda channel: self.listener and self.listener.subscribed(channel),
+            sharded=bool(self.store.s.redis_cluster_url))
+        super().initialize()  # starts _thread, which reads _listen
+
+    @property
+    def subscribed(self) -> bool:
+        return self.subscriber is not None and self.subscriber.subscribed
+
+    def _publish(self, data):
+        # python-socketio's own queued operations (none on the chat's path): a broadcast
+        self.store.r.publish(self.channel, self.json.dumps(data))
+
+    def _listen(self):
+        yield from self.subscriber.listen()
+
+    def _handle_emit(self, message):
+        if self.listener is not None and message.get("event") == ev.MESSAGE:
+            self.listener.track(message)
+        return super()._handle_emit(message)
 
 
 class Listener:
-    """The patched manager's state: what each local user was last sent, and the replay loop."""
+    """What each local connection was last sent, and the replay loop after a gap."""
 
-    def __init__(self, socketio, store, conns, settings):
-        self.server = socketio.server
-        self.manager = socketio.server.manager
+    def __init__(self, socketio_, store, conns, settings):
+        self.server = socketio_.server
+        self.manager = socketio_.server.manager
         self.store = store
         self.conns = conns
         self.settings = settings
+        self.worker_channels = frozenset(self.manager.worker_channels)
         # sid -> (room, highest seq of a partner `message` this worker delivered to it)
         self.seen: dict[str, tuple[str, int]] = {}
-        self.subscribes = 0  # SUBSCRIBE confirmations seen (the first one is the start)
+        self.confirmed: dict[str, int] = {}  # worker channel -> SUBSCRIBE confirmations seen
         self.replays = 0  # snapshots sent after a gap
-        self._pubsub = None  # the PubSub the listener reads, whatever publishing does
         self._wake = Event()
-        self._delay = RETRY_FIRST  # the listener's next back-off
         self._before_gap: dict[str, tuple[str, int]] = {}
         self._unfinished: dict[str, str] = {}  # sid -> user not yet sent its snapshot
 
-    # patches ------------------------------------------------------------------------------------
-    def patch(self) -> None:
-        m = self.manager
-        options = m.redis_options
-        options.setdefault("retry", Retry(ExponentialBackoff(cap=RETRY_MAX, base=RETRY_FIRST),
-                                          REDIS_RETRIES))
-        connect = m._redis_connect
-
-        def redis_connect():
-            # python-socketio's _publish calls this after a failed PUBLISH too, replacing
-            # manager.pubsub with a fresh, unsubscribed one that /readyz would then report.
-            listening = self._pubsub
-            connect()
-            if listening is not None:
-                m.pubsub = listening
-
-        m._redis_connect = redis_connect
-        m._redis_listen_with_retries = self._listen_with_retries
-        handle_emit = m._handle_emit
-
-        def handle_emit_tracked(message):
-            if message.get("event") == ev.MESSAGE:
-                self._track(message)
-            return handle_emit(message)
-
-        m._handle_emit = handle_emit_tracked
-
-    def _track(self, message: dict) -> None:
+    def track(self, message: dict) -> None:
         """Remember the partner message's seq for each local connection of its user."""
         try:
             to = message["room"]
@@ -118,41 +119,19 @@ class Listener:
             local = {sid for sid, _ in self.conns.items()}
             self.seen = {sid: v for sid, v in seen.items() if sid in local}
 
-    def _listen_with_retries(self):
-        """python-socketio's listener loop with a short back-off and a watched SUBSCRIBE."""
-        m = self.manager
-        while True:
-            pubsub = None
-            try:
-                self._pubsub = None
-                m._redis_connect()
-                pubsub = self._pubsub = m.pubsub
-                handle = pubsub.handle_message
+    def subscribed(self, channel: str) -> None:
+        """Redis confirmed a subscription: what is published on it from now on reaches us."""
+        if channel not in self.worker_channels:
+            return  # the broadcast channel: nothing to replay
+        again = self.confirmed.get(channel, 0) > 0
+        self.confirmed[channel] = self.confirmed.get(channel, 0) + 1
+        if again:
+            log.info("queue listener subscribed again to %s: replaying to %d connections",
+                     channel, len(self.conns))
+        self._gap()
 
-                def watched(response, ignore_subscribe_messages=False, _handle=handle):
-                    if _is_subscribe_reply(response):
-                        self._subscribed()
-                    return _handle(response, ignore_subscribe_messages)
-
-                pubsub.handle_message = watched
-                pubsub.subscribe(m.channel)
-                yield from pubsub.listen()
-            except Exception as exc:
-                delay = self._delay
-                log.warning("queue listener lost Redis (%s); subscribing again in %.1f s",
-                            exc, delay)
-                if pubsub is not None:
-                    try:
-                        pubsub.reset()
-                    except Exception:
-                        pass
-                time.sleep(delay)
-                self._delay = min(delay * 2, RETRY_MAX)
-
-    def _subscribed(self) -> None:
-        """Redis confirmed the subscription: anything published from now on reaches us."""
-        self.subscribes += 1
-        self._delay = RETRY_FIRST
+    def _gap(self) -> None:
+        """A gap may lie behind: every local connection gets a snapshot."""
         # What each connection had been sent before the gap. Copied now: a message delivered
         # between this confirmation and the replay must not raise `since` above one lost in it;
         # connections an earlier replay has not reached yet keep that earlier gap's `since`.
@@ -163,9 +142,6 @@ class Listener:
             else:
                 new.pop(sid, None)
         self._before_gap = new
-        if self.subscribes > 1:
-            log.info("queue listener subscribed again: replaying to %d connections",
-                     len(self.conns))
         self._wake.set()
 
     # the replay ---------------------------------------------------------------------------------
@@ -241,14 +217,9 @@ class Listener:
         return failed
 
 
-def install(socketio, store, conns, settings) -> Listener:
-    """Make every local client whole after the listener may have missed something."""
-    listener = Listener(socketio, store, conns, settings)
-    if listener.manager.pubsub is not None:
-        # The listener greenlet has already connected with python-socketio's loop: ours would not
-        # be the one running. web/app.py calls install before anything yields; keep it so.
-        log.error("queue listener started before listener.install: gaps are not replayed")
-    listener.patch()
-    socketio.start_background_task(listener.replay_loop)
-    socketio.server.manager.chat_listener = listener
+def install(socketio_, store, conns, settings) -> Listener:
+    """Make every local client whole after the queue may have missed something."""
+    listener = Listener(socketio_, store, conns, settings)
+    socketio_.server.manager.listener = listener
+    socketio_.start_background_task(listener.replay_loop)
     return listener

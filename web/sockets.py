@@ -80,6 +80,24 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     connects = KeyedBuckets(CONNECT_RATE, CONNECT_BURST)
     server = socketio.server
     gate = packets.guard(server, settings)
+    # sid -> the user's chat as last read from the home slot: messages and typing go straight
+    # to the chat's shard (the home slot is not on the message path); a stale entry is noticed
+    # there (not_chatting) and read again once.
+    rooms: dict[str, str] = {}
+
+    def in_chat(sid: str, user: str, step, done):
+        """`step(room)` in the user's chat; None when they are not chatting."""
+        room = rooms.get(sid)
+        if room is not None:
+            res = step(room)
+            if done(res):
+                return res
+        room = store.room_of(user)
+        if not room:
+            rooms.pop(sid, None)
+            return None
+        rooms[sid] = room
+        return step(room)
 
     def on(event: str):
         def deco(fn):
@@ -187,6 +205,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     @on("disconnect")
     def on_disconnect(sid, reason=None):
+        rooms.pop(sid, None)
         user, _last_here = conns.remove(sid)
         if user is None:
             return
@@ -208,20 +227,23 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.MESSAGE, limited=False)  # rate-limited per user in message.lua
     def on_message(sid, user, data):
         msg_id, text = parse_message(data, settings.max_message_len)
-        res = store.message(user, msg_id, text)  # stores and emits to the partner
-        if res.status in ("not_chatting", "rate_limited"):
-            raise Refused(res.status)
+        res = in_chat(sid, user, lambda room: store.message(user, msg_id, text, room),
+                      lambda res: res.status != "not_chatting")  # stores, emits to the partner
+        if res is None or res.status in ("not_chatting", "rate_limited"):
+            raise Refused(res.status if res is not None else "not_chatting")
         return {"ok": True, "id": msg_id, "ts": res.ts, "seq": res.seq}
 
     @handler(ev.TYPING)
     def on_typing(sid, user, data):
-        if not store.typing(user, parse_typing(data)):  # looks up the partner and emits
+        typing = parse_typing(data)
+        if not in_chat(sid, user, lambda room: store.typing(user, typing, room), bool):
             raise Refused("not_chatting")
         return {"ok": True}
 
     def end(sid, user, data, reason: str, requeue: bool):
         parse_empty(data)
-        store.end_chat(user, reason, requeue)  # tells the partner (end_chat.lua)
+        rooms.pop(sid, None)
+        store.end_chat(user, reason, requeue)  # tells the partner (close.lua)
         if requeue:
             send_self(sid, ev.WAITING, {"online": store.online()})
         return {"ok": True}

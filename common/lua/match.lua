@@ -1,14 +1,18 @@
 -- Pair waiting users, atomically: nobody is paired twice, with themself, with someone who has a
 -- partner already, or with someone whose presence expired. Users sharing an interest go first;
 -- others once they have waited ARGV[1] ms; the last partner only when nobody else waits.
--- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 room_info, 8 history
--- ARGV: 1 interest wait ms, 2 batch size, 3 history maxlen, 4.. fresh room ids (one per pair)
--- Returns the number of pairs made. Each pair's `matched` is published by this script: a
--- matcher killed or a Redis failure can never leave a pair made and not told.
-local queue, prefs, partner_key, room_key, last_key, alive, room_info, history = KEYS[1],
+-- This is the home slot's half: the pair is made (each user's partner and room pointer) and an
+-- intent to open the room is left in `opening`, with each user's route (the workers holding
+-- their connections). The caller opens the room in its shard next (open.lua publishes
+-- `matched`); a matcher killed in between is replaced by whoever finds the intent
+-- (common/store.py Store.finish_pending, or a resume that meets the missing room).
+-- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 workers, 8 opening (home slot)
+-- ARGV: 1 interest wait ms, 2 batch size, 3.. fresh room ids (one per pair)
+-- Returns {room, intent JSON, room, intent JSON, ...} of the pairs made.
+local queue, prefs, partner_key, room_key, last_key, alive, workers, opening = KEYS[1],
   KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local interest_wait, batch, history_maxlen = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local FIRST_ROOM = 4  -- ARGV[4 ..]: the fresh room ids
+local interest_wait, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
+local FIRST_ROOM = 3  -- ARGV[3 ..]: the fresh room ids
 local now = now_ms()
 
 local entries = redis.call('ZRANGE', queue, 0, batch - 1, 'WITHSCORES')
@@ -25,7 +29,7 @@ for i = 1, #entries, 2 do
   end
 end
 if #users < 2 then
-  return 0
+  return {}
 end
 
 local interests, last = {}, {}
@@ -49,7 +53,7 @@ local function patient(u)
   return #interests[u] == 0 or now - since[u] >= interest_wait
 end
 
-local taken, pairs_made, next_room = {}, 0, FIRST_ROOM
+local taken, made, next_room = {}, {}, FIRST_ROOM
 local n = #users
 for i = 1, n do
   local u = users[i]
@@ -89,16 +93,13 @@ for i = 1, n do
       redis.call('HSET', partner_key, u, best, best, u)
       redis.call('HSET', room_key, u, room, best, room)
       redis.call('ZREM', queue, u, best)
-      local shared_json = cjson.encode(best_common)
-      if #best_common == 0 then shared_json = '[]' end
-      redis.call('HSET', room_info, room, '{"interests":' .. shared_json .. ',"opened":' .. now .. '}')
-      redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'opened', 'room', room,
-        'user1', u, 'user2', best, 'interests', shared_json, 'ts', tostring(now))
-      local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. shared_json .. '}'
-      emit_json(EV.matched, USER_ROOM_PREFIX .. u, data)
-      emit_json(EV.matched, USER_ROOM_PREFIX .. best, data)
-      pairs_made = pairs_made + 1
+      local intent = '{"a":' .. cjson.encode(u) .. ',"b":' .. cjson.encode(best)
+        .. ',"interests":' .. json_list(best_common) .. ',"at":' .. now
+        .. ',"ra":' .. route_of(u, workers, now) .. ',"rb":' .. route_of(best, workers, now) .. '}'
+      redis.call('HSET', opening, room, intent)
+      made[#made + 1] = room
+      made[#made + 1] = intent
     end
   end
 end
-return pairs_made
+return made

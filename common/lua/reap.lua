@@ -1,13 +1,14 @@
 -- End the chats and waits of users whose presence deadline passed (gone longer than the grace:
--- closed the page, lost the network, or their web worker died without a word).
--- KEYS: 1 alive, 2 queue, 3 prefs, 4 partner, 5 room, 6 last, 7 room_seq, 8 room_info,
---       9 away, 10 history, 11 parked
--- ARGV: 1 max users per call, 2 history maxlen
--- Returns the number of users reaped. `partner_left` is published by this script.
+-- closed the page, lost the network, or their web worker died without a word), in the home
+-- slot. Each ended chat leaves an intent in `closing` that the matcher carries out next in the
+-- chat's shard (close.lua tells both users `partner_left`: the partner, and the reaped user in
+-- case they come back just now).
+-- KEYS: 1 alive, 2 queue, 3 prefs, 4 partner, 5 room, 6 last, 7 away, 8 parked, 9 closing
+-- ARGV: 1 max users per call
+-- Returns the number of users reaped.
 local k = {alive = KEYS[1], queue = KEYS[2], prefs = KEYS[3], partner = KEYS[4], room = KEYS[5],
-           last = KEYS[6], room_seq = KEYS[7], room_info = KEYS[8], away = KEYS[9],
-           history = KEYS[10], parked = KEYS[11]}
-local limit, history_maxlen = tonumber(ARGV[1]), ARGV[2]
+           last = KEYS[6], away = KEYS[7], parked = KEYS[8], closing = KEYS[9]}
+local limit = tonumber(ARGV[1])
 local now = now_ms()
 
 local gone = redis.call('ZRANGEBYSCORE', k.alive, '-inf', now, 'LIMIT', 0, limit)
@@ -20,10 +21,8 @@ for _, u in ipairs(gone) do
   end
   local partner = redis.call('HGET', k.partner, u)
   if partner then
-    redis.call('HSET', k.last, partner, u)
-    local left = close_room(k, u, partner, redis.call('HGET', k.room, u), REASON_DISCONNECTED, now,
-                            history_maxlen)
-    emit(EV.partner_left, u, left)  -- the user too, in case they come back just now
+    part(k, u, partner, redis.call('HGET', k.room, u), REASON_DISCONNECTED, true, now)
+    redis.call('HDEL', k.last, u)  -- gone: nobody to keep apart from
   end
 end
 return #gone

@@ -6,19 +6,26 @@ local function wake_matcher(wake_key)
   redis.call('LTRIM', wake_key, 0, 0)
 end
 
--- End the chat of `user` and `partner` in `room` (may be false): both lose their partner and
--- room, the room's counters go, the history gets `closed`, and the partner is told
--- `partner_left {reason, room}`. k: {partner, room, room_seq, room_info, history}.
-local function close_room(k, user, partner, room, reason, now, history_maxlen)
+-- Stop the chat of `user` and `partner` in `room` in the home slot: both lose their pointers,
+-- they are each other's last partner, and the room's shard is left an intent to close it
+-- (close.lua; `both`: tell the user too). k: {partner, room, last, closing}.
+local function part(k, user, partner, room, reason, both, now)
   redis.call('HDEL', k.partner, user, partner)
   redis.call('HDEL', k.room, user, partner)
+  redis.call('HSET', k.last, user, partner, partner, user)
   if room then
-    redis.call('HDEL', k.room_seq, room)
-    redis.call('HDEL', k.room_info, room)
-    redis.call('XADD', k.history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'closed',
-      'room', room, 'user', user, 'reason', reason, 'ts', tostring(now))
+    redis.call('HSET', k.closing, room,
+      cjson.encode({user = user, reason = reason, both = both, at = now}))
   end
-  local left = {reason = reason, room = room or ''}
-  emit(EV.partner_left, partner, left)
-  return left
+end
+
+-- The other user of a chat hash's `a` and `b`, or nil when `user` is neither.
+local function other_of(chat, user)
+  local ab = redis.call('HMGET', chat, 'a', 'b')
+  if ab[1] == user then
+    return ab[2]
+  elseif ab[2] == user then
+    return ab[1]
+  end
+  return nil
 end

@@ -85,6 +85,7 @@
     lostNotice: null,       // that notice's node
     user: null,
     room: null,             // the room chatted in now
+    roomAt: null,           // when it was paired (`matched.at`, the server's clock), if told
     lastRoom: null,         // the last room, so a report still works after the chat ended
     reportedRoom: null,
     seenSeqs: new Set(),    // seqs shown in this room
@@ -363,9 +364,10 @@
   }
 
   /** The banner that says why the socket is away. */
-  function showConnectionBanner() {
+  function showConnectionBanner(full) {
     if (state.replaced) showBanner('banner_replaced', 'replaced');
     else if (state.netOffline) showBanner('banner_offline', 'still');
+    else if (full) showBanner('banner_full');
     else showBanner(state.everConnected ? 'banner_reconnecting' : 'banner_connecting');
   }
 
@@ -682,9 +684,10 @@
     ui.sharedInterests.hidden = list.length === 0;
   }
 
-  function beginRoom(room, interests) {
+  function beginRoom(room, interests, at) {
     state.partnerAway = false;
     state.room = room;
+    state.roomAt = typeof at === 'number' ? at : null;
     state.lastRoom = room;
     state.seenSeqs = new Set();
     state.lastSeq = 0;
@@ -702,10 +705,10 @@
     ensureFocus(ui.log);
   }
 
-  function enterChat(room, interests) {
+  function enterChat(room, interests, at) {
     const list = stringList(interests);
     if (state.phase !== 'waiting') clearLog();
-    beginRoom(room, list);
+    beginRoom(room, list, at);
     addNotice(list.length ? 'notice_matched_interests' : 'notice_matched', { interests: list }, 'good');
     // from the control that asked for a stranger, too: `matched` can come before the ack of
     // Next, while the Next button (still shown) holds the focus
@@ -828,6 +831,10 @@
 
   function onResumed(data) {
     if (!data || typeof data !== 'object') return;
+    // On a Redis Cluster a `matched` may overtake a snapshot taken before it (they come from
+    // two shards): a "waiting"/"idle" older than the chat on screen is not news.
+    if (data.state !== 'chatting' && state.phase === 'chatting' && typeof data.at === 'number'
+        && state.roomAt !== null && data.at < state.roomAt) return;
     if (data.state === 'chatting' && typeof data.room === 'string') resumeChat(data);
     else if (data.state === 'waiting') enterWaiting();
     else if (state.phase === 'chatting') endChat('notice_chat_gone', 'warn');
@@ -880,7 +887,7 @@
   function onMatched(data) {
     if (!data || typeof data.room !== 'string') return;
     if (data.room === state.room) return;  // the same match announced again
-    enterChat(data.room, data.interests);
+    enterChat(data.room, data.interests, data.at);
   }
 
   function onMessage(data) {
@@ -1026,7 +1033,8 @@
   }
 
   function onConnectError(err) {
-    showConnectionBanner();
+    // 503 to the handshake: every server is full (or restarting); Socket.IO retries by itself.
+    showConnectionBanner(Boolean(err && err.description === 503));
     if (state.drainUntil) {
       if (drainRetry()) return;
       noteConnectionLost();  // the quiet move did not work out: say so as for any lost link

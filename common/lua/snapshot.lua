@@ -1,0 +1,33 @@
+-- The second half of a resume, in the chat's shard: this connection's worker becomes the user's
+-- route, and the connection gets `resumed` with the chat's messages after `since`. Published on
+-- the shard's channel like every event of the chat, it reaches the client in order with them: a
+-- `partner_left` from a change after the snapshot arrives after it, never before.
+-- KEYS: 1 chat:<room>, 2 sent:<room> (the room's shard)
+-- ARGV: 1 user, 2 since, 3 the connection's sid, 4 the worker holding it (the caller), 5 room
+-- Returns 'chatting' (emitted), 'missing' (the room is not open yet: its intent is in the home
+-- slot's `opening`) or 'closed' (it ended meanwhile: ask the home slot again).
+local chat, sent = KEYS[1], KEYS[2]
+local user, since, sid, worker, room = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+
+if redis.call('EXISTS', chat) == 0 then
+  return 'missing'
+end
+local partner = other_of(chat, user)
+if not partner or redis.call('HEXISTS', chat, 'closed') == 1 then
+  return 'closed'
+end
+redis.call('HSET', chat, 'route:' .. user, cjson.encode({worker}))
+local history = {}
+for _, raw in ipairs(redis.call('LRANGE', sent, 0, -1)) do
+  local m = cjson.decode(raw)
+  if m.seq > since then
+    history[#history + 1] = cjson.encode({id = m.id, seq = m.seq, text = m.text, ts = m.ts,
+                                          mine = m.from == user})
+  end
+end
+local info = redis.call('HMGET', chat, 'interests', 'away:' .. partner)
+local away = info[2] and 'true' or 'false'
+emit_sid_json(tag_of(chat), worker, EV.resumed, sid, '{"state":"chatting","room":'
+  .. cjson.encode(room) .. ',"interests":' .. info[1] .. ',"partner_away":' .. away
+  .. ',"history":[' .. table.concat(history, ',') .. ']}')
+return 'chatting'
