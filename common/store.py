@@ -31,7 +31,8 @@ SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last m
 CHAT_TTL = 7 * 86400  # seconds an open chat lives at most (its end closes it long before)
 WHERE_TTL = 86400  # seconds a user's connection list outlives their last heartbeat
 RESUME_TRIES = 5  # resumes retried when the chat changed between the home slot and its shard
-STALE_INTENT_MS = 5000  # an intent this old was left by a process that died: carry it out
+STALE_INTENT_MS = 1000  # an intent this old was left by a process that died: carry it out
+# (racing the process still at it is harmless: both halves are idempotent)
 
 
 def lua_string(value: str) -> str:

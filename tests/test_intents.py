@@ -66,7 +66,7 @@ async def test_pairing_and_parting_cut_by_a_kill_are_finished_by_whoever_comes(m
         assert (await b.next("matched"))["room"] == resumed["room"]
         await exchange(a2, b, "after a resume opened it")
 
-        # nobody comes for C and D: a matcher finds the intent (stale after 5 s) and opens it
+        # nobody comes for C and D: a matcher finds the intent (stale after STALE_INTENT_MS) and opens it
         s.matchers.append(MatcherProc(s.env, "matcher"))
         mc, md = await c.next("matched", timeout=20), await d.next("matched", timeout=20)
         assert mc["room"] == md["room"]
