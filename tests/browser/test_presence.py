@@ -15,6 +15,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from playwright.async_api import expect
 
 from common.config import load
+from common.store import Store
 
 from .conftest import PHONE, SocketTap, Stranger, pair
 from .test_access import assert_fits
@@ -68,15 +69,17 @@ async def identity(person: Stranger) -> tuple[str, str, str]:
 
 
 class Server:
-    """Publishes server events on the workers' Socket.IO queue (a write-only manager)."""
+    """Publishes server events as an emitter outside the web workers would: to a user on their
+    route (Store.emit_to, directed like the scripts' events), to a sid on the shared channel."""
 
     def __init__(self, stack):
         settings = load(stack.env)
+        self.store = Store(stack.client, settings)
         self.mgr = socketio.RedisManager(stack.redis.url, channel=settings.socketio_channel,
                                          write_only=True)
 
     def to_user(self, user: str, event: str, data: dict) -> None:
-        self.mgr.emit(event, data, room="u:" + user, namespace="/")
+        assert self.store.emit_to(user, event, data) >= 1  # the user's worker, known by route
 
     def to_sid(self, sid: str, event: str, data: dict) -> None:
         self.mgr.emit(event, data, room=sid, namespace="/")
