@@ -8,6 +8,15 @@ the command exists; else `python -m stack run`), with its data in a temporary fo
 it afterwards. Only loopback targets are accepted (127.0.0.1, ::1, localhost), and the size and
 the length of a run are bounded (MAX_USERS, MAX_SECONDS).
 
+The baseline: without --target (unless --no-baseline), the same locust load (users, spawn rate,
+duration, processes) first runs against loadtests/relay.py, the thinnest relay on the same stack
+(one Flask-SocketIO process on gevent, chat state in memory), then against the product; both
+are sampled alike and the report puts them side by side: delivery and match percentiles,
+whole-cluster CPU (every process but locust and honcho; for the relay, the relay) and CPU-ms
+per delivered message, and the two ratios product / baseline beside the issue's goals (p99
+delivery <= 3x, CPU per message <= 1.5x, at 1000 users). --baseline-only runs only the relay;
+with --target the baseline runs only when --baseline is given.
+
 Writes into loadtests/results/<timestamp>-<users>u/ (or --results-dir):
     locust_stats.csv, locust_stats_history.csv (full history), locust_failures.csv,
     locust_exceptions.csv, report.html   locust's own CSV and HTML report
@@ -19,8 +28,10 @@ Writes into loadtests/results/<timestamp>-<users>u/ (or --results-dir):
     summary.md        the same as a table row for loadtests/RESULTS.md
     plot.png          users, messages/s, latency percentiles and CPU over time
     locust.log, stack.log
-Exit code: 0 when nothing was lost, duplicated, misdelivered and no error was counted; 1
-otherwise; 2 for a refused command line.
+    baseline/         the same files for the relay's run (relay.log instead of stack.log);
+                      run.json and summary.md above also carry the side-by-side comparison
+Exit code: 0 when nothing was lost, duplicated, misdelivered and no error was counted (in the
+product's run and the baseline's); 1 otherwise; 2 for a refused command line.
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,6 +177,47 @@ class LocalStack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+RELAY_SCRIPT = "loadtests/relay.py"
+
+
+class RelayProcess:
+    """The baseline: loadtests/relay.py on a free loopback port, stopped by stop()."""
+
+    def __init__(self, out: Path):
+        self.port = free_port()
+        self.log = open(out / "relay.log", "w")
+        self.p = subprocess.Popen([PY, RELAY_SCRIPT, "--port", str(self.port)], cwd=ROOT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"the relay exited ({self.p.returncode}); see relay.log")
+            try:
+                if get_json(self.url + "/readyz").get("ok"):
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the relay is not ready after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(10)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
 def classify(p: psutil.Process) -> str | None:
     """A group name for a process of the stack, or None for shells and the like."""
     try:
@@ -176,6 +229,8 @@ def classify(p: psutil.Process) -> str | None:
         return "redis"
     if name.startswith("nginx") or cmd.startswith("nginx"):
         return "nginx"
+    if RELAY_SCRIPT in cmd:
+        return "relay"
     if "locust" in cmd:
         return "locust"
     if name in ("sh", "bash", "dash", "zsh"):
@@ -481,11 +536,13 @@ def plot(out: Path, proc_rows: list[dict], title: str) -> None:
 
 
 def profile(sampler: Sampler, out: Path, delay: float, seconds: int) -> None:
-    """py-spy record of every web worker and the matcher, in parallel, in the steady phase."""
+    """py-spy record of every web worker, the matcher (or the relay), in parallel, in the
+    steady phase."""
     spy = shutil.which("py-spy") or str(Path(PY).with_name("py-spy"))
     time.sleep(delay)
     targets = {g: pid for pid, (p, g) in list(sampler.procs.items())
-               if (g.startswith("web") and not g.endswith("arbiter")) or g == "matcher"}
+               if (g.startswith("web") and not g.endswith("arbiter"))
+               or g in ("matcher", "relay")}
     procs = []
     for g, pid in targets.items():
         procs.append(subprocess.Popen(
@@ -542,6 +599,160 @@ def fmt(v, nd=0):
     return f"{v:.{nd}f}"
 
 
+# --------------------------------------------------------------------------- the baseline
+
+# Not the product's cluster: the load generator, and the local process manager of `stack
+# cluster` (honcho, which only relays log lines; a deployment has none).
+NOT_CLUSTER = ("locust", "honcho", "machine (all cores)")
+# The issue's goals at 1000 users, product / baseline in the same run.
+GOALS = {"p99_delivery": 3.0, "cpu_per_message": 1.5}
+DELIVERED = "DELIVERY send → partner"
+
+
+def load_window(out: Path, users: int, seconds: int) -> tuple[float, float, int] | None:
+    """(t0, t1, messages delivered between them): from the moment every user is spawned to the
+    end of locust's run time (before the drain), from locust_stats_history.csv."""
+    hist = out / "locust_stats_history.csv"
+    if not hist.exists():
+        return None
+    first = spawned = None
+    delivered = []
+    with open(hist, newline="") as fh:
+        for r in csv.DictReader(fh):
+            t = float(r["Timestamp"])
+            if r["Name"] == "Aggregated":
+                first = t if first is None else first
+                if spawned is None and int(r["User Count"]) >= users:
+                    spawned = t
+            elif f"{r['Type']} {r['Name']}" == DELIVERED:
+                delivered.append((t, int(r["Total Request Count"])))
+    if first is None or spawned is None:
+        return None
+    pts = [(t, n) for t, n in delivered if spawned <= t <= first + seconds - 1]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        return None
+    return pts[0][0], pts[-1][0], pts[-1][1] - pts[0][1]
+
+
+def window_p99s(out: Path, key: str, t0: float, t1: float) -> list[float]:
+    """p99 of `key` in consecutive 10-s windows between t0 and t1 (locust's history rows carry
+    the percentiles of the last 10 s): a few seconds in which another process took the cores
+    move the whole run's p99 a lot, and these medians much less."""
+    out_p, next_t = [], t0 + 10
+    with open(out / "locust_stats_history.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            t = float(r["Timestamp"])
+            if f"{r['Type']} {r['Name']}" != key or t < next_t or t > t1:
+                continue
+            next_t = t + 10
+            try:
+                out_p.append(float(r["99%"]))
+            except ValueError:
+                pass
+    return out_p
+
+
+def cluster_figures(rows: list[dict], out: Path, users: int, seconds: int) -> dict:
+    """Whole-cluster CPU (every sampled process but NOT_CLUSTER) over the load window, and its
+    CPU-ms per delivered message: the figure the product is compared with the relay by."""
+    window = load_window(out, users, seconds)
+    if window is None:
+        return {"window_s": None, "delivered": None, "cpu_mean_pct": None,
+                "cpu_ms_per_message": None, "msgs_per_s": None, "groups": []}
+    t0, t1, delivered = window
+    figures = process_figures(rows, t0, t1)
+    groups = sorted(g for g, v in figures.items()
+                    if g not in NOT_CLUSTER and v.get("cpu_mean_pct") is not None)
+    cpu = sum(figures[g]["cpu_mean_pct"] for g in groups)
+    span = t1 - t0
+    p99s = window_p99s(out, DELIVERED, t0, t1)
+    return {"delivery_p99_10s_windows": p99s,
+            "delivery_p99_10s_median": statistics.median(p99s) if p99s else None,
+            "window_s": span, "delivered": delivered, "cpu_mean_pct": round(cpu, 1),
+            "cpu_ms_per_message": round(cpu / 100 * span * 1000 / delivered, 3)
+            if delivered else None,
+            "msgs_per_s": round(delivered / span, 1),
+            "locust_cpu_mean_pct": (figures.get("locust") or {}).get("cpu_mean_pct"),
+            "others_cpu_mean_pct_of_one_core": (figures.get("machine (all cores)") or {}).get(
+                "others_cpu_mean_pct_of_one_core"),
+            "groups": groups}
+
+
+def compare(base: dict | None, prod: dict | None) -> dict:
+    """The two ratios product / baseline beside the issue's goals (None when a side is missing)."""
+    def ratio(get):
+        try:
+            x, y = get(prod), get(base)
+        except (TypeError, KeyError, AttributeError):
+            return None
+        return round(x / y, 2) if x is not None and y else None
+
+    p99 = ratio(lambda i: i["latency_ms"][DELIVERED]["99%"])
+    quiet = ratio(lambda i: i["cluster"]["delivery_p99_10s_median"])
+    cpu = ratio(lambda i: i["cluster"]["cpu_ms_per_message"])
+    return {"p99_delivery_ratio": p99, "p99_delivery_goal": GOALS["p99_delivery"],
+            "p99_delivery_met": None if p99 is None else p99 <= GOALS["p99_delivery"],
+            "p99_delivery_10s_median_ratio": quiet,
+            "cpu_per_message_ratio": cpu, "cpu_per_message_goal": GOALS["cpu_per_message"],
+            "cpu_per_message_met": None if cpu is None else cpu <= GOALS["cpu_per_message"]}
+
+
+def comparison_lines(base: dict | None, prod: dict | None, comp: dict) -> list[str]:
+    """summary.md's side-by-side table: the relay (baseline) and the product, one run."""
+    def side(info, get, nd=0):
+        if not info:
+            return "not run"
+        try:
+            return get(info)
+        except (KeyError, TypeError):
+            return "–"
+
+    def trio(key):
+        return lambda i: "/".join(fmt(i["latency_ms"][key].get(p)) for p in ("50%", "95%", "99%"))
+
+    def cl(key, nd=1):
+        return lambda i: fmt(i["cluster"].get(key), nd)
+
+    def verdict(i):
+        v = i["verdict"]
+        return f"{v.get('lost')} / {v.get('duplicates')} / {sum(i['errors'].values())}"
+
+    def goal(r, g, met):
+        return "–" if r is None else f"{r:.2f}x (goal ≤ {g:g}x: {'met' if met else 'missed'})"
+
+    rows = [
+        ("delivery send → partner p50/p95/p99 ms", trio(DELIVERED),
+         goal(comp["p99_delivery_ratio"], comp["p99_delivery_goal"], comp["p99_delivery_met"])),
+        ("delivery p99, median of the 10-s windows of the load window (noise check)",
+         cl("delivery_p99_10s_median", 0),
+         "–" if comp["p99_delivery_10s_median_ratio"] is None
+         else f"{comp['p99_delivery_10s_median_ratio']:.2f}x"),
+        ("match both waiting → matched p50/p95/p99 ms", trio("MATCH both waiting → matched"),
+         ""),
+        ("match join → matched p50/p95/p99 ms", trio("MATCH join → matched"), ""),
+        ("ack message p50/p95/p99 ms", trio("ACK message"), ""),
+        ("messages delivered /s (load window)", cl("msgs_per_s"), ""),
+        ("whole-cluster CPU, % of one core (load window)", cl("cpu_mean_pct"), ""),
+        ("CPU-ms per delivered message", cl("cpu_ms_per_message", 2),
+         goal(comp["cpu_per_message_ratio"], comp["cpu_per_message_goal"],
+              comp["cpu_per_message_met"])),
+        ("processes counted as the cluster", lambda i: ", ".join(i["cluster"]["groups"]) or "–",
+         ""),
+        ("load generator (locust) CPU, % of one core", cl("locust_cpu_mean_pct"), ""),
+        ("others' CPU on the machine, % of one core", cl("others_cpu_mean_pct_of_one_core"), ""),
+        ("lost / duplicates / errors", verdict, ""),
+    ]
+    lines = ["## Baseline: the thinnest relay beside the product, same load, same run", "",
+             "| | baseline (relay.py) | product | product / baseline |", "|---|---|---|---|"]
+    for name, get, r in rows:
+        lines.append(f"| {name} | {side(base, get)} | {side(prod, get)} | {r} |")
+    window = " / ".join(f"{k} {fmt(i['cluster'].get('window_s'))} s"
+                        for k, i in (("baseline", base), ("product", prod)) if i)
+    lines += ["", f"- load window (every user spawned → end of the run time): {window}; "
+              "CPU-ms per message = cluster CPU over the window / messages delivered in it"]
+    return lines
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -564,6 +775,14 @@ def main(argv=None) -> int:
                     help="once spawning is done, profile each web worker and the matcher "
                          "this long with py-spy (pip install py-spy): py-spy-<name>.txt "
                          "(folded stacks, for any flame graph tool) and py-spy-top.txt")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--no-baseline", action="store_true",
+                      help="skip the baseline (the relay run before the product)")
+    base.add_argument("--baseline-only", action="store_true",
+                      help="run only the baseline relay (loadtests/relay.py)")
+    base.add_argument("--baseline", action="store_true",
+                      help="with --target: run the baseline too (without --target it is the "
+                           "default)")
     ap.add_argument("locust_args", nargs="*", help="more locust options, after --")
     a = ap.parse_args(argv)
 
@@ -582,21 +801,71 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
+    with_baseline = a.baseline_only or a.baseline or not (a.no_baseline or targets)
+    with_product = not a.baseline_only
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(a.results_dir) if a.results_dir else HERE / "results" / f"{stamp}-{a.users}u"
     out.mkdir(parents=True, exist_ok=True)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    phases = " then ".join(k for k, on in (("baseline relay", with_baseline),
+                                           ("product", with_product)) if on)
+    print(f"loadtest: {a.users} users, {a.spawn_rate}/s, {seconds} s, {procs} locust "
+          f"process(es); {phases}; uptime: {uptime}\nloadtest: results in {out}", flush=True)
+
+    done: dict[str, dict] = {}
+    if with_baseline:
+        print(f"loadtest: baseline: the same load against {RELAY_SCRIPT}; its files in "
+              f"{out / 'baseline'}", flush=True)
+        done["baseline"] = run_phase(a, "baseline", out / "baseline", [], procs, seconds, stamp)
+    if with_product:
+        done["product"] = run_phase(a, "product", out, targets, procs, seconds, stamp)
+
+    base_info = done.get("baseline", {}).get("info")
+    prod_info = done.get("product", {}).get("info")
+    comp = compare(base_info, prod_info)
+    lines = comparison_lines(base_info, prod_info, comp)
+    if prod_info is not None:
+        prod_info["baseline"] = base_info
+        prod_info["comparison"] = comp
+        (out / "run.json").write_text(json.dumps(prod_info, indent=1, ensure_ascii=False))
+        if base_info is not None:
+            with open(out / "summary.md", "a") as fh:
+                fh.write("\n" + "\n".join(lines) + "\n")
+    else:
+        (out / "run.json").write_text(json.dumps({"baseline": base_info, "comparison": comp},
+                                                 indent=1, ensure_ascii=False))
+        (out / "summary.md").write_text(
+            f"# Load test {stamp}: {a.users} users ({a.mode}), {a.spawn_rate}/s, {seconds} s, "
+            "baseline only (the relay's own report: baseline/summary.md)\n\n"
+            + "\n".join(lines) + "\n")
+    if base_info is not None:
+        print("\n" + "\n".join(lines), flush=True)
+    return 1 if any(d["bad"] for d in done.values()) else 0
+
+
+def run_phase(a, kind: str, out: Path, targets: list[str], procs: int, seconds: int,
+              stamp: str) -> dict:
+    """One locust run (spawn, run, drain, ledger check) against the product (a local stack or
+    --target) or the baseline relay, sampled and reported in `out`: {"info", "lines", "bad"}."""
+    out.mkdir(parents=True, exist_ok=True)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     info = {"users": a.users, "spawn_rate": a.spawn_rate, "duration_s": seconds,
             "locust_processes": procs, "mode": a.mode, "label": a.label,
-            "uptime_before": uptime, "cores": os.cpu_count(), "started": stamp}
-    print(f"loadtest: {a.users} users, {a.spawn_rate}/s, {seconds} s, {procs} locust "
-          f"process(es); uptime: {uptime}\nloadtest: results in {out}", flush=True)
+            "uptime_before": uptime, "cores": os.cpu_count(), "started": stamp, "kind": kind}
 
-    stack = None
+    stack = relay = None
     sampler = Sampler({}, out)
     try:
-        if not targets:
+        if kind == "baseline":
+            relay = RelayProcess(out)
+            info["stack"] = f"baseline: {RELAY_SCRIPT} (one process, chat state in memory)"
+            print(f"loadtest: starting the relay on {relay.url}", flush=True)
+            relay.wait_ready()
+            targets = [relay.url]
+            sampler.add_root("relay", relay.p.pid)
+            sampler.ports["relay"] = relay.port
+        elif not targets:
             stack = LocalStack(out, a.workers, a.stack)
             info["stack"] = f"python -m stack {stack.kind}" + (
                 f" (WORKERS={a.workers})" if stack.kind == "cluster" else "")
@@ -617,7 +886,7 @@ def main(argv=None) -> int:
         time.sleep(2)
         baseline = {}
         for pid, (p, group) in sampler.procs.items():
-            if group.startswith("web") and not group.endswith("arbiter"):
+            if (group.startswith("web") and not group.endswith("arbiter")) or group == "relay":
                 try:
                     baseline[group] = p.memory_info().rss // 1024
                 except psutil.Error:
@@ -640,7 +909,13 @@ def main(argv=None) -> int:
                "--csv", str(out / "locust"), "--csv-full-history", "--html",
                str(out / "report.html"), "--stop-timeout", "10", "--only-summary"]
         if procs > 1:
-            cmd += ["--processes", str(procs)]
+            # A master port of this run's own, on loopback: with the default (5557 on every
+            # interface) the workers of another locust run on the machine join this master and
+            # get its users (seen: two foreign workers joined a baseline run, ~300 users more).
+            port = free_port()
+            cmd += ["--processes", str(procs), "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", str(port), "--master-host", "127.0.0.1",
+                    "--master-port", str(port)]
         cmd += a.locust_args
         info["locust_command"] = " ".join(cmd)
         t_start = time.time()
@@ -665,6 +940,8 @@ def main(argv=None) -> int:
         sampler.stop()
         if stack is not None:
             stack.stop()
+        if relay is not None:
+            relay.stop()
 
     # ---- the report
     summary = {}
@@ -703,6 +980,7 @@ def main(argv=None) -> int:
                                              "misdelivered", "seq mismatch", "matched missing")}
     info["errors"] = errors
     info["stopped_early"] = bool(summary.get("stopped_early"))
+    info["cluster"] = cluster_figures(sampler.rows, out, a.users, seconds)
     (out / "run.json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
 
     def trio(key):
@@ -717,7 +995,8 @@ def main(argv=None) -> int:
                          for g, v in sorted(figures.items())
                          if g != "machine (all cores)" and not g.endswith("arbiter"))
     lines = [
-        f"# Load test {stamp}: {a.users} users ({a.mode}), {a.spawn_rate}/s, {seconds} s",
+        f"# Load test {stamp}{' (baseline relay)' if kind == 'baseline' else ''}: "
+        f"{a.users} users ({a.mode}), {a.spawn_rate}/s, {seconds} s",
         "",
         f"- target: {info['stack']}; locust processes: {procs}; exit code {info['locust_exit_code']}",
         f"- before the run: `{uptime}`",
@@ -746,6 +1025,10 @@ def main(argv=None) -> int:
         f"- ledger: {json.dumps(m, ensure_ascii=False)}",
         f"- CPU mean % of one core / max RSS, steady phase: {proc_txt}",
         f"- KiB per connection in a web worker (RSS delta / connections): {kib_txt}",
+        f"- whole cluster ({', '.join(info['cluster']['groups']) or '–'}), load window "
+        f"{fmt(info['cluster']['window_s'])} s: CPU {fmt(info['cluster']['cpu_mean_pct'], 1)}% "
+        f"of one core, {fmt(info['cluster']['msgs_per_s'], 1)} messages delivered/s, "
+        f"{fmt(info['cluster']['cpu_ms_per_message'], 2)} CPU-ms per delivered message",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     try:
@@ -757,7 +1040,7 @@ def main(argv=None) -> int:
     bad = any(m.get(k) for k in ("lost", "duplicates", "misdelivered", "seq mismatch",
                                  "matched missing")) or bool(errors) or not summary \
         or bool(summary.get("stopped_early"))
-    return 1 if bad else 0
+    return {"info": info, "lines": lines, "bad": bad}
 
 
 if __name__ == "__main__":

@@ -50,3 +50,38 @@ def test_loadtest_smoke(make_stack, tmp_path):
         assert (out / "plot.png").stat().st_size > 0
     for p in stack.procs():
         assert p.alive(), f"{p.name} died during the load test:\n{p.output()[-4000:]}"
+
+
+def test_loadtest_baseline_smoke(tmp_path):
+    """The baseline relay (loadtests/relay.py) under the same locust users: clean ledgers, so a
+    protocol change that the relay no longer follows is caught here, not in a 1000-user run."""
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "run.py"), "--users", "20", "--spawn-rate",
+         "10", "--duration", "15", "--processes", "2", "--baseline-only",
+         "--results-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    base = out / "baseline"
+    log = (base / "locust.log").read_text(errors="replace") if (base / "locust.log").exists() \
+        else ""
+    relay_log = (base / "relay.log").read_text(errors="replace") \
+        if (base / "relay.log").exists() else ""
+    context = (f"run.py:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\nlocust.log:\n{log[-6000:]}"
+               f"\nrelay.log:\n{relay_log[-3000:]}")
+
+    assert (base / "summary.json").exists(), context
+    summary = json.loads((base / "summary.json").read_text())
+    m = summary["messages"]
+    assert summary["processes"] == 2, context
+    assert m["expected"] > 0 and m["received"] == m["expected"], context
+    for key in ("lost", "duplicates", "misdelivered", "seq mismatch", "matched missing"):
+        assert m[key] == 0, f"{key}: {m[key]}; examples: {summary['lost_examples']}\n{context}"
+    assert summary["errors"] == {}, context
+    assert run.returncode == 0, context
+
+    # the side-by-side report exists, with the relay as the whole "cluster" and no product run
+    report = json.loads((out / "run.json").read_text())
+    assert report["baseline"]["cluster"]["groups"] == ["relay"], report["baseline"]["cluster"]
+    assert report["baseline"]["cluster"]["delivered"] > 0, report["baseline"]["cluster"]
+    assert report["comparison"]["p99_delivery_ratio"] is None  # no product in this run
+    assert "baseline (relay.py)" in (out / "summary.md").read_text()
