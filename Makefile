@@ -16,7 +16,7 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test compose-test loadtest capacity soak attacks venv migrate purge clean help
+.PHONY: screenshots run cluster test compose-test loadtest capacity overload soak attacks venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
@@ -25,6 +25,7 @@ help:
 	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
 	@echo "make loadtest USERS=100 SPAWN_RATE=10 DURATION=90s [TARGET=http://127.0.0.1:8080] - locust report in loadtests/results/"
 	@echo "make capacity LABEL=before|after [CAPACITY_ARGS='--repeat 2'] - CPU per message against 1, 2, 4, 8 web workers, unit costs; loadtests/capacity/LABEL.json (docs/SCALING.md)"
+	@echo "make overload [OVERLOAD_ARGS='--max-connections 300 --chatters 400 --newcomers 600'] - past capacity: refusals by reason, chatters' p99 delivery below vs past capacity (< 5 min); docs/SCALING.md, Overload"
 	@echo "make soak [SOAK_SECONDS=180] - Redis restarts, killed listeners, worker drains, matcher kills under chat traffic, repeated; prints lost/resume figures"
 	@echo "make attacks [ATTACK_SECONDS=8] [ONLY=star,slowloris] - each hostile client of issue 11 against one worker beside 5 chatting pairs; prints their delivery p50/p99"
 	@echo "make migrate - apply the SQL schema migrations (DATABASE_URL)"
@@ -67,6 +68,9 @@ loadtest: $(LOADTEST)
 
 capacity: $(LOADTEST)
 	$(PY) loadtests/capacity.py $(if $(LABEL),--label $(LABEL)) $(CAPACITY_ARGS)
+
+overload: $(LOADTEST)
+	$(PY) loadtests/overload.py $(OVERLOAD_ARGS)
 
 soak: $(TEST)
 	$(PY) tests/soak.py $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
