@@ -56,6 +56,8 @@ from pathlib import Path
 
 import psutil
 
+import clusterstats  # loadtests/clusterstats.py (this folder is on sys.path: run as a script)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
@@ -783,6 +785,10 @@ def main(argv=None) -> int:
     base.add_argument("--baseline", action="store_true",
                       help="with --target: run the baseline too (without --target it is the "
                            "default)")
+    ap.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS",
+                    help="run the product on a local Redis Cluster of this many masters "
+                         "(REDIS_CLUSTER_URL in the environment: on that one); the report gives "
+                         "each master's share of the chat's scripts")
     ap.add_argument("locust_args", nargs="*", help="more locust options, after --")
     a = ap.parse_args(argv)
 
@@ -819,17 +825,41 @@ def main(argv=None) -> int:
               f"{out / 'baseline'}", flush=True)
         done["baseline"] = run_phase(a, "baseline", out / "baseline", [], procs, seconds, stamp)
     if with_product:
-        done["product"] = run_phase(a, "product", out, targets, procs, seconds, stamp)
+        cluster = None
+        if a.redis_cluster and not targets:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from rediscluster import RedisClusterServer  # the tests' local cluster
+
+            cluster = RedisClusterServer(masters=a.redis_cluster)
+            os.environ["REDIS_CLUSTER_URL"] = cluster.url
+            print(f"loadtest: the product on a local Redis Cluster of {a.redis_cluster} masters "
+                  f"({cluster.url})", flush=True)
+        cluster_url = os.environ.get("REDIS_CLUSTER_URL")
+        try:
+            nodes = clusterstats.masters(cluster_url) if cluster_url else None
+            before, t0 = (clusterstats.reading(nodes), time.time()) if nodes else (None, 0)
+            done["product"] = run_phase(a, "product", out, targets, procs, seconds, stamp)
+            if nodes:
+                spread = clusterstats.spread(before, clusterstats.reading(nodes),
+                                             time.time() - t0)
+                done["product"]["info"]["redis_cluster"] = spread
+                done["product"]["cluster_table"] = clusterstats.table(spread)
+        finally:
+            if cluster is not None:
+                cluster.stop()
 
     base_info = done.get("baseline", {}).get("info")
     prod_info = done.get("product", {}).get("info")
     comp = compare(base_info, prod_info)
-    lines = comparison_lines(base_info, prod_info, comp)
+    lines = comparison_lines(base_info, prod_info, comp) if base_info is not None else []
+    if done.get("product", {}).get("cluster_table"):
+        lines += ["", "## Redis Cluster: the chat's scripts (EVALSHA) and CPU per master, whole run",
+                  "", done["product"]["cluster_table"]]
     if prod_info is not None:
         prod_info["baseline"] = base_info
         prod_info["comparison"] = comp
         (out / "run.json").write_text(json.dumps(prod_info, indent=1, ensure_ascii=False))
-        if base_info is not None:
+        if lines:
             with open(out / "summary.md", "a") as fh:
                 fh.write("\n" + "\n".join(lines) + "\n")
     else:
@@ -839,7 +869,7 @@ def main(argv=None) -> int:
             f"# Load test {stamp}: {a.users} users ({a.mode}), {a.spawn_rate}/s, {seconds} s, "
             "baseline only (the relay's own report: baseline/summary.md)\n\n"
             + "\n".join(lines) + "\n")
-    if base_info is not None:
+    if base_info is not None or done.get("product", {}).get("cluster_table"):
         print("\n" + "\n".join(lines), flush=True)
     return 1 if any(d["bad"] for d in done.values()) else 0
 
