@@ -166,17 +166,23 @@ class LocalStack:
         raise TimeoutError(f"the local {self.kind} is not ready after {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-                self.p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(10)
-            except ProcessLookupError:
-                pass
+        stop_group(self.p, 30)
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stop_group(p: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to a process started with its own session, SIGKILL after `grace` seconds."""
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+    except ProcessLookupError:
+        pass
 
 
 RELAY_SCRIPT = "loadtests/relay.py"
@@ -208,15 +214,7 @@ class RelayProcess:
         raise TimeoutError(f"the relay is not ready after {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(10)
-            except ProcessLookupError:
-                pass
+        stop_group(self.p, 15)
         self.log.close()
 
 
