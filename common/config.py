@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
@@ -60,12 +61,18 @@ def _dev_secret(name: str = "secret_key", nbytes: int = 48) -> str:
         return path.read_text().strip()
     INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(nbytes)
+    # Written whole under a name of its own, then linked into place: a process starting at the
+    # same moment sees no file or a complete one, never an empty one being written (seen: two
+    # matchers started together, one read "" and refused to start).
+    fd, tmp = tempfile.mkstemp(dir=INSTANCE_DIR, prefix=f".{name}-")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        os.link(tmp, path)
     except FileExistsError:  # another local process made it first
         return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
+    finally:
+        os.unlink(tmp)
     return value
 
 

@@ -198,3 +198,15 @@ def test_entry_point_exits_2_with_one_clear_line(module, env, name, tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     for secret in ("redis-pw-XYZ", "db-pw-XYZ", SECRET):
         assert secret not in proc.stderr
+
+
+def test_processes_starting_together_share_one_whole_dev_secret(tmp_path):
+    """Local processes started at once (two matchers) all read the same complete secret."""
+    code = ("import sys; from pathlib import Path; from common import config; "
+            "config.INSTANCE_DIR = Path(sys.argv[1]); "
+            "print(config._dev_secret('admin_password', 12))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(12)]
+    got = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(got) == 1 and len(got.pop()) == 16
+    assert [f.name for f in tmp_path.iterdir()] == ["admin_password"]  # no temp file left
