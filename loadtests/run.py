@@ -771,6 +771,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("chat", "idle"), default="chat")
     ap.add_argument("--results-dir", default="")
     ap.add_argument("--label", default="", help="a note kept in run.json and the summary")
+    ap.add_argument("--locust-nice", type=int, default=int(os.environ.get("LOCUST_NICE") or 0),
+                    metavar="N", help="run locust under `nice -n N` (0-19): the stack gets the "
+                    "cores first, as with a load generator on other machines")
     ap.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
                     help="once spawning is done, profile each web worker and the matcher "
                          "this long with py-spy (pip install py-spy): py-spy-<name>.txt "
@@ -798,6 +801,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--duration must be 5 s..{MAX_SECONDS} s")
         if not 0 < a.spawn_rate <= 1000:
             raise ValueError("--spawn-rate must be in (0, 1000]")
+        if not 0 <= a.locust_nice <= 19:
+            raise ValueError("--locust-nice must be 0..19")
         targets = [check_loopback(u) for u in a.target.split(",") if u.strip()]
         procs = (1 if a.users <= 300 else 2) if a.processes == "auto" else int(a.processes)
         if not 1 <= procs <= max(2, os.cpu_count() or 1):
@@ -945,6 +950,10 @@ def run_phase(a, kind: str, out: Path, targets: list[str], procs: int, seconds: 
                     "--master-bind-port", str(port), "--master-host", "127.0.0.1",
                     "--master-port", str(port)]
         cmd += a.locust_args
+        if a.locust_nice:
+            # The load generator yields the cores to what it measures, as if it ran elsewhere;
+            # both sides of a run get the same, so the comparison stays fair.
+            cmd = ["nice", "-n", str(a.locust_nice), *cmd]
         info["locust_command"] = " ".join(cmd)
         t_start = time.time()
         with open(out / "locust.log", "w") as log:
