@@ -11,6 +11,7 @@ from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
+from common.protocol import MAX_INTEREST_LEN, MAX_INTERESTS
 from common.redisconn import connect as redis_connect
 from common.store import Store
 from common.tokens import Tokens
@@ -88,6 +89,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     @app.get("/")
     def index():
         return render_template("index.html", i18n=i18n, max_len=settings.max_message_len,
+                               max_interests=MAX_INTERESTS, max_interest_len=MAX_INTEREST_LEN,
                                static_version=static_version)
 
     @app.get("/healthz")
