@@ -1,12 +1,13 @@
 """Flask app factory: the page, health endpoints, and the Socket.IO server on the Redis queue."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template
+from flask import Flask, jsonify, make_response, render_template
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -56,6 +57,16 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     i18n = json.loads((HERE / "i18n.json").read_text(encoding="utf-8"))
     static_version = _static_version(HERE / "static")
+    # The page's ES modules import each other by relative URL, which drops ?v=: an import map
+    # maps each module to its versioned URL (/static/ caches those for long; the bare ones for
+    # an hour, when a deploy could mix an old module with new ones). The map is inline, so the
+    # page's CSP allows it by its hash, and only it.
+    modules = sorted(p.name for p in (HERE / "static" / "js").glob("*.js"))
+    import_map = json.dumps({"imports": {f"/static/js/{m}": f"/static/js/{m}?v={static_version}"
+                                         for m in modules}}, indent=1)
+    map_hash = base64.b64encode(hashlib.sha256(import_map.encode()).digest()).decode()
+    page_csp = SECURITY_HEADERS["Content-Security-Policy"].replace(
+        "script-src 'self'", f"script-src 'self' 'sha256-{map_hash}'")
 
     store = Store(redis_connect(settings), settings)
     socketio = SocketIO(
@@ -88,9 +99,12 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     @app.get("/")
     def index():
-        return render_template("index.html", i18n=i18n, max_len=settings.max_message_len,
-                               max_interests=MAX_INTERESTS, max_interest_len=MAX_INTEREST_LEN,
-                               static_version=static_version)
+        resp = make_response(render_template(
+            "index.html", i18n=i18n, max_len=settings.max_message_len,
+            max_interests=MAX_INTERESTS, max_interest_len=MAX_INTEREST_LEN,
+            static_version=static_version, modules=modules, import_map=import_map))
+        resp.headers["Content-Security-Policy"] = page_csp
+        return resp
 
     @app.get("/healthz")
     def healthz():

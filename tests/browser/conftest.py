@@ -43,7 +43,7 @@ PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "i
 
 
 def fmt(lang: str, key: str, **values) -> str:
-    """The table's text for `key` in `lang`, with {name} filled in the way chat.js does it."""
+    """The table's text for `key` in `lang`, with {name} filled in as the page (i18n.js) does it."""
     text = I18N[lang][key]
 
     def fill(m: re.Match) -> str:

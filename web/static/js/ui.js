@@ -1,0 +1,46 @@
+/* ui.js — the page's elements by role, and the limits the server put on the <body> (rendered
+ * by web/app.py from common/): one place that knows the ids in web/templates/index.html. */
+import { intFrom } from './util.js';
+
+const $ = (id) => document.getElementById(id);
+
+export const MAX_LEN = intFrom(document.body.dataset.maxLen, 500);
+export const MAX_INTERESTS = intFrom(document.body.dataset.maxInterests, 5);
+export const MAX_INTEREST_LEN = intFrom(document.body.dataset.maxInterestLen, 24);
+
+export const ui = {
+  online: $('online'),
+  onlineText: $('online-text'),
+  langSelect: $('lang-select'),
+  banner: $('banner'),
+  bannerText: $('banner-text'),
+  bannerAction: $('banner-action'),
+  loadingView: $('loading-view'),
+  startView: $('start-view'),
+  chatView: $('chat-view'),
+  startForm: $('start-form'),
+  interestsBox: $('interests-box'),
+  interestChips: $('interest-chips'),
+  interestsInput: $('interests-input'),
+  interestsError: $('interests-error'),
+  startError: $('start-error'),
+  startBtn: $('start-btn'),
+  chatStatus: $('chat-status'),
+  sharedInterests: $('shared-interests'),
+  log: $('log'),
+  typing: $('typing'),
+  composer: $('composer'),
+  input: $('message-input'),
+  sendBtn: $('send-btn'),
+  composerNotice: $('composer-notice'),
+  charCount: $('char-count'),
+  cancelBtn: $('cancel-btn'),
+  nextBtn: $('next-btn'),
+  leaveBtn: $('leave-btn'),
+  findNewBtn: $('find-new-btn'),
+  changeInterestsBtn: $('change-interests-btn'),
+  reportBtn: $('report-btn'),
+  reportDialog: $('report-dialog'),
+  reportForm: $('report-form'),
+  reportCancel: $('report-cancel'),
+};

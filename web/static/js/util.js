@@ -1,0 +1,47 @@
+/* util.js — small pure helpers the other modules share (storage that never throws, code-point
+ * lengths, ids, seqs, times). No DOM, no page state. */
+
+export function intFrom(value, fallback) {
+  const n = parseInt(value, 10);
+  return Number.isFinite(n) && n > 0 ? n : fallback;
+}
+
+export function noop() {}
+
+export function storageGet(store, key) {
+  try { return store.getItem(key); } catch (e) { return null; }
+}
+
+export function storageSet(store, key, value) {
+  try {
+    if (value === null) store.removeItem(key); else store.setItem(key, value);
+  } catch (e) { /* private mode or full: the page still works, it just forgets */ }
+}
+
+/** Length in code points, the way the server (Python len) counts. */
+export function codePoints(text) {
+  return Array.from(text).length;
+}
+
+export function newId() {
+  if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (window.crypto && crypto.getRandomValues) crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i += 1) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+export function toSeq(value) {
+  const n = Number(value);
+  return Number.isInteger(n) && n > 0 ? n : null;
+}
+
+export function clockTime(ts) {
+  const date = new Date(Number.isFinite(Number(ts)) ? Number(ts) : Date.now());
+  const pad = (n) => String(n).padStart(2, '0');
+  return { text: `${pad(date.getHours())}:${pad(date.getMinutes())}`, iso: date.toISOString() };
+}
+
+export function stringList(value) {
+  return Array.isArray(value) ? value.filter((v) => typeof v === 'string' && v.trim()) : [];
+}

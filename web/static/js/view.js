@@ -1,0 +1,170 @@
+/* view.js — what the page shows around the log: which view (loading, start, chat), the chat's
+ * status line and controls, the header's online count, the connection banner and the
+ * notices/errors. It only shows state (state.js, flags.js); it never changes it. */
+import { chat, IDLE, WAITING, CHATTING, ENDED } from './state.js';
+import { flags } from './flags.js';
+import { ui } from './ui.js';
+import { setText, setAttrText, errorKey } from './i18n.js';
+import { addNotice, hidePartnerTyping } from './log.js';
+import { isOnline } from './connection.js';
+import { stringList } from './util.js';
+
+const NOTICE_HIDE_MS = 6000;
+let composerNoticeTimer = 0;
+let bootTimer = 0;
+
+// ---------------------------------------------------------------- views and controls
+
+function renderView() {
+  const loading = !flags.booted;
+  ui.loadingView.hidden = !loading;
+  ui.startView.hidden = loading || chat.phase !== IDLE;
+  ui.chatView.hidden = loading || chat.phase === IDLE;
+}
+
+/** Shows the chat's state: after every transition (and once at start). */
+export function renderPhase() {
+  if (chat.phase !== CHATTING) {
+    hidePartnerTyping();
+    ui.sharedInterests.hidden = true;
+  }
+  renderStatus();
+  renderView();
+  renderControls();
+}
+
+export function renderStatus() {
+  const away = chat.phase === CHATTING && flags.partnerAway;
+  const statusKey = away ? 'chat_status_partner_away' : {
+    [WAITING]: 'chat_status_waiting', [CHATTING]: 'chat_status_chatting', [ENDED]: 'chat_status_ended',
+  }[chat.phase];
+  if (statusKey) setText(ui.chatStatus, statusKey);
+  ui.chatStatus.classList.toggle('is-warn', away);
+}
+
+export function renderControls() {
+  const phase = chat.phase;
+  const canReport = (phase === CHATTING || phase === ENDED)
+    && chat.lastRoom !== null && flags.reportedRoom !== chat.lastRoom;
+  ui.cancelBtn.hidden = phase !== WAITING;
+  ui.nextBtn.hidden = phase !== CHATTING;
+  ui.leaveBtn.hidden = phase !== CHATTING;
+  ui.findNewBtn.hidden = phase !== ENDED;
+  ui.changeInterestsBtn.hidden = phase !== ENDED;
+  ui.reportBtn.hidden = !canReport;
+
+  // aria-disabled (not disabled) keeps focus on the button while the socket is away.
+  const blocked = !isOnline() || flags.busy;
+  for (const btn of [ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.leaveBtn, ui.findNewBtn, ui.reportBtn]) {
+    btn.setAttribute('aria-disabled', String(blocked));
+  }
+  ui.input.disabled = phase !== CHATTING;
+  ui.sendBtn.disabled = phase !== CHATTING;
+}
+
+export function showSharedInterests(interests) {
+  const list = stringList(interests);
+  if (list.length) setText(ui.sharedInterests, 'shared_interests', { interests: list });
+  ui.sharedInterests.hidden = list.length === 0;
+}
+
+/** Moves focus to `target` when focus was lost (hidden or disabled element) or sits on `from`. */
+export function ensureFocus(target, from = []) {
+  const active = document.activeElement;
+  const lost = !active || active === document.body || active.disabled || active.closest('[hidden]');
+  if ((lost || from.includes(active)) && !target.hidden && !target.disabled) {
+    target.focus({ preventScroll: true });
+  }
+}
+
+export function setBusy(busy) {
+  flags.busy = busy;
+  renderControls();
+}
+
+/** A reload shows the loading view until it knows whether it resumes a chat: at most `ms`. */
+export function finishBootIn(ms) {
+  clearTimeout(bootTimer);
+  bootTimer = setTimeout(finishBoot, ms);
+}
+
+export function finishBoot() {
+  clearTimeout(bootTimer);
+  if (flags.booted) return;
+  flags.booted = true;
+  renderView();
+}
+
+// ---------------------------------------------------------------- header, banner, notices
+
+export function setOnline(count) {
+  const n = Number(count);
+  if (!Number.isFinite(n) || n < 0) return;
+  setText(ui.onlineText, 'online_count', { n });
+  setAttrText(ui.online, 'title', 'online_count', { n });
+  ui.online.classList.add('is-live');
+}
+
+export function setStats(stats) {
+  setOnline(stats.online);
+  const nums = ['online', 'chatting', 'waiting'].map((k) => Number(stats[k]));
+  if (nums.every(Number.isFinite)) {
+    setAttrText(ui.online, 'title', 'stats_title', { online: nums[0], chatting: nums[1], waiting: nums[2] });
+  }
+}
+
+/** mode: 'busy' (a spinner: something is under way), 'still' (we wait for the user's
+ * network) or 'replaced' (with the "Use here" button). */
+export function showBanner(key, mode = 'busy') {
+  setText(ui.bannerText, key);
+  ui.banner.classList.toggle('is-still', mode !== 'busy');
+  ui.bannerAction.hidden = mode !== 'replaced';
+  ui.banner.hidden = false;
+}
+
+export function hideBanner() {
+  ui.banner.hidden = true;
+  ui.bannerAction.hidden = true;
+}
+
+/** The banner that says why the socket is away. */
+export function showConnectionBanner(full) {
+  if (flags.replaced) showBanner('banner_replaced', 'replaced');
+  else if (flags.netOffline) showBanner('banner_offline', 'still');
+  else if (full) showBanner('banner_full');
+  else showBanner(flags.everConnected ? 'banner_reconnecting' : 'banner_connecting');
+}
+
+function showStartError(key) {
+  setText(ui.startError, key);
+  ui.startError.hidden = false;
+}
+
+export function hideStartError() {
+  ui.startError.hidden = true;
+}
+
+export function showComposerNotice(key, vars, warn) {
+  setText(ui.composerNotice, key, vars);
+  ui.composerNotice.classList.toggle('is-warn', Boolean(warn));
+  ui.composerNotice.hidden = false;
+  clearTimeout(composerNoticeTimer);
+  composerNoticeTimer = setTimeout(hideComposerNotice, NOTICE_HIDE_MS);
+}
+
+export function hideComposerNotice() {
+  clearTimeout(composerNoticeTimer);
+  ui.composerNotice.hidden = true;
+}
+
+/** Shows a translated error for a protocol error code where the user is looking. */
+export function notifyError(code) {
+  const key = errorKey(code);
+  const slowDown = code === 'rate_limited';
+  if (!flags.booted || chat.phase === IDLE) {
+    showStartError(key);
+    return;
+  }
+  addNotice(key, null, slowDown ? 'warn' : 'error');
+  if (slowDown && chat.phase === CHATTING) showComposerNotice(key, null, true);
+}
