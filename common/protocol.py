@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-MAX_INTERESTS = 5
-MAX_INTEREST_LEN = 24
-MAX_ID_LEN = 64
-MAX_REPORT_LEN = 200
+from common.limits import MAX_ID_LEN, MAX_INTEREST_LEN, MAX_INTERESTS, MAX_REPORT_LEN
+
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client can hold exactly
 
 

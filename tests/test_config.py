@@ -5,7 +5,10 @@ what an operator sees when a setting is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -210,3 +213,150 @@ def test_processes_starting_together_share_one_whole_dev_secret(tmp_path):
     got = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert len(got) == 1 and len(got.pop()) == 16
     assert [f.name for f in tmp_path.iterdir()] == ["admin_password"]  # no temp file left
+
+
+# -- the one table: SETTINGS --------------------------------------------------------------------
+def test_every_setting_is_declared_once_and_makes_one_field():
+    names = [s.env for s in config.SETTINGS]
+    assert len(names) == len(set(names)) and tuple(names) == config.ENV_VARS
+    table_fields = [s.field for s in config.SETTINGS if s.field]
+    assert len(table_fields) == len(set(table_fields))
+    assert [f.name for f in dataclasses.fields(config.Settings)] == table_fields
+    for s in config.SETTINGS:
+        assert s.kind in {"int", "float", "text", "choice", "url", "path"}, s.env
+        assert (s.kind in {"choice", "url"}) == bool(s.choices), s.env
+        assert (s.kind in {"int", "float"}) == (s.lo is not None and s.hi is not None), s.env
+    assert config.SETTINGS[0].env == "APP_ENV"  # read first: production changes the others
+    assert config.SETTINGS[0].doc is not None  # a shared row needs a row above it
+
+
+def test_the_literal_defaults_are_what_development_gets():
+    s = load(dev())
+    for setting in config.SETTINGS:
+        if setting.field and isinstance(setting.default, str) and setting.env != "SECRET_KEY":
+            assert getattr(s, setting.field) == setting.parse(setting.default, None), setting.env
+
+
+def test_hidden_settings_are_left_out_of_describe():
+    env = {**PROD, "ADMIN_PASSWORD": "admin-pw-XYZ-123", "REDIS_CLUSTER_URL": "redis://c:7000"}
+    shown = {kv.split("=", 1)[0] for kv in load(env).describe().split()}
+    hidden = {s.field for s in config.SETTINGS if s.hidden}
+    assert hidden == {"secret_key", "redis_url", "redis_cluster_url", "database_url",
+                      "admin_password"}
+    assert shown == {f.name for f in dataclasses.fields(config.Settings)} - hidden
+
+
+def test_the_heartbeat_bound_follows_the_grace():
+    assert load(dev(HEARTBEAT_INTERVAL="10")).heartbeat_interval == 10.0  # grace 20 / 2
+    assert "between 0.1 and 10.0" in refused(dev(HEARTBEAT_INTERVAL="10.5"), "HEARTBEAT_INTERVAL")
+    s = load(dev(RESUME_GRACE="40", HEARTBEAT_INTERVAL="15"))
+    assert (s.resume_grace, s.heartbeat_interval) == (40.0, 15.0)
+    assert load(dev(RESUME_GRACE="6")).heartbeat_interval == 1.5
+
+
+def test_max_connections_must_stay_below_worker_connections():
+    assert load(dev(MAX_CONNECTIONS="0")).max_connections == 0
+    assert load(dev(WORKER_CONNECTIONS="100", MAX_CONNECTIONS="99")).max_connections == 99
+    msg = refused(dev(WORKER_CONNECTIONS="100", MAX_CONNECTIONS="100"), "MAX_CONNECTIONS")
+    assert "WORKER_CONNECTIONS" in msg and "100 >= 100" in msg
+
+
+def test_production_takes_a_cluster_url_instead_of_redis_url(instance_dir):
+    env = {k: v for k, v in PROD.items() if k != "REDIS_URL"}
+    s = load({**env, "REDIS_CLUSTER_URL": "redis://node-1:7000"})
+    assert s.redis_cluster_url == "redis://node-1:7000"
+    assert "REDIS_CLUSTER_URL" in refused(env, "REDIS_URL")
+    refused({**PROD, "REDIS_CLUSTER_URL": "unix:///run/redis.sock"}, "REDIS_CLUSTER_URL")
+
+
+def test_admin_password_and_display_tz():
+    assert load(PROD).admin_password is None  # production: the admin console is off
+    refused(dev(ADMIN_PASSWORD="short"), "ADMIN_PASSWORD")
+    assert load(dev(DISPLAY_TZ="Asia/Shanghai")).display_tz == "Asia/Shanghai"
+    assert load(dev()).display_tz is None
+    refused(dev(DISPLAY_TZ="Mars/Olympus"), "DISPLAY_TZ")
+
+
+# -- the README's table, generated from SETTINGS ------------------------------------------------
+def test_the_readme_table_is_the_generated_one():
+    fresh, current = config.markdown_table(), config.readme_table()
+    if current != fresh:
+        print("README.md's configuration table differs from common/config.py SETTINGS:")
+        print("".join(difflib.unified_diff(current.splitlines(keepends=True),
+                                           fresh.splitlines(keepends=True), "README.md",
+                                           "SETTINGS", n=0)))
+        print("Run `.venv/bin/python -m common.config --write-readme`, or paste this table:\n")
+        print(fresh)
+        pytest.fail("README.md's configuration table is not the one SETTINGS makes "
+                    "(the fresh table is printed above)")
+
+
+def test_the_table_has_a_row_for_every_variable():
+    table = config.markdown_table()
+    lines = table.splitlines()
+    assert tuple(lines[:2]) == config.TABLE_HEAD
+    assert all(line.startswith("| `") and line.endswith("|") for line in lines[2:])
+    assert all(line.count(" | ") == 2 for line in lines[2:]), "a `|` inside a cell"
+    for name in config.ENV_VARS:
+        assert table.count(f"`{name}`") >= 1, name
+    assert "| `HOST`, `PORT` | `127.0.0.1`, `5000` | where a web worker listens |" in lines
+    assert "| `LOG_LEVEL` | `INFO` | |" in lines
+
+
+def test_write_readme_puts_the_table_back(tmp_path):
+    copy = tmp_path / "README.md"
+    text = config.README.read_text(encoding="utf-8")
+    start, end = config.readme_table_span(text)
+    copy.write_text(text[:start] + config.TABLE_HEAD[0] + "\n| `OLD` | x | y |\n" + text[end:],
+                    encoding="utf-8")
+    assert config.write_readme(copy) is True
+    assert config.readme_table(copy) == config.markdown_table()
+    assert config.write_readme(copy) is False
+    assert copy.read_text(encoding="utf-8").replace(config.markdown_table(), "") == \
+        text.replace(text[start:end], "")
+
+
+def test_python_m_common_config_markdown_prints_the_table():
+    proc = subprocess.run([sys.executable, "-m", "common.config", "--markdown"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout == config.markdown_table()
+
+
+# -- fixed limits: common/limits.py, used by the protocol, the page and the history ------------
+def test_the_protocol_uses_the_fixed_limits():
+    from common import limits, protocol
+
+    for name in ("MAX_INTERESTS", "MAX_INTEREST_LEN", "MAX_REPORT_LEN", "MAX_ID_LEN"):
+        assert getattr(protocol, name) == getattr(limits, name), name
+    protocol.parse_join({"interests": ["x" * limits.MAX_INTEREST_LEN] * 1})
+    with pytest.raises(protocol.Refused):
+        protocol.parse_join({"interests": [f"i{k}" for k in range(limits.MAX_INTERESTS + 1)]})
+    assert len(protocol.parse_report({"reason": "r" * limits.MAX_REPORT_LEN})) == \
+        limits.MAX_REPORT_LEN
+    with pytest.raises(protocol.Refused):
+        protocol.parse_report({"reason": "r" * (limits.MAX_REPORT_LEN + 1)})
+
+
+def test_the_history_schema_and_the_page_agree_with_the_fixed_limits():
+    from archiver.writer import rows_from_entries
+    from common import limits
+    from common.models import Message, Report, Room
+
+    assert Report.__table__.c.reason.type.length == limits.MAX_REPORT_LEN
+    assert Message.__table__.c.client_id.type.length == limits.MAX_ID_LEN
+    assert Room.__table__.c.close_reason.type.length == limits.CLOSE_REASON_LEN
+    entries = [("1-0", {"type": "report", "user": "u1", "reported": "u2", "ts": "1000",
+                        "reason": "r" * 500}),
+               ("2-0", {"type": "closed", "room": "r1", "user": "u1", "ts": "1000",
+                        "reason": "c" * 50})]
+    _rooms, _messages, closes, reports = rows_from_entries(entries)
+    assert len(reports[0]["reason"]) == limits.MAX_REPORT_LEN
+    assert len(closes[0]["close_reason"]) == limits.CLOSE_REASON_LEN
+    page = (ROOT / "web/templates/index.html").read_text(encoding="utf-8")
+    for attr, value in (("data-max-interests", limits.MAX_INTERESTS),
+                        ("data-max-interest-len", limits.MAX_INTEREST_LEN)):
+        found = re.search(rf'{attr}="([^"]*)"', page)
+        assert found, attr
+        # a literal there (today) must be the same number; better, the template's variable
+        assert not found.group(1).isdigit() or int(found.group(1)) == value, (attr, found[1])

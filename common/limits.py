@@ -1,0 +1,13 @@
+"""Fixed limits of the protocol, the page and the history: constants, not settings.
+
+Each is declared here once. They are not in common/config.py's SETTINGS because changing one is
+not an operator's choice: the page (web/templates/index.html, chat.js) and the SQL schema
+(common/models.py, with a migration) must change with it.
+"""
+from __future__ import annotations
+
+MAX_INTERESTS = 5  # interests per user in `join`; the page's data-max-interests
+MAX_INTEREST_LEN = 24  # characters per interest after trimming; the page's data-max-interest-len
+MAX_REPORT_LEN = 200  # characters of a report's reason; the width of reports.reason
+MAX_ID_LEN = 64  # characters of a message's client id; the width of messages.client_id
+CLOSE_REASON_LEN = 16  # characters of a room's close reason kept; the width of rooms.close_reason
