@@ -7,9 +7,10 @@ SIGTERM or SIGINT: finish the current batch, exit 0.
 """
 import argparse
 import logging
+import sys
 import time
 
-from common.entry import run_daemon, start
+from common.entry import start
 
 log = logging.getLogger("archiver")
 
@@ -58,7 +59,7 @@ def main() -> None:
 
     from .daemon import Archiver
 
-    run_daemon(Archiver(settings))
+    sys.exit(Archiver(settings).run())
 
 
 if __name__ == "__main__":

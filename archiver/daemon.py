@@ -21,28 +21,25 @@ the blocking read wakes as soon as an entry comes.
 Under a steady trickle a read returns one entry at a time; a commit (an fsync) and an ack per
 message cost more than the chat itself. So after a batch that was not full the archiver lingers
 LINGER seconds before it reads again: one commit then carries everything that came meanwhile.
-Progress is logged once per LOG_EVERY seconds, not per batch.
+Progress is logged once per LOG_EVERY seconds, not per batch. The loop itself, the signals and
+the back-off are common/daemon.py's.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from sqlalchemy.exc import SQLAlchemyError
+from redis.exceptions import ResponseError
 
 from common.config import Settings
+from common.daemon import REDIS_ERRORS, Daemon
 from common.db import make_engine
-from common.entry import pause
 from common.redisconn import connect, keys_of
 
 from .writer import report_id, write_batch
-
-log = logging.getLogger("archiver")
 
 GROUP = "archiver"
 BATCH = 500  # entries per batch, about: each stream that holds entries gives its share
@@ -51,15 +48,15 @@ BLOCK_MS = 500  # the longest an entry waits in a stream other than the one bloc
 CLAIM_EVERY = 2.0
 LINGER = 0.2  # seconds to let a batch fill after one that was not full
 LOG_EVERY = 60.0  # seconds between progress lines
-MAX_BACKOFF = 10.0
-# a cluster client raises RedisClusterException (not a RedisError) when no node answers
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 Entries = dict[str, list[tuple[str, dict]]]  # stream -> [(entry id, fields)], in stream order
 
 
-class Archiver:
+class Archiver(Daemon):
+    name = "archiver"
+
     def __init__(self, settings: Settings, consumer: str | None = None):
+        super().__init__()
         self.s = settings
         keys = keys_of(settings)
         self.streams = keys.history_streams
@@ -72,7 +69,6 @@ class Archiver:
         self.grouped = False
         self.engine = make_engine(settings.database_url, settings.db_pool_size)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.stopping = False
         # after a start or a failure, read our own pending entries ("0") before new ones (">")
         self.pending = set(self.streams)
         self.blocking_on = self.streams[0]
@@ -80,9 +76,6 @@ class Archiver:
         self.written = 0
         self._logged = (time.monotonic(), 0, 0)  # when, entries and batches at the last line
         self.batches = 0
-
-    def stop(self, *_):
-        self.stopping = True
 
     # Redis --------------------------------------------------------------------------------------
     def _each(self, streams, command, raise_on_error: bool = True) -> list:
@@ -102,7 +95,7 @@ class Archiver:
                 raise reply
         made = sum(reply is True for reply in replies)
         if made:
-            log.info("created consumer group %s on %d history stream(s)", GROUP, made)
+            self.log.info("created consumer group %s on %d history stream(s)", GROUP, made)
         self.grouped = True
 
     def probe(self) -> list[str]:
@@ -120,7 +113,7 @@ class Archiver:
                     pipe.xlen(stream)
                 lengths.update(zip(streams, pipe.execute()))
         except REDIS_ERRORS as exc:
-            log.debug("probing through the cluster client: %s", exc)
+            self.log.debug("probing through the cluster client: %s", exc)
             lengths = dict(zip(self.streams, self._each(self.streams, lambda p, s: p.xlen(s))))
         return [s for s in self.streams if lengths[s]]
 
@@ -144,7 +137,7 @@ class Archiver:
                 self.pending.add(stream)
         total = sum(len(ids) for ids in claimed)
         if total:
-            log.info("claimed %d stale pending entries", total)
+            self.log.info("claimed %d stale pending entries", total)
         return total
 
     def read(self, holding: list[str]) -> tuple[Entries, bool]:
@@ -214,43 +207,36 @@ class Archiver:
         self.blocking_on = max(got, key=lambda s: len(got[s]))
         self.written += len(batch)
         self.batches += 1
-        log.debug("archived %d entries from %d stream(s): %s", len(batch), len(got), counts)
+        self.log.debug("archived %d entries from %d stream(s): %s", len(batch), len(got), counts)
         self._log_progress()
         if not full:
-            pause(LINGER, lambda: self.stopping)
+            self.sleep(LINGER)
         return len(batch)
 
     def _log_progress(self) -> None:
         now = time.monotonic()
         since, written, batches = self._logged
         if now - since >= LOG_EVERY:
-            log.info("archived %d entries in %d batches in the last %.0f s (%d in all)",
+            self.log.info("archived %d entries in %d batches in the last %.0f s (%d in all)",
                      self.written - written, self.batches - batches, now - since, self.written)
             self._logged = (now, self.written, self.batches)
 
-    def run(self) -> int:
-        log.info("archiver %s started on %d history stream(s)", self.consumer, len(self.streams))
-        backoff = 0.5
-        while not self.stopping:
-            try:
-                self.step()
-                backoff = 0.5
-                continue
-            except (SQLAlchemyError, *REDIS_ERRORS) as exc:
-                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    # a stream lost with its node's data (or flushed): Redis answers again,
-                    # so make the groups again at once, not after the outage's back-off
-                    self.grouped, backoff = False, 0.5
-                kind = "database" if isinstance(exc, SQLAlchemyError) else "redis"
-                log.warning("%s unavailable (%s); batch kept pending, retrying in %.1fs",
-                            kind, str(exc).splitlines()[0][:200], backoff)
-            except Exception:  # a bug must not stop the history: log it, back off, go on
-                log.exception("archiver step failed; retrying in %.1fs", backoff)
-            self.pending = set(self.streams)
-            pause(backoff, lambda: self.stopping)
-            backoff = min(MAX_BACKOFF, backoff * 2)
+    def failed(self, exc: BaseException) -> None:
+        """Nothing of the failed batch was acknowledged: read our own pending entries again
+        first. A stream lost with its node's data (or flushed) answers NOGROUP while Redis is
+        up: make the groups again, at once rather than after an outage's back-off."""
+        self.pending = set(self.streams)
+        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+            self.grouped = False
+            self.backoff.reset()
+
+    def close(self) -> None:
         self.engine.dispose()
         if self.r is not None:
             self.r.close()
-        log.info("archiver stopped after archiving %d entries", self.written)
-        return 0
+
+    def started(self) -> str:
+        return f"archiver {self.consumer} started on {len(self.streams)} history stream(s)"
+
+    def stopped(self) -> str:
+        return f"archiver stopped after archiving {self.written} entries"

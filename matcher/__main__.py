@@ -1,12 +1,14 @@
 """`python -m matcher` / `chat-matcher`. SIGTERM or SIGINT: finish the current step, exit 0."""
-from common.entry import run_daemon, start
+import sys
+
+from common.entry import start
 
 
 def main() -> None:
     settings = start("chat-matcher")
     from matcher.daemon import Matcher
 
-    run_daemon(Matcher(settings))
+    sys.exit(Matcher(settings).run())
 
 
 if __name__ == "__main__":
