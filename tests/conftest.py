@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pg import postgres  # noqa: E402,F401  (one PostgreSQL server for the session)
-from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env  # noqa: E402
+from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env, stop_all  # noqa: E402
 
 
 class Stack:
@@ -62,8 +62,7 @@ class Stack:
         return "\n".join(f"----- {p.name} -----\n{p.output()[-4000:]}" for p in self.procs())
 
     def stop(self):
-        for p in self.procs():
-            p.stop()
+        stop_all(self.procs())
         if self.own_redis:
             self.redis.stop()
 

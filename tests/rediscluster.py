@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 
 import redis
-from procs import Proc, free_port, wait_until
+from procs import Proc, free_port, stop_all, wait_until
 
 SLOTS = 16384
 
@@ -171,6 +171,5 @@ class RedisClusterServer:
         return "\n".join(f"----- {n.name} -----\n{n.output()[-4000:]}" for n in self.nodes)
 
     def stop(self) -> None:
-        for n in self.nodes:
-            n.stop()
+        stop_all(self.nodes)
         shutil.rmtree(self.dir, ignore_errors=True)
