@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from common.db import utc_from_ms
+from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN
 from common.models import Message, Report, Room
 
 log = logging.getLogger("archiver.writer")
@@ -51,12 +52,12 @@ def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list
                                  "sent_at": utc_from_ms(f["ts"])})
             elif kind == "closed":
                 closes.append({"id": f["room"], "closed_at": utc_from_ms(f["ts"]),
-                               "close_reason": f.get("reason", "")[:16],
+                               "close_reason": f.get("reason", "")[:CLOSE_REASON_LEN],
                                "closed_by": f.get("user", "")})
             elif kind == "report":
                 reports.append({"stream_id": entry_id, "room_id": f.get("room") or None,
                                 "reporter": f["user"], "reported": f["reported"],
-                                "reason": f.get("reason", "")[:200],
+                                "reason": f.get("reason", "")[:MAX_REPORT_LEN],
                                 "created_at": utc_from_ms(f["ts"])})
             else:
                 log.warning("skipping history entry %s of unknown type %r", entry_id, kind)

@@ -11,6 +11,8 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, 
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.limits import CLOSE_REASON_LEN, MAX_ID_LEN, MAX_REPORT_LEN
+
 BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
 
 
@@ -27,7 +29,7 @@ class Room(Base):
     interests: Mapped[list] = mapped_column(JSON, default=list)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    close_reason: Mapped[str | None] = mapped_column(String(16))
+    close_reason: Mapped[str | None] = mapped_column(String(CLOSE_REASON_LEN))
     closed_by: Mapped[str | None] = mapped_column(String(64))
 
 
@@ -41,7 +43,7 @@ class Message(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"))
     sender: Mapped[str] = mapped_column(String(64))
-    client_id: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(MAX_ID_LEN))
     seq: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -55,6 +57,6 @@ class Report(Base):
     room_id: Mapped[str | None] = mapped_column(String(32), index=True)
     reporter: Mapped[str] = mapped_column(String(64))
     reported: Mapped[str] = mapped_column(String(64))
-    reason: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(String(MAX_REPORT_LEN), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
