@@ -136,11 +136,47 @@ def test_compose_runs_every_process_with_what_it_needs(compose):
 def test_compose_nginx_conf_is_the_template_rendered_for_the_web_services(compose):
     assert cluster.COMPOSE_CONF.read_text() == cluster.compose_nginx_conf(), (
         "nginx/compose.conf is out of date: python -m stack cluster --render-compose")
-    upstream = re.findall(r"^\s*server (\S+):5000 ", cluster.COMPOSE_CONF.read_text(), re.M)
-    assert sorted(upstream) == sorted(web_services(compose))
+    groups = _upstreams(cluster.COMPOSE_CONF.read_text())
+    assert set(groups) == {"chat_web", "chat_web_sessions"}
+    for group in groups.values():
+        upstream = re.findall(r"^\s*server (\S+):5000 ", group, re.M)
+        assert sorted(upstream) == sorted(web_services(compose))
 
 
 # --------------------------------------------------------------------------------- nginx
+
+def _upstreams(text: str) -> dict[str, str]:
+    """{name: body} of the config's upstream blocks."""
+    return dict(re.findall(r"^\s*upstream (\S+) \{\n(.*?)^\s*\}", text, re.M | re.S))
+
+
+def test_sessions_and_newcomers_share_one_ring_and_only_newcomers_fail_over(tmp_path):
+    """Two groups of the same workers (docs/SCALING.md, Overload): nginx's consistent hash
+    builds its ring from the server lines' addresses and weights, so the same addresses in the
+    same order and the same key give every key the same worker in both. Only the group of new
+    WebSockets marks a worker failed (a full worker's 503); the sessions' group never does, and
+    its location does not pass a worker's 503 on."""
+    workers = [(f"web{i}", f"127.0.0.1:{cluster.free_port()}") for i in (1, 2, 3)]
+    for text in (cluster.local_nginx_conf(tmp_path / "nginx", workers,
+                                          cluster.free_port()).read_text(),
+                 cluster.COMPOSE_CONF.read_text()):
+        groups = _upstreams(text)
+        servers = {name: re.findall(r"^\s*server (\S+) ([^;]*);", body, re.M)
+                   for name, body in groups.items()}
+        new, sessions = servers["chat_web"], servers["chat_web_sessions"]
+        assert [a for a, _ in new] == [a for a, _ in sessions] and len(new) >= 3
+        for body in groups.values():
+            assert "hash $sticky_key consistent;" in body and "keepalive " in body
+        assert all("max_fails=1" in p and "fail_timeout=1s" in p for _, p in new)
+        assert all("max_fails=0" in p and "weight" not in p for _, p in sessions)
+        assert all("weight" not in p for _, p in new)
+        socketio = re.search(r"location /socket\.io/ \{(.*?)^        \}", text, re.M | re.S)[1]
+        new_ws = re.search(r"location @socketio_new \{(.*?)^        \}", text, re.M | re.S)[1]
+        assert "proxy_pass http://chat_web_sessions;" in socketio
+        assert "proxy_next_upstream error timeout;" in socketio
+        assert "proxy_pass http://chat_web;" in new_ws
+        assert "proxy_next_upstream error timeout http_503;" in new_ws
+
 
 def nginx_binary() -> str:
     found = cluster.find_nginx()
@@ -198,7 +234,7 @@ def test_compose_nginx_config_passes_nginx_t(tmp_path):
     text = text.replace("    access_log /dev/stdout chat;\n",
                         "    access_log /dev/stdout chat;\n" + temp)
     if nginx_version(nginx) < (1, 27, 3):
-        assert text.count(" resolve;") == cluster.COMPOSE_WORKERS
+        assert text.count(" resolve;") == 2 * cluster.COMPOSE_WORKERS  # two groups
         text = text.replace(" resolve;", ";")
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)

@@ -376,8 +376,8 @@ def _handshake_status(url: str) -> tuple[int, str]:
 
 async def test_full_workers_refuse_newcomers_with_the_reason_and_chats_go_on():
     """MAX_CONNECTIONS per worker: past it a worker answers 503 with the reason and nginx tries
-    the next one; when every worker is full, nginx answers 503 itself. Users already connected
-    keep chatting, and a freed place is taken again."""
+    the next one for a new WebSocket; when every worker is full, nginx answers 503 itself.
+    Users already connected keep chatting, and a freed place is taken again."""
     s = NginxStack(workers=2, MAX_CONNECTIONS=2)
     peers = [Peer(s.url, f"in{i}") for i in range(4)]
     late: list[Peer] = []
@@ -387,8 +387,14 @@ async def test_full_workers_refuse_newcomers_with_the_reason_and_chats_go_on():
         for web in s.webs:  # a worker reached directly says why
             status, body = _handshake_status(web.url)
             assert status == 503 and "full" in body, (status, body)
-        status, body = _handshake_status(s.url)  # every worker full: nginx's own 503
-        assert status == 503 and "full" in body, (status, body)
+        # every worker full: a long-polling newcomer gets the worker's own 503 (its session can
+        # live only on hash(key)'s worker); a new WebSocket is tried on every worker, which are
+        # then marked, and nginx answers the next one alone
+        status, body = _handshake_status(s.url)
+        assert status == 503 and "This server is full" in body, (status, body)
+        got = [_get(f"{s.url}/socket.io/?EIO=4&transport=websocket") for _ in range(2)]
+        assert [st for st, _ in got] == [503, 503], got
+        assert "The chat is full or restarting" in got[1][1], got
 
         rooms = await join_and_pair(peers)
         await asyncio.gather(*(exchange(a, b, "still here") for a, b in rooms.values()))
@@ -409,4 +415,71 @@ async def test_full_workers_refuse_newcomers_with_the_reason_and_chats_go_on():
         assert "Traceback" not in s.logs()
     finally:
         await close_all([*peers, *late])
+        s.stop()
+
+
+def _affinity(p: Peer) -> str:
+    """The key nginx's affinity cookie gave a polling peer (its worker is hash(key)'s)."""
+    return next(c.value for c in p.jar if c.key == "chat_affinity")
+
+
+async def test_polling_chatter_keeps_its_session_while_its_worker_refuses_newcomers():
+    """A full worker's 503 to a newcomer never moves the requests of the sessions it holds.
+
+    nginx takes a worker that answered a new session's handshake with 503 out of the pool for
+    new sessions (max_fails=1); the long-polling requests of a user already chatting there
+    carry its sid and must still reach it: on any other worker the session is unknown (400
+    Invalid session), and the user is thrown out. Here worker A is full, a newcomer with the
+    chatter's own affinity key (hash(key) is A) is refused by A and let in by B before each of
+    the chatter's messages, and the chatter's session survives every round: one session, every
+    message acked and delivered exactly once both ways. A long-polling newcomer of that key is
+    refused with A's reason instead of being let in by B (its later requests would reach A).
+    """
+    cap = 3
+    s = NginxStack(workers=2, MAX_CONNECTIONS=cap)
+    chatter = polling_peer(s.url, "chatter")
+    others: list[Peer] = []
+    try:
+        await chatter.connect()
+        assert chatter.sio.transport() == "polling"
+        a = s.web(chatter.worker)
+        b = next(w for w in s.webs if w is not a)
+        partner = Peer(b.url, "partner")  # straight to B: A's places are the chatter's and fillers'
+        fillers = [Peer(a.url, f"filler{i}") for i in range(cap - 1)]
+        others += [partner, *fillers]
+        await connect_all(others)
+        assert {f.worker for f in fillers} == {a.worker_id} and partner.worker == b.worker_id
+        status, body = _get(f"{a.url}/socket.io/?EIO=4&transport=polling")
+        assert status == 503 and "This server is full" in body, (status, body)  # A is full
+
+        rooms = await join_and_pair([chatter, partner])
+        key = _affinity(chatter)
+        sent: set[str] = set()
+        for rnd in range(6):
+            # a newcomer of the chatter's key: A refuses it (503), nginx passes it on to B and
+            # takes A out of the pool for new sessions
+            newcomer = Peer(f"{s.url}/?affinity={key}", f"newcomer{rnd}")
+            others.append(newcomer)
+            await newcomer.connect()
+            assert newcomer.worker == b.worker_id, (newcomer.worker, a.worker_id)
+            # the chatter's POSTs and long-poll GETs (each with its sid) right after it
+            for pair in rooms.values():
+                await exchange(*pair, f"r{rnd}", sent)
+            assert chatter.sio.connected and chatter.sio.transport() == "polling"
+            await newcomer.close()  # B's place, for the next round's newcomer
+
+        # one session all along (a new one would have said hello again), nothing twice
+        assert chatter.sio.connected and chatter.count("hello") == 1
+        assert chatter.worker == a.worker_id and chatter.count("partner_away") == 0
+        for p in (chatter, partner):
+            ids = collections.Counter(m["id"] for m in p.events["message"])
+            assert set(ids) == {i for i in sent if not i.endswith(p.name)}, ids
+            assert set(ids.values()) == {1}, ids
+
+        # a long-polling newcomer of that key is refused by A with the reason, not let in by B
+        status, body = _get(f"{s.url}/socket.io/?EIO=4&transport=polling&affinity={key}")
+        assert status == 503 and "This server is full" in body, (status, body)
+        assert "Traceback" not in s.logs()
+    finally:
+        await close_all([chatter, *others])
         s.stop()
