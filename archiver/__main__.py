@@ -44,7 +44,6 @@ def main() -> None:
 
     if args.command == "migrate" or (args.command == "run" and not settings.production):
         _migrate_when_reachable(upgrade, settings.database_url)
-        log.info("schema is up to date")
         if args.command == "migrate":
             return
     if args.command == "purge":
