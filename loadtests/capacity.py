@@ -2,7 +2,7 @@
 
     python loadtests/capacity.py --label before [--workers 1,2,4,8] [--seconds 40] [--repeat 1]
 
-For each W in --workers: `python -m stack cluster` with W web workers (run.py's LocalStack: a
+For each W in --workers: `python -m stack cluster` with W web workers (stacks.py's LocalStack: a
 private Redis, SQLite, nginx, the matcher and the archiver, on free loopback ports), then a fixed
 chat load with every client connected to web1's own port, not through nginx. web2..webW hold no
 client, so what they spend is what a chat event costs a worker that holds neither of its ends
@@ -259,20 +259,12 @@ async def generate(a) -> None:
 # ------------------------------------------------------------------------------ measuring
 
 def stack_helpers():
-    """run.py's LocalStack, classify and web_workers (loadtests/ is not a package)."""
+    """stacks.py: LocalStack, stack_processes, web_workers, ... (loadtests/ is not a package;
+    imported here, not at the top, so that the generator's process does without it)."""
     sys.path.insert(0, str(HERE))
-    import run as loadrun
+    import stacks
 
-    return loadrun
-
-
-def schedstat_wait_ns(pid: int) -> int | None:
-    """Nanoseconds the process's main thread was runnable but waited for a CPU."""
-    try:
-        with open(f"/proc/{pid}/schedstat") as fh:
-            return int(fh.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    return stacks
 
 
 def on_cpu_ns(pid: int) -> int | None:
@@ -304,18 +296,9 @@ class Point:
     def __init__(self, lr, workers: int, via_nginx: bool, a, logdir: Path):
         self.lr, self.w, self.via_nginx, self.a, self.logdir = lr, workers, via_nginx, a, logdir
 
-    def processes(self, root_pid: int) -> dict:
-        import psutil
-
-        out = {}
-        for p in [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]:
-            group = self.lr.classify(p)
-            if group:
-                out[p.pid] = (p, group)
-        return out
-
     def snapshot(self) -> dict:
         import psutil
+        from sampler import schedstat_wait_ns
 
         snap = {"t": time.monotonic(), "machine_busy_s": machine_busy_s(), "procs": {}}
         for pid, (p, group) in self.procs.items():
@@ -406,7 +389,7 @@ class Point:
                 # two workers can be handed the same one, and the second never listens
                 raise RuntimeError(f"{len(self.ports)} of {self.w} web workers listen "
                                    f"({sorted(self.ports)}); see stack.log")
-            self.procs = self.processes(stack.p.pid)
+            self.procs = lr.stack_processes(stack.p.pid)
             redis_ports = [c.laddr.port for p, g in self.procs.values() if g == "redis"
                            for c in p.net_connections(kind="tcp")
                            if c.status == psutil.CONN_LISTEN]

@@ -260,7 +260,6 @@ class ChatUser(ChatClient, SocketIOUser):
             self.chat()
 
 
-
 # --------------------------------------------------------------------------- end of the run
 
 _collected: list[dict] = []

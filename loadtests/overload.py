@@ -8,7 +8,7 @@ The issue: "Overload is visible, never silent: past capacity, new connections ar
 clear reason (a configurable cap per worker, nginx answering 503 when every worker is full), and
 users already chatting keep their p99 delivery within 2x of its value below capacity."
 
-One bounded run (under 5 min, loopback only) of `python -m stack cluster` (run.py's LocalStack:
+One bounded run (under 5 min, loopback only) of `python -m stack cluster` (stacks.py's LocalStack:
 nginx, --workers web workers with MAX_CONNECTIONS=--max-connections, the matcher, the archiver,
 a private Redis; no per-address limits, as in every load test here), every client through nginx:
 
@@ -68,7 +68,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # loadtests/ is not a package
 
 import capacity as cap  # the chat client, its counters, machine_busy_s, git_state
-import run as loadrun  # LocalStack, classify, web_workers, check_loopback
+import stacks  # LocalStack, stack_processes, web_workers, check_loopback
 
 PY = sys.executable
 SCALING = ROOT / "docs" / "SCALING.md"
@@ -1461,7 +1461,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"overload: {exc}", file=sys.stderr)
         return 2
-    if loadrun.LocalStack.pick() != "cluster":
+    if stacks.LocalStack.pick() != "cluster":
         print("overload: `python -m stack cluster` needs nginx (apt-get install nginx)",
               file=sys.stderr)
         return 2
@@ -1479,23 +1479,16 @@ def main(argv=None) -> int:
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}}
     print(f"overload: logs in {logdir.relative_to(ROOT)}; load average {meta['loadavg_before']}",
           flush=True)
-    stack = loadrun.LocalStack(logdir, a.workers, "cluster",
+    stack = stacks.LocalStack(logdir, a.workers, "cluster",
                                extra_env={"MAX_CONNECTIONS": str(a.max_connections)})
     r = None
     try:
         stack.wait_ready(60)
-        ports = loadrun.web_workers(stack.p.pid)
+        ports = stacks.web_workers(stack.p.pid)
         if len(ports) != a.workers:
             raise RuntimeError(f"{len(ports)} of {a.workers} web workers listen; see stack.log")
-        loadrun.check_loopback(stack.url)
-        import psutil
-
-        root = psutil.Process(stack.p.pid)
-        procs = {}
-        for p in [root, *root.children(recursive=True)]:
-            g = loadrun.classify(p)
-            if g:
-                procs[p.pid] = (p, g)
+        stacks.check_loopback(stack.url)
+        procs = stacks.stack_processes(stack.p.pid)
         r = Run(a, stack, ports, procs, logdir)
         red = redis_client(procs)
         if red is not None:
