@@ -192,6 +192,11 @@ def emit_line(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
+def socketio_url(base: str) -> str:
+    """The WebSocket URL of a new Engine.IO v4 session at `base` (http://host:port)."""
+    return base.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+
+
 def percentiles(xs: list[float]) -> dict:
     if not xs:
         return {}
@@ -205,7 +210,7 @@ async def generate(a) -> None:
     import aiohttp
 
     g = Gen(a.clients)
-    url = a.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    url = socketio_url(a.url)
     clients = [Client(g, i, a.typing) for i in range(a.clients)]
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sem = asyncio.Semaphore(50)

@@ -69,6 +69,7 @@ sys.path.insert(0, str(HERE))  # loadtests/ is not a package
 
 import capacity as cap  # the chat client, its counters, machine_busy_s, git_state
 import stacks  # LocalStack, stack_processes, web_workers, check_loopback
+from report import fmt as f
 
 PY = sys.executable
 SCALING = ROOT / "docs" / "SCALING.md"
@@ -93,13 +94,10 @@ _REFUSAL = contextvars.ContextVar("refusal_body", default=None)
 
 
 def pcts(xs: list[float]) -> dict:
+    """capacity's p50, p95, p99, and the max and the count."""
     if not xs:
         return {"n": 0}
-    xs = sorted(xs)
-    out = {f"p{p}": round(xs[min(len(xs) - 1, int(len(xs) * p / 100))], 1) for p in (50, 95, 99)}
-    out["max"] = round(xs[-1], 1)
-    out["n"] = len(xs)
-    return out
+    return {**cap.percentiles(xs), "max": round(max(xs), 1), "n": len(xs)}
 
 
 def classify(status: int, body: str | bytes | None) -> str:
@@ -554,7 +552,7 @@ class Crowd:
     def __init__(self, a):
         self.a = a
         self.url = a.url
-        self.ws_url = a.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        self.ws_url = cap.socketio_url(a.url)
         self.ledger = Ledger()
         self.attempts: list[tuple] = []
         self.cohorts: dict[int, dict] = {}
@@ -698,7 +696,7 @@ class Run:
     def __init__(self, a, stack, ports: dict[str, int], procs: dict, logdir: Path):
         self.a, self.stack, self.ports, self.procs, self.logdir = a, stack, ports, procs, logdir
         self.url = stack.url
-        self.ws_url = self.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        self.ws_url = cap.socketio_url(self.url)
         self.ledger = Ledger()
         self.phases = Phases()
         self.gen = cap.Gen(a.chatters)
@@ -1205,10 +1203,6 @@ def storm_figures(r: Run) -> dict:
 
 
 # ------------------------------------------------------------------------------ the report
-
-
-def f(v, nd=0) -> str:
-    return "–" if v is None else f"{v:.{nd}f}"
 
 
 def trio(p: dict) -> str:
