@@ -62,7 +62,6 @@ class ChatClient:
         LEDGER.note(code, where=where, **self.ctx())
         self.fire(where, code, 0, Refusal(code))
 
-
     # ---- connection
     def _client(self) -> SocketIOClient:
         sio = SocketIOClient(self.environment.events.request, **self.options)

@@ -105,9 +105,13 @@ def _options(parser):
 def _opts(environment):
     return environment.parsed_options
 
+
 # --------------------------------------------------------------------------- the user
 
 class ChatUser(ChatClient, SocketIOUser):
+    """One browser tab, the person behind it: when to join, chat, reload, press Next or Leave,
+    close the tab (the module docstring); ChatClient does the talking."""
+
     wait_time = constant(0)  # the one task below is the user's whole life, with its own pauses
     options = {"reconnection": False}  # a reload is done by hand, like the page's resume
 
