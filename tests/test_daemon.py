@@ -39,6 +39,19 @@ class Scripted(Daemon):
         self.closed += 1
 
 
+@pytest.fixture(autouse=True)
+def _signals_stay_here():
+    """These tests send SIGTERM and SIGINT to the test process itself. An earlier async test's
+    Socket.IO client (python-engineio) had the session's asyncio loop take SIGINT
+    (loop.add_signal_handler, which sets signal.set_wakeup_fd): the C handler then writes every
+    signal into that loop's pipe too, whatever Python handler is installed, and the next async
+    test's loop runs engineio's SIGINT handler - it cancels every task and stops the loop (seen:
+    tests/test_faults.py failing after this file). No wakeup fd during these tests; put back."""
+    fd = signal.set_wakeup_fd(-1)
+    yield
+    signal.set_wakeup_fd(fd)
+
+
 def ok(d):
     pass
 
