@@ -1,6 +1,8 @@
 """Fixtures: a shared stack (Redis, two web workers, the matcher) and helpers to build others."""
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -10,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pg import postgres  # noqa: E402,F401  (one PostgreSQL server for the session)
-from procs import ArchiverProc, MatcherProc, RedisServer, WebWorker, base_env, stop_all  # noqa: E402
+from procs import (ROOT, ArchiverProc, MatcherProc, RedisServer, WebWorker,  # noqa: E402
+                   base_env, stop_all, stop_in_background, wait_stopped)
 
 
 class Stack:
@@ -61,17 +64,103 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} -----\n{p.output()[-4000:]}" for p in self.procs())
 
-    def stop(self):
-        stop_all(self.procs())
-        if self.own_redis:
-            self.redis.stop()
+    def stop(self, background: bool = False, then=None):
+        """Stop every process at once (and the stack's own Redis after them), then `then()`.
+        `background`: only signal them now; a thread waits for their graceful stop while the
+        tests go on (procs.stop_in_background; the session waits for it at its end)."""
+        def after():
+            if self.own_redis:
+                self.redis.stop()
+            if then is not None:
+                then()
+
+        if background:
+            stop_in_background(self.procs(), after)
+        else:
+            stop_all(self.procs())
+            after()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stops_finished():
+    """Set up first, torn down last: the session ends once every stop in the background has."""
+    yield
+    wait_stopped()
+
+
+class LoadtestRun:
+    """One CI-sized run of loadtests/run.py, started when the session starts and asserted by
+    tests/test_loadtest_smoke.py when its turn comes: 20 users for 15 s against the baseline
+    relay, then against two web workers of a stack of its own (--target, --baseline). It is
+    mostly waiting (the locust load is light, the drains and the reports are short), so it runs
+    beside the other tests instead of adding its minute to the session."""
+
+    ARGS = ("--users", "20", "--spawn-rate", "10", "--duration", "15", "--processes", "2")
+
+    def __init__(self, folder: Path):
+        self.stack = Stack(workers=2)
+        self.out = folder / "results"
+        self.stdout, self.stderr = folder / "run.stdout", folder / "run.stderr"
+        self.cmd = [sys.executable, str(ROOT / "loadtests" / "run.py"), *self.ARGS,
+                    "--target", ",".join(self.stack.urls()), "--baseline",
+                    "--results-dir", str(self.out)]
+        try:
+            with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+                self.p = subprocess.Popen(self.cmd, cwd=ROOT, stdout=out, stderr=err)
+        except BaseException:
+            self.stack.stop()
+            raise
+
+    @staticmethod
+    def started(fixture_value) -> LoadtestRun:
+        """The run, or the exception that kept it from starting, raised."""
+        if isinstance(fixture_value, BaseException):
+            raise fixture_value
+        return fixture_value
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Its end (run.py's exit code, stdout, stderr); TimeoutExpired past `timeout`."""
+        self.p.wait(timeout)
+        return subprocess.CompletedProcess(self.cmd, self.p.returncode,
+                                           self.stdout.read_text(errors="replace"),
+                                           self.stderr.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        if self.p.poll() is None:  # the session ends before the test asserted it
+            self.p.send_signal(signal.SIGINT)  # run.py's own finally: stops its relay
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.stack.stop(background=True)
+
+
+LOADTEST_SMOKE = "test_loadtest_smoke.py::"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loadtest_in_background(request, tmp_path_factory):
+    """The LoadtestRun of this session when tests/test_loadtest_smoke.py is among the tests
+    selected, started before the first test; else None. A failure to start it is that test's
+    to report (`LoadtestRun.started`), not the first test's."""
+    if not any(LOADTEST_SMOKE in item.nodeid for item in request.session.items):
+        yield None
+        return
+    try:
+        run = LoadtestRun(tmp_path_factory.mktemp("loadtest"))
+    except Exception as exc:  # noqa: BLE001 - raised again by the test
+        yield exc
+        return
+    yield run
+    run.stop()
 
 
 @pytest.fixture(scope="session")
 def stack():
     s = Stack()
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 def flushed(stack: Stack):
@@ -95,6 +184,7 @@ def redis_cluster():
 
     c = RedisClusterServer()
     yield c
+    wait_stopped()  # the stacks on it first
     c.stop()
 
 
@@ -103,7 +193,7 @@ def cluster_stack(redis_cluster):
     """Like `stack`, on the session's Redis Cluster (REDIS_CLUSTER_URL)."""
     s = Stack(cluster=redis_cluster)
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -134,7 +224,7 @@ def make_stack():
 
     yield build
     for s in made:
-        s.stop()
+        s.stop(background=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -104,12 +105,45 @@ def stop_all(procs, timeout: float = 15) -> None:
     procs = list(procs)
     for p in procs:
         p.signal(signal.SIGTERM)
+    _wait_all(procs, timeout)
+
+
+def _wait_all(procs, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for p in procs:
         try:
             p.p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+_stopping: list[threading.Thread] = []
+
+
+def stop_in_background(procs, then=None, timeout: float = 15) -> None:
+    """stop_all(procs), then `then()`, without waiting for it: every one gets SIGTERM now, and
+    a thread waits for their graceful stop (a web worker's takes a second or more: gunicorn's
+    loop, the drain) while the tests go on. wait_stopped() waits for every such stop; so does
+    the interpreter's exit (the threads are not daemons)."""
+    procs = list(procs)
+    for p in procs:
+        p.signal(signal.SIGTERM)
+
+    def finish():
+        _wait_all(procs, timeout)
+        if then is not None:
+            then()
+
+    t = threading.Thread(target=finish, name="stopping " + ",".join(p.name for p in procs))
+    t.start()
+    _stopping.append(t)
+
+
+def wait_stopped() -> None:
+    """Wait until every stop_in_background() has finished: nothing of those processes is left
+    (for a test that counts what reaches a shared Redis, and at the end of the session)."""
+    while _stopping:
+        _stopping.pop().join()
 
 
 class RedisServer(Proc):

@@ -401,8 +401,7 @@ def aof_stack():
     redis = RedisServer(aof=True)
     s = Stack(workers=3, redis=redis, **FAULT_ENV)
     yield s
-    s.stop()
-    redis.stop()
+    s.stop(background=True, then=redis.stop)
 
 
 @pytest.fixture

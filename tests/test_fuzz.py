@@ -366,14 +366,14 @@ async def fuzz(stack: Stack, total: int, connections: int, label: str) -> None:
 def generous():
     s = Stack(workers=1, matchers=1, **GENEROUS)
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 @pytest.fixture(scope="module")
 def defaults():
     s = Stack(workers=1, matchers=1)
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 async def test_fuzz_events_and_packets_reach_the_handlers(generous):

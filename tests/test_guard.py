@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from peer import Peer, close_all, exchange, pair
-from procs import MatcherProc, RedisServer, WebWorker, base_env, wait_until
+from procs import (MatcherProc, RedisServer, WebWorker, base_env, stop_in_background,
+                   wait_until)
 
 MAX_FRAME = 16 * 1024  # MAX_FRAME_BYTES, set explicitly below
 MAX_BODY = 64 * 1024  # MAX_BODY_BYTES
@@ -45,9 +46,7 @@ def worker():
         web.wait_ready()
         yield web
     finally:
-        web.stop()
-        matcher.stop()
-        redis.stop()
+        stop_in_background([web, matcher], redis.stop)
 
 
 @pytest.fixture(scope="module")

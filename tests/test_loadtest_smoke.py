@@ -1,5 +1,6 @@
 """The load test itself, CI-sized: 20 users for 15 s, first against the baseline relay, then
-against a real stack started here, in one run of `loadtests/run.py` (what `make loadtest` runs).
+against a real stack, in one run of `loadtests/run.py` (what `make loadtest` runs), started in
+the background when the session starts (tests/conftest.py, LoadtestRun).
 
 Each side runs with two locust processes (the product against two web workers), and the test
 asserts what must hold at any speed: nothing lost, nothing duplicated or misdelivered, no error
@@ -11,10 +12,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import subprocess
-import sys
-
-from procs import ROOT
 
 
 def assert_clean_ledger(out, context: str) -> dict:
@@ -31,19 +28,19 @@ def assert_clean_ledger(out, context: str) -> dict:
     return summary
 
 
-def test_loadtest_smoke_product_and_baseline_relay(make_stack, tmp_path):
-    """The product (two web workers of a stack started here, --target) and the baseline relay
-    (loadtests/relay.py, --baseline) under the same locust users: clean ledgers on both sides,
-    so a protocol change that the relay no longer follows is caught here, not in a 1000-user
-    run; locust's reports written; the side-by-side comparison in run.json and summary.md."""
-    stack = make_stack(workers=2)
-    out = tmp_path / "results"
+def test_loadtest_smoke_product_and_baseline_relay(loadtest_in_background):
+    """The product (two web workers of a stack of the run's own, --target) and the baseline
+    relay (loadtests/relay.py, --baseline) under the same locust users: clean ledgers on both
+    sides, so a protocol change that the relay no longer follows is caught here, not in a
+    1000-user run; locust's reports written; the side-by-side comparison in run.json and
+    summary.md. The run started with the session (tests/conftest.py, LoadtestRun): here it is
+    waited for and checked."""
+    from conftest import LoadtestRun
+
+    lt = LoadtestRun.started(loadtest_in_background)
+    stack, out = lt.stack, lt.out
     base = out / "baseline"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "run.py"), "--users", "20", "--spawn-rate",
-         "10", "--duration", "15", "--processes", "2", "--target", ",".join(stack.urls()),
-         "--baseline", "--results-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=360)
+    run = lt.wait(timeout=240)
 
     def tail(path, n):
         return path.read_text(errors="replace")[-n:] if path.exists() else ""

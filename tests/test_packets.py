@@ -231,7 +231,7 @@ def stack():
     """One web worker with the default packet budget, and a matcher for the normal pair."""
     s = Stack(workers=1, matchers=1)
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 @pytest.fixture

@@ -9,12 +9,15 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
+from procs import wait_stopped
 from rediscluster import SLOTS, RedisClusterServer
 
 
 @pytest.fixture
 def cluster(redis_cluster):
-    """The session's cluster, flushed for this test."""
+    """The session's cluster, flushed for this test, once the stacks of earlier tests that ran on
+    it have stopped (their last scripts would count in this test's commandstats)."""
+    wait_stopped()
     redis_cluster.flush()
     return redis_cluster
 

@@ -414,7 +414,7 @@ def quarantine():
 
     s = Stack(workers=2)
     yield s
-    s.stop()
+    s.stop(background=True)
 
 
 @pytest.fixture
