@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-import signal
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -26,7 +25,7 @@ from sqlalchemy import insert
 from common.db import make_engine
 from common.migrate import upgrade
 from common.models import Message, Report, Room
-from procs import RedisServer, WebWorker, base_env
+from procs import RedisServer, WebWorker, base_env, stop_in_background
 
 PASSWORD = "correct horse battery staple 马"
 KNOWN_ROOM = "known0room0000000000000000000001"
@@ -159,11 +158,8 @@ def other_workers(tmp_path_factory):
             w.wait_ready()
         yield workers
     finally:
-        for w in workers.values():
-            w.signal(signal.SIGTERM)  # both shut down at once
-        for w in workers.values():
-            w.stop()
-        redis.stop()
+        # both shut down at once, then their Redis, while the tests go on
+        stop_in_background(workers.values(), redis.stop)
 
 
 # ------------------------------------------------------------------------------ helpers
