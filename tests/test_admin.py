@@ -298,6 +298,23 @@ def test_wrong_password_and_csrf_are_refused(site):
     assert "<script>" not in r.text and " style=" not in r.text  # nothing inline (the CSP)
 
 
+def test_the_console_carries_the_products_one_name(site):
+    """One product name, the README's (its title line), is the chat page's (web/i18n.json) and
+    the console's: in the title of every page and in the top bar."""
+    root = Path(__file__).resolve().parent.parent
+    readme_title = (root / "README.md").read_text("utf-8").splitlines()[0]
+    product = readme_title.removeprefix("# ").split(" — ")[0]
+    assert product == "Strangers", readme_title
+    table = json.loads((root / "web" / "i18n.json").read_text("utf-8"))
+    assert {lang: t["app_name"] for lang, t in table.items()} == dict.fromkeys(table, product)
+    r = client().get(site.base + "/admin/login", timeout=10)
+    assert f"<title>Sign in · {product} admin</title>" in r.text, r.text[:600]
+    assert f'<span>{product} <span class="brand__sub">admin</span></span>' in r.text
+    r = signed_in(site.base).get(site.base + "/admin/", timeout=10)
+    assert f"<title>Dashboard · {product} admin</title>" in r.text
+    assert "Stranger Chat" not in r.text
+
+
 def test_a_next_with_control_characters_is_a_safe_redirect_never_a_500(site):
     """`next=/admin/%0D%0A...` once made the redirect a 500 with a traceback (CR/LF in a
     Location header): any such target now sends the admin to the dashboard."""

@@ -82,6 +82,9 @@ async def test_admin_watches_a_chat_then_reads_and_exports_its_transcript(browse
             await admin.get_by_role("button", name="Sign in").click()
             await expect(admin).to_have_url(base + "/admin/")
             await expect(admin.get_by_role("heading", name="Dashboard")).to_be_visible()
+            # the product's one name (web/i18n.json's app_name, the chat page's brand)
+            await expect(admin).to_have_title("Dashboard · Strangers admin")
+            await expect(admin.locator(".topbar .brand")).to_have_text("Strangers admin")
             # admin.js tells the server the browser's zone and re-renders once in it
             await expect(admin.locator("#tz-name")).to_have_text(ZONE)
             await expect(admin.locator("#live-chatting")).to_have_text("0")

@@ -7,7 +7,10 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from .conftest import I18N, Stranger, fmt, pair
+from .conftest import I18N, ROOT, Stranger, fmt, pair
+
+# The product's one name: the README's title, the page's brand and title in every language.
+PRODUCT = "Strangers"
 
 # Every element with a data-i18n* key, and every text a person can see or hear.
 SNAPSHOT_JS = """() => {
@@ -93,6 +96,10 @@ async def test_the_page_speaks_the_browser_language(people, locale, lang):
     await expect(person.page.locator("#online-text")).to_have_text(
         template_re(I18N[lang]["online_count"]))
     await check_translated(person, lang)
+    # the same name in every language; the words around it are the language's own
+    await expect(person.page.locator(".brand__name")).to_have_text(PRODUCT)
+    await expect(person.page).to_have_title(re.compile("^" + re.escape(PRODUCT + " — ") + r"\S"))
+    assert (ROOT / "README.md").read_text("utf-8").startswith(f"# {PRODUCT} — ")
 
 
 async def test_two_chinese_strangers_see_only_their_language(people):

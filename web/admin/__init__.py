@@ -7,6 +7,7 @@ templates/admin/ (pages), and web/static/admin/ (admin.css, admin.js).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -30,6 +31,13 @@ def _static_version(app: Flask) -> str:
     return str(max(stamps, default=0))
 
 
+def _product_name() -> str:
+    """The product's one name, as the chat page shows it (web/i18n.json's app_name, the same in
+    every language), so the console cannot drift from it."""
+    table = json.loads((Path(__file__).resolve().parent.parent / "i18n.json").read_text("utf-8"))
+    return table["en"]["app_name"]
+
+
 def init_app(app: Flask, settings: config.Settings) -> None:
     """Register the console on `app`: the blueprint, CSRF protection of its forms, and the
     session cookie flags. Needs app.extensions["chat"]["store"] (the Redis store)."""
@@ -46,7 +54,8 @@ def init_app(app: Flask, settings: config.Settings) -> None:
     csrf.init_app(app)
     app.extensions["admin"] = {"settings": settings, "store": store,
                                "guard": Guard(store.r, store.k), "engine": None,
-                               "series_cache": {}, "static_version": _static_version(app)}
+                               "series_cache": {}, "static_version": _static_version(app),
+                               "product": _product_name()}
     app.register_blueprint(bp)
     if settings.admin_password is None:
         log.warning("admin console disabled: ADMIN_PASSWORD is not set, and production "

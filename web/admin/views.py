@@ -114,7 +114,8 @@ def _template_globals():
     return {"zone": zone, "fmt": (zone.fmt if zone else str), "iso": iso_utc,
             "side": queries.side, "duration": queries.duration,
             "signed_in": getattr(g, "admin", False),
-            "static_version": _ext().get("static_version", "0")}
+            "static_version": _ext().get("static_version", "0"),
+            "product": _ext().get("product", "")}
 
 
 @bp.errorhandler(CSRFError)
