@@ -7,12 +7,15 @@ writing their `{chat}:alive` deadline in the past.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import pytest
 
 from common import config
-from common.keys import Keys
-from common.redisconn import redis_client
+from common import events as ev
+from common.keys import WORKER_CHANNEL_INFIX, Keys
+from common.redisconn import connect, redis_client
 from common.store import SENT_KEPT, SENT_TTL, MessageResult, Store
 from procs import RedisServer
 
@@ -41,18 +44,22 @@ def make_store(redis_server):
     """make_store(**env) -> a Store on the test Redis with these settings over the defaults."""
 
     def make(**env) -> Store:
-        settings = config.load({
-            "APP_ENV": "development",
-            "SECRET_KEY": "lua-test-secret-" + "s" * 40,
-            "ADMIN_PASSWORD": "lua-test-admin",
-            "REDIS_URL": redis_server.url,
-            "RESUME_GRACE": str(GRACE),
-            "INTEREST_WAIT": "600",
-            **{k: str(v) for k, v in env.items()},
-        })
+        settings = lua_settings(redis_server, **env)
         return Store(redis_client(settings.redis_url), settings)
 
     return make
+
+
+def lua_settings(redis_server, **env) -> config.Settings:
+    return config.load({
+        "APP_ENV": "development",
+        "SECRET_KEY": "lua-test-secret-" + "s" * 40,
+        "ADMIN_PASSWORD": "lua-test-admin",
+        "REDIS_URL": redis_server.url,
+        "RESUME_GRACE": str(GRACE),
+        "INTEREST_WAIT": "600",
+        **{k: str(v) for k, v in env.items()},
+    })
 
 
 @pytest.fixture
@@ -861,3 +868,233 @@ def test_online_leaves_out_away_users_only_while_their_grace_lasts(store, r):
     r.zadd(K.alive, {"a": past})
     r.zadd(K.away, {"a": past})  # their grace is over; the reaper has not come yet
     assert store.online() == 1  # b: a is neither counted nor subtracted twice
+
+
+# -- each script once on one Redis and once on the Redis Cluster --------------------------------
+# The tests above drive one Redis, where every key has the home tag. These run each script on
+# both, so a script is also checked where its keys are of a chat shard on another node and its
+# events leave by SPUBLISH on that shard's channel.
+class Backend:
+    """A Store on one Redis or the cluster (a key prefix of its own), and its worker channels."""
+
+    def __init__(self, kind: str, redis_server, request):
+        self.cluster = kind == "cluster"
+        env = {"WORKER_ID": WORKER}  # resumes emit to the caller's worker
+        if self.cluster:
+            env.update(REDIS_CLUSTER_URL=request.getfixturevalue("redis_cluster").url,
+                       REDIS_PREFIX="lua" + uuid.uuid4().hex[:8])
+        settings = lua_settings(redis_server, **env)
+        self.store = Store(connect(settings), settings)
+        self.k, self.r = self.store.k, self.store.r
+        self._subs = []
+
+    def listen(self, room: str | None = None):
+        """A subscriber to WORKER's channel of the home tag, or of `room`'s shard; take(n)."""
+        tag = self.k.home if room is None else self.k.room_tag(room)
+        channel = tag + WORKER_CHANNEL_INFIX + WORKER
+        sub = self.r.pubsub()
+        if self.cluster:
+            sub.ssubscribe(channel)
+            read = sub.get_sharded_message
+        else:
+            sub.subscribe(channel)
+            read = sub.get_message
+        self._subs.append(sub)
+        confirm = read(timeout=5)
+        assert confirm is not None and confirm["type"] in ("subscribe", "ssubscribe"), confirm
+
+        def take(n: int, timeout: float = 5) -> list[dict]:
+            """The next n messages, decoded: {to, event, data} for an emit, else as published."""
+            got, deadline = [], time.monotonic() + timeout
+            while len(got) < n and time.monotonic() < deadline:
+                m = read(timeout=0.1)
+                if m and m["type"] in ("message", "smessage"):
+                    body = json.loads(m["data"])
+                    if body.get("method") == "emit":
+                        to = body["room"]
+                        body = {"to": to.removeprefix("u:"),
+                                "event": body["event"], "data": body["data"][0]}
+                    got.append(body)
+            assert len(got) == n, f"{got} of {n} on {channel}"
+            return got
+
+        return take
+
+    def close(self):
+        for sub in self._subs:
+            sub.close()
+        if self.cluster:
+            for key in self.r.scan_iter(match="{" + self.k.prefix + "*"):
+                self.r.delete(key)
+        self.r.close()
+
+    def now(self) -> int:
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def connected(self, *users: str) -> None:
+        """Each user with one connection `s-<user>` on WORKER (connect.lua)."""
+        for u in users:
+            self.store.connect(u, "s-" + u, WORKER)
+
+    def paired(self, a: str = "a", b: str = "b") -> str:
+        """a and b connected, chatting (join, match, open); their room."""
+        self.connected(a, b)
+        self.store.join(a, None)
+        self.store.join(b, None)
+        assert self.store.match() == 1
+        room = self.r.hget(self.k.room, a)
+        assert room and self.r.hget(self.k.room, b) == room
+        return room
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def on(request, redis_server):
+    backend = Backend(request.param, redis_server, request)
+    yield backend
+    backend.close()
+
+
+def test_touch_script(on):
+    assert on.store.touch(["a", "b"], WORKER) == 2
+    now = on.now()
+    assert now < on.r.zscore(on.k.alive, "a") <= now + TTL_MS
+    assert on.r.zscore(on.k.workers, WORKER) > now
+    assert on.store.online() == 2
+
+
+def test_connect_script(on):
+    assert on.store.connect("a", "s1", WORKER) == (1, 0)
+    told = on.listen()
+    assert on.store.connect("a", "s2", WORKER) == (1, 1)  # takes over s1
+    assert told(2) == [{"to": "s1", "event": "error", "data": ev.error("replaced")},
+                       {"method": "disconnect", "sid": "s1", "namespace": "/"}]
+    assert on.r.hgetall(on.k.where("a")) == {"s2": WORKER}
+
+
+def test_disconnect_script(on):
+    on.connected("a")
+    on.store.join("a", None)
+    assert on.store.disconnect("a", "s-a") == "away"
+    assert on.r.zscore(on.k.queue, "a") is None and on.r.hexists(on.k.parked, "a")
+    assert on.r.zscore(on.k.away, "a") is not None and on.store.online() == 0
+
+
+def test_join_script(on):
+    on.connected("a")
+    assert on.store.join("a", ["music"]) == ("waiting", 1)
+    assert on.r.zscore(on.k.queue, "a") is not None
+    assert json.loads(on.r.hget(on.k.prefs, "a")) == ["music"]
+    assert on.r.lrange(on.k.wake, 0, -1) == ["1"]
+
+
+def test_match_script(on):
+    room = on.paired("a", "b")
+    assert on.r.hgetall(on.k.partner) == {"a": "b", "b": "a"}
+    assert on.r.zcard(on.k.queue) == 0 and on.r.hlen(on.k.opening) == 0  # opened at once
+    assert {on.r.hget(on.k.chat(room), x) for x in ("a", "b")} == {"a", "b"}
+
+
+def test_open_script(on):
+    room = uuid.uuid4().hex
+    intent = json.dumps({"a": "a", "b": "b", "interests": ["music"], "at": 1234,
+                         "ra": [WORKER], "rb": []})
+    told = on.listen(room)
+    assert on.store.open_room(room, intent) is True
+    assert on.store.open_room(room, intent) is False  # idempotent
+    assert told(1) == [{"to": "a", "event": "matched",
+                        "data": {"room": room, "interests": ["music"], "at": 1234}}]
+    chat = on.r.hgetall(on.k.chat(room))
+    assert (chat["a"], chat["b"], chat["seq"], chat["opened"]) == ("a", "b", "0", "1234")
+    assert chat["route:a"] == json.dumps([WORKER]) and chat["route:b"] == "[]"
+    (opened,) = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert opened == {"type": "opened", "room": room, "user1": "a", "user2": "b",
+                      "interests": '["music"]', "ts": "1234"}
+
+
+def test_message_script(on):
+    room = on.paired()
+    told = on.listen(room)
+    sent = on.store.message("a", "m1", "hello", room)
+    assert (sent.status, sent.seq, sent.room) == ("ok", 1, room)
+    assert on.store.message("a", "m1", "hello", room) == MessageResult("dup", 1, sent.ts, room)
+    assert on.store.message("b", "m2", "hi", room).seq == 2
+    assert told(1) == [{"to": "b", "event": "message",
+                        "data": {"id": "m1", "room": room, "text": "hello", "ts": sent.ts,
+                                 "seq": 1}}]
+    kinds = [f["type"] for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert kinds == ["opened", "message", "message"]
+
+
+def test_typing_script(on):
+    room = on.paired()
+    told = on.listen(room)
+    assert on.store.typing("a", True, room) is True
+    assert told(1) == [{"to": "b", "event": "typing", "data": {"typing": True, "room": room}}]
+    assert on.store.typing("c", True, room) is False
+
+
+def test_tell_script(on):
+    room = on.paired()
+    told = on.listen(room)
+    assert on.store.disconnect("b", "s-b") == "away"  # tells a in the shard (tell.lua)
+    on.connected("b")
+    assert told(2) == [{"to": "a", "event": "partner_away", "data": {"room": room}},
+                       {"to": "a", "event": "partner_back", "data": {"room": room}}]
+    assert not on.r.hexists(on.k.chat(room), "away:b")
+
+
+def test_end_chat_script(on):
+    room = on.paired()
+    assert on.r.hset(on.k.closing, "other-room", "{}") == 1  # not this user's: left alone
+    # the home slot's half alone (Store.end_chat closes the shard next: test_close_script)
+    partner, ended, intent = on.store._run(
+        "end_chat", [on.k.partner, on.k.room, on.k.last, on.k.queue, on.k.wake, on.k.closing],
+        ["a", "next", "1"])
+    assert (partner, ended) == ("b", room) and on.r.hget(on.k.closing, room) == intent
+    assert json.loads(intent)["reason"] == "next" and on.r.hget(on.k.closing, "other-room") == "{}"
+    assert on.r.hlen(on.k.partner) == 0 and on.r.hget(on.k.last, "b") == "a"
+    assert on.r.zscore(on.k.queue, "a") is not None and on.r.zscore(on.k.queue, "b") is None
+
+
+def test_close_script(on):
+    room = on.paired()
+    told = on.listen(room)
+    assert on.store.end_chat("a", "left", requeue=False) == ("b", room)  # closes the shard
+    assert told(1) == [{"to": "b", "event": "partner_left",
+                        "data": {"reason": "left", "room": room}}]
+    assert on.r.hexists(on.k.chat(room), "closed") and on.r.hlen(on.k.closing) == 0
+    assert on.store.close_room(room, json.dumps({"user": "a", "reason": "left", "both": False,
+                                                 "at": 1})) is False  # closed already
+    kinds = [f["type"] for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert kinds == ["opened", "closed"]
+
+
+def test_reap_script(on):
+    room = on.paired()
+    told = on.listen(room)
+    on.r.zadd(on.k.alive, {"a": on.now() - 1000})
+    assert on.store.reap() == 1
+    assert sorted((m["to"], m["event"], m["data"]["reason"]) for m in told(2)) == [
+        ("a", "partner_left", "disconnected"), ("b", "partner_left", "disconnected")]
+    assert on.r.hlen(on.k.partner) == 0 and on.r.zscore(on.k.alive, "a") is None
+
+
+def test_whereabouts_script(on):
+    on.connected("a")
+    told = on.listen()
+    assert on.store.resume("a", 0, "s-a") == "idle"
+    (m,) = told(1)
+    assert (m["to"], m["event"], m["data"]["state"]) == ("s-a", "resumed", "idle")
+    assert m["data"]["at"] <= on.now()
+
+
+def test_snapshot_script(on):
+    room = on.paired()
+    on.store.message("a", "m1", "hello", room)
+    told = on.listen(room)
+    assert on.store.resume("b", 0, "s-b") == "chatting"
+    (m,) = told(1)
+    assert (m["to"], m["event"]) == ("s-b", "resumed")
+    assert m["data"]["room"] == room and m["data"]["partner_away"] is False
+    assert [(h["id"], h["mine"]) for h in m["data"]["history"]] == [("m1", False)]

@@ -1,16 +1,26 @@
 -- A connection of a known user arrives: presence, takeover of older tabs, and "back".
--- KEYS: 1 alive, 2 away, 3 workers, 4 where:<user>, 5 parked, 6 queue, 7 partner, 8 room,
---       9 wake (all in the home slot)
--- ARGV: 1 user, 2 sid, 3 worker id, 4 presence ttl ms, 5 where ttl s, 6 `replaced` error JSON
 -- Returns {online, replaced connections, room}: room is the user's chat when they were away
 -- and are back (the caller tells the partner `partner_back` in the chat's shard, tell.lua).
 -- One live tab per user: the user's other live connections are told `error {code: replaced}`
 -- and closed, so a copied token takes the chat over visibly instead of reading it in silence.
 -- A waiting user who was away returns to the queue with their first waiting time.
-local alive, away, workers, where = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local parked, queue, partner_key, room_key, wake = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local user, sid, worker = ARGV[1], ARGV[2], ARGV[3]
-local ttl_ms, where_ttl, replaced_json = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+-- KEYS (all in the home slot):
+local alive = KEYS[1]        -- zset user -> presence deadline (ms)
+local away = KEYS[2]         -- zset away user -> presence deadline (ms)
+local workers = KEYS[3]      -- zset web worker -> heartbeat deadline (ms)
+local where = KEYS[4]        -- where:<user>, hash sid -> worker
+local parked = KEYS[5]       -- hash away waiting user -> their place in the queue
+local queue = KEYS[6]        -- zset waiting user -> since (ms)
+local partner_key = KEYS[7]  -- hash user -> partner
+local room_key = KEYS[8]     -- hash user -> room
+local wake = KEYS[9]         -- list the matcher blocks on
+-- ARGV:
+local user = ARGV[1]
+local sid = ARGV[2]                  -- the new connection
+local worker = ARGV[3]               -- the web worker holding it
+local ttl_ms = tonumber(ARGV[4])     -- presence ttl (ms)
+local where_ttl = tonumber(ARGV[5])  -- seconds `where` lives
+local replaced_json = ARGV[6]        -- the `error {code: replaced}` payload, JSON
 local tag = tag_of(alive)
 local now = now_ms()
 redis.call('ZADD', workers, now + ttl_ms, worker)  -- before its first heartbeat, too

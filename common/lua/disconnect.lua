@@ -1,14 +1,23 @@
 -- A connection closed. When it was the user's last live one, the grace period starts: a waiting
 -- user leaves the queue (nobody is matched with a closed tab) until they come back, a chatting
 -- user's partner is to be told `partner_away` at once; the reaper ends it all after the grace.
--- KEYS: 1 alive, 2 away, 3 workers, 4 where:<user>, 5 parked, 6 queue, 7 room (home slot)
--- ARGV: 1 user, 2 sid, 3 presence ttl ms, 4 '1' when the worker is draining (its clients are
---       resuming elsewhere now: the partner is not told, but a waiting user is parked)
 -- Returns {'here' (another connection is live) | 'draining' | 'away', room}: room is the chat
 -- whose partner the caller tells `partner_away` in its shard (tell.lua), else ''.
-local alive, away, workers, where = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local parked, queue, room_key = KEYS[5], KEYS[6], KEYS[7]
-local user, sid, ttl_ms, draining = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+-- KEYS (all in the home slot):
+local alive = KEYS[1]     -- zset user -> presence deadline (ms)
+local away = KEYS[2]      -- zset away user -> presence deadline (ms)
+local workers = KEYS[3]   -- zset web worker -> heartbeat deadline (ms)
+local where = KEYS[4]     -- where:<user>, hash sid -> worker
+local parked = KEYS[5]    -- hash away waiting user -> their place in the queue
+local queue = KEYS[6]     -- zset waiting user -> since (ms)
+local room_key = KEYS[7]  -- hash user -> room
+-- ARGV:
+local user = ARGV[1]
+local sid = ARGV[2]               -- the connection that closed
+local ttl_ms = tonumber(ARGV[3])  -- presence ttl (ms)
+-- '1': the worker is draining (its clients are resuming elsewhere now: the partner is not
+-- told, but a waiting user is parked)
+local draining = ARGV[4] == '1'
 local now = now_ms()
 
 redis.call('HDEL', where, sid)

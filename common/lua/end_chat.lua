@@ -2,24 +2,31 @@
 -- list. The chat's shard is closed next by the caller (close.lua, which tells the partner
 -- `partner_left`); the intent to do so is left in `closing`, so a caller killed in between is
 -- replaced by the matcher (common/store.py Store.finish_pending).
--- KEYS: 1 partner, 2 room, 3 last, 4 queue, 5 wake, 6 closing (home slot)
--- ARGV: 1 user, 2 reason ('next' | 'left'), 3 requeue ('1' | '0')
 -- Returns {partner, room, closing intent JSON}, all '' when the user was not chatting.
-local k = {partner = KEYS[1], room = KEYS[2], last = KEYS[3], queue = KEYS[4], wake = KEYS[5],
-           closing = KEYS[6]}
-local user, reason, requeue = ARGV[1], ARGV[2], ARGV[3] == '1'
+-- KEYS (all in the home slot):
+local partner_key = KEYS[1]  -- hash user -> partner
+local room_key = KEYS[2]     -- hash user -> room
+local last_key = KEYS[3]     -- hash user -> last partner
+local queue = KEYS[4]        -- zset waiting user -> since (ms)
+local wake = KEYS[5]         -- list the matcher blocks on
+local closing = KEYS[6]      -- hash room -> intent to close it in its shard
+-- ARGV:
+local user = ARGV[1]
+local reason = ARGV[2]            -- 'next' | 'left'
+local requeue = ARGV[3] == '1'    -- back on the wait list
 local now = now_ms()
 
-local partner = redis.call('HGET', k.partner, user)
-local room = redis.call('HGET', k.room, user)
+local partner = redis.call('HGET', partner_key, user)
+local room = redis.call('HGET', room_key, user)
 if partner then
-  part(k, user, partner, room, reason, false, now)
+  part({partner = partner_key, room = room_key, last = last_key, closing = closing}, user,
+    partner, room, reason, false, now)
 end
 if requeue then
-  redis.call('ZADD', k.queue, 'NX', now, user)
-  wake_matcher(k.wake)
+  redis.call('ZADD', queue, 'NX', now, user)
+  wake_matcher(wake)
 else
-  redis.call('ZREM', k.queue, user)
+  redis.call('ZREM', queue, user)
 end
-local intent = room and redis.call('HGET', k.closing, room) or ''
+local intent = room and redis.call('HGET', closing, room) or ''
 return {partner or '', room or '', intent}

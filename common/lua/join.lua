@@ -1,10 +1,16 @@
 -- Put a user on the wait list (idempotent), remember their interests, wake the matcher.
--- KEYS: 1 alive, 2 queue, 3 prefs, 4 partner, 5 wake, 6 away
--- ARGV: 1 user, 2 interests (JSON list) or '' to keep the last ones, 3 presence ttl ms
 -- Returns {'chatting'} when the user already has a partner, else {'waiting', online}.
-local alive, queue, prefs, partner_key, wake, away = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-  KEYS[5], KEYS[6]
-local user, interests, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- KEYS (all in the home slot):
+local alive = KEYS[1]        -- zset user -> presence deadline (ms)
+local queue = KEYS[2]        -- zset waiting user -> since (ms)
+local prefs = KEYS[3]        -- hash user -> interests (JSON)
+local partner_key = KEYS[4]  -- hash user -> partner
+local wake = KEYS[5]         -- list the matcher blocks on
+local away = KEYS[6]         -- zset away user -> presence deadline (ms)
+-- ARGV:
+local user = ARGV[1]
+local interests = ARGV[2]         -- a JSON list, or '' to keep the last ones
+local ttl_ms = tonumber(ARGV[3])  -- presence ttl (ms)
 
 if redis.call('HEXISTS', partner_key, user) == 1 then
   return {'chatting'}

@@ -1,18 +1,25 @@
 -- Pair waiting users, atomically: nobody is paired twice, with themself, with someone who has a
 -- partner already, or with someone whose presence expired. Users sharing an interest go first;
--- others once they have waited ARGV[1] ms; the last partner only when nobody else waits.
+-- others once they have waited `interest_wait` ms; the last partner only when nobody else waits.
 -- This is the home slot's half: the pair is made (each user's partner and room pointer) and an
 -- intent to open the room is left in `opening`, with each user's route (the workers holding
 -- their connections). The caller opens the room in its shard next (open.lua publishes
 -- `matched`); a matcher killed in between is replaced by whoever finds the intent
 -- (common/store.py Store.finish_pending, or a resume that meets the missing room).
--- KEYS: 1 queue, 2 prefs, 3 partner, 4 room, 5 last, 6 alive, 7 workers, 8 opening (home slot)
--- ARGV: 1 interest wait ms, 2 batch size, 3.. fresh room ids (one per pair)
 -- Returns {room, intent JSON, room, intent JSON, ...} of the pairs made.
-local queue, prefs, partner_key, room_key, last_key, alive, workers, opening = KEYS[1],
-  KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local interest_wait, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
-local FIRST_ROOM = 3  -- ARGV[3 ..]: the fresh room ids
+-- KEYS (all in the home slot):
+local queue = KEYS[1]        -- zset waiting user -> since (ms)
+local prefs = KEYS[2]        -- hash user -> interests (JSON)
+local partner_key = KEYS[3]  -- hash user -> partner
+local room_key = KEYS[4]     -- hash user -> room
+local last_key = KEYS[5]     -- hash user -> last partner
+local alive = KEYS[6]        -- zset user -> presence deadline (ms)
+local workers = KEYS[7]      -- zset web worker -> heartbeat deadline (ms)
+local opening = KEYS[8]      -- hash room -> intent to open it in its shard
+-- ARGV:
+local interest_wait = tonumber(ARGV[1])  -- ms a user with interests waits for a shared one
+local batch = tonumber(ARGV[2])          -- waiting users looked at
+local FIRST_ROOM, LAST_ROOM = 3, #ARGV  -- ARGV[3 ..]: fresh room ids, one per pair at most
 local now = now_ms()
 
 local entries = redis.call('ZRANGE', queue, 0, batch - 1, 'WITHSCORES')
@@ -57,7 +64,7 @@ local taken, made, next_room = {}, {}, FIRST_ROOM
 local n = #users
 for i = 1, n do
   local u = users[i]
-  if not taken[u] and next_room <= #ARGV then
+  if not taken[u] and next_room <= LAST_ROOM then
     local best, best_common, fallback, again, again_common
     for j = i + 1, n do
       local v = users[j]

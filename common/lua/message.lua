@@ -3,17 +3,29 @@
 -- it for resume, append it to the history stream, and emit it to the partner's route
 -- (lib/emit.lua). Storing and emitting are one atomic step: no worker can die between them, so
 -- a message is never stored but not sent.
--- KEYS: 1 chat:<room>, 2 dedupe:<room>:<user>, 3 sent:<room>, 4 history (the room's shard)
--- ARGV: 1 user, 2 message id, 3 text, 4 rate per s, 5 burst, 6 messages kept for resume,
---       7 seconds the dedupe and resume keys live, 8 history maxlen, 9 room
 -- Returns {status, seq, ts, room}; status is 'ok', 'dup', 'not_chatting' or 'rate_limited'.
 -- A 'dup' (the client resent an id, e.g. after a reconnect) carries the first send's seq, ts and
 -- room and emits nothing: the first send was emitted.
-local chat, dedupe, sent, history = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, id, text = ARGV[1], ARGV[2], ARGV[3]
-local rate, burst, kept, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-  tonumber(ARGV[7])
-local history_maxlen, room = ARGV[8], ARGV[9]
+-- KEYS (all in the room's shard):
+local chat = KEYS[1]     -- chat:<room>
+local dedupe = KEYS[2]   -- dedupe:<room>:<user>, hash message id -> 'seq:ts:room'
+local sent = KEYS[3]     -- sent:<room>, the resume buffer
+local history = KEYS[4]  -- the shard's history stream
+-- ARGV:
+local user = ARGV[1]
+local id = ARGV[2]                 -- the client's message id
+local text = ARGV[3]
+local rate = tonumber(ARGV[4])     -- messages per second per user
+local burst = tonumber(ARGV[5])    -- messages a user may send at once
+local kept = tonumber(ARGV[6])     -- messages kept for resume
+local ttl = tonumber(ARGV[7])      -- seconds the dedupe and resume keys live
+local history_maxlen = ARGV[8]     -- each history stream's cap, about
+local room = ARGV[9]
+
+-- What a de-duplicated id remembers: its message's seq, ts and room.
+local function seen_as(seq, ts)
+  return seq .. ':' .. ts .. ':' .. room
+end
 
 local seen = redis.call('HGET', dedupe, id)
 if seen then
@@ -22,8 +34,8 @@ if seen then
   return {'dup', tonumber(string.sub(seen, 1, a - 1)), tonumber(string.sub(seen, a + 1, b - 1)),
           string.sub(seen, b + 1)}
 end
-local partner = other_of(chat, user)
-if not partner or redis.call('HEXISTS', chat, 'closed') == 1 then
+local partner = partner_in(chat, user)
+if not partner then
   return {'not_chatting', 0, 0, ''}
 end
 local now = now_ms()
@@ -40,7 +52,7 @@ redis.call('HSET', chat, 'tokens:' .. user, tostring(tokens - 1), 'ts:' .. user,
 redis.call('RPUSH', sent, cjson.encode({id = id, seq = seq, text = text, ts = now, from = user}))
 redis.call('LTRIM', sent, -kept, -1)
 redis.call('EXPIRE', sent, ttl)
-redis.call('HSET', dedupe, id, seq .. ':' .. now .. ':' .. room)
+redis.call('HSET', dedupe, id, seen_as(seq, now))
 if redis.call('HLEN', dedupe) > 2 * kept then
   -- A long chat: keep only the ids still in the resume buffer (a client resends what it has
   -- not seen acked, never older), rebuilt once per `kept` messages.
@@ -48,13 +60,13 @@ if redis.call('HLEN', dedupe) > 2 * kept then
   for _, raw in ipairs(redis.call('LRANGE', sent, 0, -1)) do
     local m = cjson.decode(raw)
     if m.from == user then
-      redis.call('HSET', dedupe, m.id, m.seq .. ':' .. m.ts .. ':' .. room)
+      redis.call('HSET', dedupe, m.id, seen_as(m.seq, m.ts))
     end
   end
 end
 redis.call('EXPIRE', dedupe, ttl)
-redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'message', 'room', room,
-  'user', user, 'id', id, 'seq', tostring(seq), 'text', text, 'ts', tostring(now))
+append_history(history, history_maxlen, 'type', 'message', 'room', room, 'user', user, 'id', id,
+  'seq', tostring(seq), 'text', text, 'ts', tostring(now))
 emit_route(tag_of(chat), b[3], EV.message, partner,
   {id = id, room = room, text = text, ts = now, seq = seq})
 return {'ok', seq, now, room}

@@ -1,13 +1,16 @@
 -- Open a chat in its shard from the intent match.lua left (idempotent: whoever finds the intent
 -- first opens the room, later calls change nothing): the chat hash, `opened` in the history, and
 -- `matched` to both users on their routes.
--- KEYS: 1 chat:<room>, 2 history (the room's shard)
--- ARGV: 1 room, 2 intent JSON {a, b, interests, at, ra, rb}, 3 history maxlen,
---       4 seconds the chat lives at most (a safety net: close.lua ends it long before)
 -- Returns 1 when this call opened it, 0 when it was open (or closed) already.
-local chat, history = KEYS[1], KEYS[2]
-local room, intent, history_maxlen, ttl = ARGV[1], cjson.decode(ARGV[2]), ARGV[3],
-  tonumber(ARGV[4])
+-- KEYS (all in the room's shard):
+local chat = KEYS[1]     -- chat:<room>
+local history = KEYS[2]  -- the shard's history stream
+-- ARGV:
+local room = ARGV[1]
+local intent = cjson.decode(ARGV[2])  -- {a, b, interests, at, ra, rb}, from match.lua
+local history_maxlen = ARGV[3]        -- each history stream's cap, about
+-- seconds the chat lives at most (a safety net: close.lua ends it long before)
+local ttl = tonumber(ARGV[4])
 local tag = tag_of(chat)
 
 if redis.call('EXISTS', chat) == 1 then
@@ -19,8 +22,8 @@ local ra, rb = json_list(intent.ra), json_list(intent.rb)
 redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests,
   'opened', tostring(intent.at), 'route:' .. a, ra, 'route:' .. b, rb)
 redis.call('EXPIRE', chat, ttl)
-redis.call('XADD', history, 'MAXLEN', '~', history_maxlen, '*', 'type', 'opened', 'room', room,
-  'user1', a, 'user2', b, 'interests', interests, 'ts', tostring(intent.at))
+append_history(history, history_maxlen, 'type', 'opened', 'room', room, 'user1', a, 'user2', b,
+  'interests', interests, 'ts', tostring(intent.at))
 -- `at`: the pairing's time in the home slot, which a client compares with a `resumed` that
 -- came from there (on a cluster the two may arrive out of order: docs/protocol.md)
 local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. ',"at":'

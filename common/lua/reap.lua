@@ -3,26 +3,34 @@
 -- slot. Each ended chat leaves an intent in `closing` that the matcher carries out next in the
 -- chat's shard (close.lua tells both users `partner_left`: the partner, and the reaped user in
 -- case they come back just now).
--- KEYS: 1 alive, 2 queue, 3 prefs, 4 partner, 5 room, 6 last, 7 away, 8 parked, 9 closing
--- ARGV: 1 max users per call
 -- Returns the number of users reaped.
-local k = {alive = KEYS[1], queue = KEYS[2], prefs = KEYS[3], partner = KEYS[4], room = KEYS[5],
-           last = KEYS[6], away = KEYS[7], parked = KEYS[8], closing = KEYS[9]}
-local limit = tonumber(ARGV[1])
+-- KEYS (all in the home slot):
+local alive = KEYS[1]        -- zset user -> presence deadline (ms)
+local queue = KEYS[2]        -- zset waiting user -> since (ms)
+local prefs = KEYS[3]        -- hash user -> interests (JSON)
+local partner_key = KEYS[4]  -- hash user -> partner
+local room_key = KEYS[5]     -- hash user -> room
+local last_key = KEYS[6]     -- hash user -> last partner
+local away = KEYS[7]         -- zset away user -> presence deadline (ms)
+local parked = KEYS[8]       -- hash away waiting user -> their place in the queue
+local closing = KEYS[9]      -- hash room -> intent to close it in its shard
+-- ARGV:
+local limit = tonumber(ARGV[1])  -- users reaped per call at most
 local now = now_ms()
+local home = {partner = partner_key, room = room_key, last = last_key, closing = closing}
 
-local gone = redis.call('ZRANGEBYSCORE', k.alive, '-inf', now, 'LIMIT', 0, limit)
+local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, limit)
 for _, u in ipairs(gone) do
-  redis.call('ZREM', k.alive, u)
-  redis.call('ZREM', k.queue, u)
-  redis.call('ZREM', k.away, u)
-  for _, key in ipairs({k.prefs, k.last, k.parked}) do
+  redis.call('ZREM', alive, u)
+  redis.call('ZREM', queue, u)
+  redis.call('ZREM', away, u)
+  for _, key in ipairs({prefs, last_key, parked}) do
     redis.call('HDEL', key, u)
   end
-  local partner = redis.call('HGET', k.partner, u)
+  local partner = redis.call('HGET', partner_key, u)
   if partner then
-    part(k, u, partner, redis.call('HGET', k.room, u), REASON_DISCONNECTED, true, now)
-    redis.call('HDEL', k.last, u)  -- gone: nobody to keep apart from
+    part(home, u, partner, redis.call('HGET', room_key, u), REASON_DISCONNECTED, true, now)
+    redis.call('HDEL', last_key, u)  -- gone: nobody to keep apart from
   end
 end
 return #gone

@@ -2,18 +2,23 @@
 -- route, and the connection gets `resumed` with the chat's messages after `since`. Published on
 -- the shard's channel like every event of the chat, it reaches the client in order with them: a
 -- `partner_left` from a change after the snapshot arrives after it, never before.
--- KEYS: 1 chat:<room>, 2 sent:<room> (the room's shard)
--- ARGV: 1 user, 2 since, 3 the connection's sid, 4 the worker holding it (the caller), 5 room
 -- Returns 'chatting' (emitted), 'missing' (the room is not open yet: its intent is in the home
 -- slot's `opening`) or 'closed' (it ended meanwhile: ask the home slot again).
-local chat, sent = KEYS[1], KEYS[2]
-local user, since, sid, worker, room = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+-- KEYS (all in the room's shard):
+local chat = KEYS[1]  -- chat:<room>
+local sent = KEYS[2]  -- sent:<room>, the resume buffer
+-- ARGV:
+local user = ARGV[1]
+local since = tonumber(ARGV[2])  -- the last seq the client has
+local sid = ARGV[3]              -- the connection to tell
+local worker = ARGV[4]           -- the web worker holding it (the caller)
+local room = ARGV[5]
 
 if redis.call('EXISTS', chat) == 0 then
   return 'missing'
 end
-local partner = other_of(chat, user)
-if not partner or redis.call('HEXISTS', chat, 'closed') == 1 then
+local partner = partner_in(chat, user)
+if not partner then
   return 'closed'
 end
 redis.call('HSET', chat, 'route:' .. user, cjson.encode({worker}))

@@ -1,15 +1,16 @@
 -- Tell the partner that the user is (or stopped) typing, in the chat's shard. The event carries
 -- the room, so a partner already in another chat ignores a late one.
--- KEYS: 1 chat:<room>
--- ARGV: 1 user, 2 '1' typing / '0' stopped, 3 room
 -- Returns 1 when sent, 0 when the user is not in this open chat.
-local chat = KEYS[1]
-local user, typing, room = ARGV[1], ARGV[2] == '1', ARGV[3]
+-- KEYS (in the room's shard):
+local chat = KEYS[1]  -- chat:<room>
+-- ARGV:
+local user = ARGV[1]
+local typing = ARGV[2] == '1'  -- '1' typing, '0' stopped
+local room = ARGV[3]
 
-local partner = other_of(chat, user)
-if not partner or redis.call('HEXISTS', chat, 'closed') == 1 then
+local partner = partner_in(chat, user)
+if not partner then
   return 0
 end
-emit_route(tag_of(chat), redis.call('HGET', chat, 'route:' .. partner), EV.typing, partner,
-  {typing = typing, room = room})
+emit_in_chat(chat, partner, EV.typing, {typing = typing, room = room})
 return 1

@@ -1,11 +1,15 @@
 -- The first half of a resume, in the home slot: where is the user? A user who is not chatting
 -- is told so at once (`resumed {state: waiting | idle}` to the connection); a chatting one's
 -- snapshot comes from the chat's shard (snapshot.lua), which the caller runs next.
--- KEYS: 1 partner, 2 room, 3 queue (home slot)
--- ARGV: 1 user, 2 the connection's sid, 3 the worker holding it (the caller)
 -- Returns {'chatting', room, partner} or {'waiting' | 'idle'}.
-local partner_key, room_key, queue = KEYS[1], KEYS[2], KEYS[3]
-local user, sid, worker = ARGV[1], ARGV[2], ARGV[3]
+-- KEYS (all in the home slot):
+local partner_key = KEYS[1]  -- hash user -> partner
+local room_key = KEYS[2]     -- hash user -> room
+local queue = KEYS[3]        -- zset waiting user -> since (ms)
+-- ARGV:
+local user = ARGV[1]
+local sid = ARGV[2]     -- the connection to tell
+local worker = ARGV[3]  -- the web worker holding it (the caller)
 
 local partner = redis.call('HGET', partner_key, user)
 local room = redis.call('HGET', room_key, user)

@@ -29,3 +29,18 @@ local function other_of(chat, user)
   end
   return nil
 end
+
+-- The partner of `user` in this chat while it is open; nil when `user` is not one of its two
+-- users or the chat is closed (a late message, typing or presence change is then dropped).
+local function partner_in(chat, user)
+  local partner = other_of(chat, user)
+  if not partner or redis.call('HEXISTS', chat, 'closed') == 1 then
+    return nil
+  end
+  return partner
+end
+
+-- Emit to `user` on their route as this chat holds it (`route:<user>`).
+local function emit_in_chat(chat, user, event, payload)
+  emit_route(tag_of(chat), redis.call('HGET', chat, 'route:' .. user), event, user, payload)
+end
