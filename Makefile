@@ -16,10 +16,11 @@ BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: screenshots run cluster test compose-test loadtest capacity overload soak attacks venv migrate purge clean help
+.PHONY: screenshots run admin-unlock cluster test compose-test loadtest capacity overload soak attacks venv migrate purge clean help
 
 help:
 	@echo "make run    - the chat on embedded defaults (private Redis, SQLite); PORT=5000"
+	@echo "make admin-unlock [ADDRESS=127.0.0.1] - lift the admin console's sign-in lockout (all addresses by default)"
 	@echo "make cluster - nginx in front of WORKERS=3 web workers, the matcher, the archiver; PORT=8080 (needs nginx)"
 	@echo "make test   - the test suite (starts its own Redis, web workers and matcher)"
 	@echo "make compose-test - docker-compose.yml for real under podman (installed if missing) or Docker: build, up, checks, down"
@@ -46,6 +47,10 @@ venv: $(BASE)
 
 run: $(BASE)
 	$(PY) -m stack run
+
+# with make run's private Redis (instance/redis/url) or REDIS_URL / REDIS_CLUSTER_URL
+admin-unlock: $(BASE)
+	$(PY) -m web.admin unlock $(ADDRESS)
 
 cluster: $(BASE)
 	WORKERS=$(WORKERS) $(PY) -m stack cluster

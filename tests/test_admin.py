@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,7 @@ from sqlalchemy import insert
 from common.db import make_engine
 from common.migrate import upgrade
 from common.models import Message, Report, Room
-from procs import RedisServer, WebWorker, base_env, stop_in_background
+from procs import PY, ROOT, RedisServer, WebWorker, base_env, stop_in_background
 
 PASSWORD = "correct horse battery staple 马"
 KNOWN_ROOM = "known0room0000000000000000000001"
@@ -358,6 +359,38 @@ def test_lockout_after_repeated_failures_per_address(site):
     assert keys == ["{chat}:admin:fail:127.0.0.2"]
 
 
+def test_a_locked_out_address_is_unlocked_from_the_shell(site):
+    """The way out of a lockout: `python -m web.admin unlock [ADDRESS]` (make admin-unlock),
+    named on the locked page in development."""
+    base = site.base
+    s = client("127.0.0.4")
+    for i in range(5):
+        r = post_login(s, base, f"typo-{i}")
+    assert r.status_code == 429
+    assert "make admin-unlock" in r.text and "python -m web.admin unlock" in r.text
+    assert post_login(s, base, PASSWORD).status_code == 429
+
+    def unlock(*addresses: str) -> str:
+        done = subprocess.run([PY, "-m", "web.admin", "unlock", *addresses], env=site.env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    out = unlock("127.0.0.4")
+    assert re.fullmatch(r"127\.0\.0\.4: unlocked \(5 failed sign-ins; the lockout had 1[45] more "
+                        r"minutes to go\)\n", out), out
+    r = post_login(s, base, PASSWORD)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/admin/"), r.text[:300]
+    assert site.redis.client.keys("*admin:fail:127.0.0.4") == []
+    assert unlock("127.0.0.4") == "127.0.0.4: no failed sign-ins, not locked out\n"
+    # a wrong password or two are forgotten too; without an address, every address's
+    post_login(client("127.0.0.5"), base, "typo")
+    out = unlock()
+    assert "127.0.0.5: forgot 1 failed sign-in (not locked out yet)" in out, out
+    assert site.redis.client.keys("*admin:fail:*") == []
+    assert unlock() == f"no address has failed sign-ins (Redis {site.redis.url}): nothing to unlock\n"
+
+
 def test_no_page_or_export_without_login(site):
     base = site.base
     s = client()
@@ -441,6 +474,18 @@ def test_dashboard_totals_live_numbers_and_chart_data(site):
         rc.delete("{chat}:alive", "{chat}:queue", "{chat}:partner")
 
 
+def test_the_dashboard_clock_is_24_hour_in_the_tables_zone(site):
+    """"Updated 20:34:56": the same 24-hour format, and zone, as the tables' times."""
+    s = signed_in(site.base, tz="Asia/Shanghai")
+    html = s.get(site.base + "/admin/").text
+    m = re.search(r'Updated <time id="live-time" datetime="([^"]+)">([^<]+)</time>', html)
+    assert m, html[:2000]
+    at = datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+    assert abs((datetime.now(timezone.utc) - at).total_seconds()) < 60
+    assert m.group(2) == (at + timedelta(hours=8)).strftime("%H:%M:%S")  # Asia/Shanghai
+    assert "AM" not in m.group(2) and "PM" not in m.group(2)
+
+
 def test_rooms_list_filters_search_and_pages(site):
     base = site.base
     s = signed_in(base)
@@ -518,7 +563,7 @@ def test_export_of_100k_messages_streams_with_flat_memory(site, capsys, tmp_path
     csv_run = download(s, base + "/admin/export.csv", site.web, tmp_path / "all.csv")
     raw = (tmp_path / "all.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
-    assert csv_run["headers"]["Content-Type"].startswith("text/csv")
+    assert csv_run["headers"]["Content-Type"] == "text/csv; charset=utf-8"  # one charset
     assert "attachment" in csv_run["headers"]["Content-Disposition"]
     assert "Content-Length" not in csv_run["headers"]  # streamed, not built in memory
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
@@ -555,11 +600,14 @@ def test_export_of_a_filter_and_of_rooms_and_reports(site):
     s = signed_in(base)
     r = s.get(base + "/admin/export.json", params={"q": NEEDLE})
     assert [i["text"] for i in r.json()] == KNOWN_TEXTS  # the whole transcript of the match
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
     r = s.get(base + "/admin/export.json", params={"room": KNOWN_ROOM, "kind": "rooms"})
     (room,) = r.json()
     assert room["interests"] == ["音乐", "chess"] and room["message_count"] == 3
     assert room["closed_by"] == "B" and room["opened_at_utc"] == "2026-03-01T12:34:51Z"
     r = s.get(base + "/admin/export.csv", params={"kind": "reports", "q": NEEDLE})
+    # the charset named once ("text/csv; charset=utf-8; charset=utf-8" before)
+    assert r.headers["Content-Type"] == "text/csv; charset=utf-8", r.headers["Content-Type"]
     rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"), newline="")))
     assert len(rows) == 2 and {x["reason"] for x in rows} == {"骚扰 spam", "already handled"}
     assert rows[0]["reporter_side"] == "B" and rows[0]["reported_side"] == "A"

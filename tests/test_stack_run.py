@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from common import config
 from procs import PY, ROOT, Fatal, free_port, wait_until
@@ -151,3 +152,54 @@ def test_ctrl_c_stops_the_stack_in_order_quietly_and_completely(via, instance):
     assert sigint < min(stopped) and max(stopped) < redis_stopped, out
     redis_log = (instance / "redis" / "redis.log").read_text()
     assert "User requested shutdown" in redis_log, redis_log
+
+
+def test_a_developer_locked_out_of_the_console_gets_back_in(instance):
+    """Five typos in the console's password lock the address out for 15 minutes; under make run
+    `python -m web.admin unlock` (make admin-unlock), in another shell without REDIS_URL, finds
+    the private Redis (instance/redis/url) and lifts the lockout."""
+    port = free_port()
+    log = instance / "out.log"
+    env = stack_env(instance, port)
+    p = start([PY, "-m", "stack", "run"], env, log)
+    procs = []
+    try:
+        wait_ready(p, port, log)
+        procs = tree(p)
+        assert (instance / "redis" / "url").read_text().startswith("redis://127.0.0.1:")
+        password = (instance / "admin_password").read_text().strip()
+        base = f"http://127.0.0.1:{port}/admin"
+        s = requests.Session()
+
+        def sign_in(pw: str) -> requests.Response:
+            page = s.get(base + "/login", timeout=10).text
+            token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
+            return s.post(base + "/login", data={"password": pw, "csrf_token": token},
+                          allow_redirects=False, timeout=10)
+
+        codes = [sign_in(f"typo {i}").status_code for i in range(5)]
+        assert codes == [401] * 4 + [429], codes
+        locked = sign_in(password)
+        assert locked.status_code == 429 and "make admin-unlock" in locked.text
+
+        done = subprocess.run([PY, "-m", "web.admin", "unlock"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.fullmatch(r"127\.0\.0\.1: unlocked \(5 failed sign-ins; .*\)\n", done.stdout), \
+            done.stdout
+        r = sign_in(password)
+        assert r.status_code == 302 and r.headers["Location"].endswith("/admin/"), r.text[:300]
+
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(STOP_BOUND) == 0, log.read_text()
+        wait_until(lambda: not running(procs), 10, "every process of the stack to be gone")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert not (instance / "redis" / "url").exists()  # only while it runs

@@ -14,7 +14,9 @@ import json
 import re
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Page, expect
@@ -88,6 +90,17 @@ async def test_admin_watches_a_chat_then_reads_and_exports_its_transcript(browse
             # admin.js tells the server the browser's zone and re-renders once in it
             await expect(admin.locator("#tz-name")).to_have_text(ZONE)
             await expect(admin.locator("#live-chatting")).to_have_text("0")
+            # the "Updated" clock, once admin.js's poll has rewritten it: 24-hour in the
+            # tables' zone, though the browser's locale (en-US) says "1:05:09 PM"
+            clock = admin.locator("#live-status time")
+            served = await clock.get_attribute("datetime")
+            await expect(clock).not_to_have_attribute("datetime", served, timeout=10_000)
+            iso, shown = await clock.evaluate("el => [el.getAttribute('datetime'), "
+                                              "el.textContent]")  # one poll's, both
+            at = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+            assert shown == at.astimezone(ZoneInfo(ZONE)).strftime("%H:%M:%S"), (shown, at)
+            await expect(admin.locator("#live-status")).to_have_text(
+                re.compile(r"^Updated \d\d:\d\d:\d\d$"))
 
         # meanwhile two strangers open the chat, one on each worker
         _, a, b = await asyncio.gather(sign_in(), strangers(stack.urls()[0]),

@@ -6,7 +6,9 @@ web worker through Redis.
 - Lockout: FAIL_LIMIT wrong passwords from one client address within FAIL_WINDOW lock that
   address out for LOCK_SECONDS from the last of them; while locked, even the right password is
   refused. The count is one Redis string per address (SET NX EX + INCR in one MULTI), so it holds
-  across workers and restarts of a worker.
+  across workers and restarts of a worker. `python -m web.admin unlock [ADDRESS ...]` (make
+  admin-unlock) deletes those strings: the way out for a developer who locked themself out, and
+  for an operator with shell access (web/admin/__main__.py).
 - Sessions: the signed Flask cookie carries only a random session id; the id lives in Redis with
   an idle timeout (SESSION_IDLE, renewed on use) and a hard limit (SESSION_MAX). Logout deletes
   it, so a copied cookie is worthless afterwards.
@@ -67,6 +69,25 @@ class Guard:
 
     def succeeded(self, who: str) -> None:
         self.r.delete(self._fail_key(who))
+
+    def failures(self) -> dict[str, tuple[int, int]]:
+        """Every address with failed sign-ins counted: address -> (count, seconds left)."""
+        prefix = self._fail_key("")
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        found = {}
+        for key in self.r.scan_iter(match=pattern, count=500):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.ttl(key)
+            count, ttl = pipe.execute()
+            if count is not None:
+                found[key[len(prefix):]] = (int(count), max(int(ttl), 0))
+        return found
+
+    def unlock(self, who: str) -> bool:
+        """Forget the failed sign-ins of one address (lifting its lockout); False: there were
+        none."""
+        return bool(self.r.delete(self._fail_key(who)))
 
     # sessions ----------------------------------------------------------------------------------
     def _session_key(self, sid: str) -> str:

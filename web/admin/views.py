@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import redis
@@ -185,7 +186,8 @@ def _locked(form: LoginForm, seconds: int):
     minutes = max(1, -(-seconds // 60))
     msg = (f"Too many failed sign-ins from your address. Sign-in is blocked for {minutes} "
            f"more minute{'s' if minutes != 1 else ''}.")
-    resp = Response(render_template("admin/login.html", form=form, error=msg, locked=True), 429)
+    resp = Response(render_template("admin/login.html", form=form, error=msg, locked=True,
+                                    unlock_hint=not _settings().production), 429)
     resp.headers["Retry-After"] = str(seconds)
     return resp
 
@@ -227,7 +229,8 @@ def dashboard():
         log.warning("database error on %s: %s", request.path, str(exc).splitlines()[0][:300])
         totals, series, db_error = None, None, True
     return render_template("admin/dashboard.html", totals=totals, live=live, series=series,
-                           db_error=db_error, retention_days=_settings().retention_days)
+                           db_error=db_error, retention_days=_settings().retention_days,
+                           live_at=datetime.now(timezone.utc))
 
 
 @bp.get("/api/live")
@@ -341,13 +344,15 @@ def _export(fmt: str):
         return jsonify(error="bad_filter", details=errors), 400
     if fmt == "csv":
         stream = export.csv_stream(_engine(), kind, flt, g.zone)
-        mimetype = "text/csv; charset=utf-8"
+        content_type = "text/csv; charset=utf-8"
     else:
         stream = export.json_stream(_engine(), kind, flt, g.zone)
-        mimetype = "application/json; charset=utf-8"
+        content_type = "application/json; charset=utf-8"
     log.info("export of %s as %s (%s) to %s", kind, fmt,
              "everything" if flt.empty else "a filter", _client_address())
-    resp = Response(stream, mimetype=mimetype, direct_passthrough=True)
+    # content_type, not mimetype: werkzeug appends "; charset=utf-8" to a text/* mimetype, and
+    # "text/csv; charset=utf-8" became "text/csv; charset=utf-8; charset=utf-8"
+    resp = Response(stream, content_type=content_type, direct_passthrough=True)
     resp.headers["Content-Disposition"] = f'attachment; filename="{export.filename(kind, fmt)}"'
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: pass the stream on, don't spool it
     return resp

@@ -45,6 +45,11 @@ class Zone:
             return ""
         return local.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
 
+    def clock(self, value: datetime | None) -> str:
+        """The time of day alone, 24-hour like fmt(): the dashboard's "Updated 20:34:56"."""
+        local = self.local(value)
+        return "" if local is None else local.strftime("%H:%M:%S")
+
     def offset_label(self, at: datetime | None = None) -> str:
         off = (at or datetime.now(timezone.utc)).astimezone(self.tz).utcoffset() or timedelta(0)
         minutes = int(off.total_seconds() // 60)

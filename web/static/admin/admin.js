@@ -51,7 +51,25 @@
     let timer = null;
     let stopped = false;
 
-    const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    // 24-hour HH:MM:SS in the zone the page's tables use (the server's choice: DISPLAY_TZ, the
+    // browser's zone, or UTC; body[data-tz]), never the browser locale's 12-hour "1:05:09 PM"
+    let clock;
+    try {
+      clock = new Intl.DateTimeFormat('en-GB', { timeZone: document.body.dataset.tz || 'UTC', hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    } catch (e) {
+      clock = new Intl.DateTimeFormat('en-GB', { timeZone: 'UTC', hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    }
+    const fmtTime = (ms) => {
+      const part = Object.fromEntries(clock.formatToParts(new Date(ms)).map((p) => [p.type, p.value]));
+      return `${part.hour}:${part.minute}:${part.second}`;
+    };
+    const timeEl = (ms) => {
+      const el = document.createElement('time');
+      el.id = 'live-time';
+      el.dateTime = new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+      el.textContent = fmtTime(ms);
+      return el;
+    };
 
     async function poll() {
       timer = null;
@@ -69,7 +87,7 @@
           els[f].textContent = Number(data[f]).toLocaleString('en-US');
           els[f].classList.remove('is-stale');
         }
-        status.textContent = 'Updated ' + fmtTime(data.at);
+        status.replaceChildren('Updated ', timeEl(data.at));
       } catch (e) {
         for (const f of fields) els[f].classList.add('is-stale');
         status.textContent = 'Live numbers unavailable, retrying…';
