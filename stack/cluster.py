@@ -276,9 +276,8 @@ def run(args) -> int:
         manager.add_process(name, f"exec {shlex.quote(PY)} -m web",
                             env={**env, "PORT": str(web_port), "WORKER_ID": name})
     manager.add_process("matcher", f"exec {shlex.quote(PY)} -m matcher", env=env)
-    if (ROOT / "archiver" / "__main__.py").exists():
-        # in development it brings the schema up to date first, then archives the history
-        manager.add_process("archiver", f"exec {shlex.quote(PY)} -m archiver", env=env)
+    # in development the archiver brings the schema up to date first, then archives the history
+    manager.add_process("archiver", f"exec {shlex.quote(PY)} -m archiver", env=env)
     manager.add_process("nginx", "exec " + shlex.join(nginx_command(nginx, conf)), env=env)
 
     url = f"http://127.0.0.1:{port}/"
