@@ -7,8 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from flask import Flask, jsonify, make_response, render_template
+from flask import Flask, Response, abort, jsonify, make_response, render_template, request
 from flask_socketio import SocketIO
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
@@ -17,7 +18,7 @@ from common.redisconn import connect as redis_connect
 from common.store import Store
 from common.tokens import Tokens
 
-from . import admin, drain, listener, sockets
+from . import admin, drain, guard, listener, metrics, sockets
 from .presence import Connections, heartbeat_loop
 
 log = logging.getLogger("web")
@@ -88,6 +89,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # Subscribe to the message queue now, not on the first connection (python-socketio's
     # default): events published for a fresh worker's first clients would otherwise be lost.
     socketio.server.manager_initialized = True
+    guard.name_sessions(socketio.server.eio, settings.worker_id)
     socketio.server.manager.initialize()
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
@@ -95,6 +97,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     sockets.register(socketio, store, settings, Tokens(settings.secret_key, settings.token_ttl),
                      conns)
     listener.install(socketio, store, conns, settings)
+    metrics.install(store, conns)
     app.extensions["chat"]["drain"] = lambda: drain.drain(socketio, conns, settings)
 
     @app.get("/")
@@ -122,6 +125,14 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         if not socketio.server.manager.subscribed:
             return jsonify(ok=False, redis=True, queue=False), 503
         return jsonify(ok=True, redis=True, worker=settings.worker_id, connections=len(conns))
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        # For Prometheus scraping this worker directly: not through nginx (which answers 404
+        # itself) or any other proxy that says so, never behind the admin login.
+        if "X-Forwarded-For" in request.headers:
+            abort(404)
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
     @app.after_request
     def security_headers(resp):

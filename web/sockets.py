@@ -27,7 +27,7 @@ from common.protocol import (Refused, parse_auth, parse_empty, parse_join, parse
 from common.store import Store
 from common.tokens import Tokens
 
-from . import packets
+from . import metrics, packets
 from .drain import close_transport
 from .presence import Connections
 from .ratelimit import KeyedBuckets
@@ -112,6 +112,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
 
     def refuse(sid: str, code: str):
+        metrics.REFUSALS.labels(code).inc()
         gate.charge(sid, code)  # a protocol fault costs the connection's packet budget
         if getattr(ack_state, "ack", False):
             return ev.failed(code)
@@ -125,6 +126,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         except Refused as exc:
             return refuse(sid, exc.code)
         except RedisError as exc:
+            metrics.REDIS_ERRORS.labels(what).inc()
             log.warning("%s from %s: redis unavailable: %s", what, conns.user_of(sid), exc)
             return refuse(sid, "unavailable")
         except Exception:
@@ -186,6 +188,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                 store.disconnect(user, sid, draining=conns.draining)
                 return
         except RedisError as exc:
+            metrics.REDIS_ERRORS.labels("connect").inc()
             log.warning("connect of %s: redis unavailable: %s", user, exc)
             online, code = 0, "unavailable"
         send_self(sid, ev.HELLO, {"user": user, "token": tokens.sign(user), "online": online,
@@ -194,6 +197,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             try:  # after the hello: published through Redis, in order with chat events
                 store.resume(user, since, sid)
             except RedisError as exc:
+                metrics.REDIS_ERRORS.labels("resume").inc()
                 log.warning("resume of %s: redis unavailable: %s", user, exc)
                 code = "unavailable"
             except Exception:
@@ -212,6 +216,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         try:  # the grace period starts when the user's last connection anywhere is gone
             store.disconnect(user, sid, draining=conns.draining)
         except RedisError as exc:
+            metrics.REDIS_ERRORS.labels("disconnect").inc()
             log.warning("disconnect of %s: redis unavailable (%s); retrying", user, exc)
             socketio.start_background_task(disconnect_until_done, user, sid, conns.draining)
 
@@ -226,9 +231,14 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
 
     @handler(ev.MESSAGE, limited=False)  # rate-limited per user in message.lua
     def on_message(sid, user, data):
+        received = time.perf_counter()
         msg_id, text = parse_message(data, settings.max_message_len)
         res = in_chat(sid, user, lambda room: store.message(user, msg_id, text, room),
                       lambda res: res.status != "not_chatting")  # stores, emits to the partner
+        if res is not None:
+            metrics.DELIVERY.observe(time.perf_counter() - received)
+            if res.status == "ok":
+                metrics.MESSAGES.inc()
         if res is None or res.status in ("not_chatting", "rate_limited"):
             raise Refused(res.status if res is not None else "not_chatting")
         return {"ok": True, "id": msg_id, "ts": res.ts, "seq": res.seq}
