@@ -11,3 +11,9 @@ MAX_INTEREST_LEN = 24  # characters per interest after trimming; the page's data
 MAX_REPORT_LEN = 200  # characters of a report's reason; the width of reports.reason
 MAX_ID_LEN = 64  # characters of a message's client id; the width of messages.client_id
 CLOSE_REASON_LEN = 16  # characters of a room's close reason kept; the width of rooms.close_reason
+
+# A web worker whose WORKER_ID matches this starts the Engine.IO session ids it issues with
+# "<WORKER_ID>.", and nginx routes a session's requests to it by that prefix (web/guard.py
+# name_sessions, nginx/nginx.conf.j2 $session_upstream; the names nginx knows are checked
+# against it too). Letters, digits, '-' and '_' only: safe in a URL, a regex and an upstream name.
+ROUTABLE_WORKER_ID = r"[A-Za-z0-9_-]{1,40}"

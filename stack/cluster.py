@@ -15,6 +15,7 @@ The same template is rendered for docker-compose.yml into nginx/compose.conf
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -26,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from common import config
+from common.limits import ROUTABLE_WORKER_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.j2"
@@ -80,6 +82,9 @@ def render_nginx(*, workers: list[tuple[str, str]], listen: str, static_root: st
 
     if not workers:
         raise ValueError("at least one web worker is needed")
+    for name, _ in workers:  # each is an upstream's name and a regex of $session_upstream
+        if not re.fullmatch(ROUTABLE_WORKER_ID, name):
+            raise ValueError(f"worker name {name!r} is not routable ({ROUTABLE_WORKER_ID})")
     if not static_root.endswith("/"):
         static_root += "/"
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),

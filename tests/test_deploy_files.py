@@ -137,10 +137,14 @@ def test_compose_nginx_conf_is_the_template_rendered_for_the_web_services(compos
     assert cluster.COMPOSE_CONF.read_text() == cluster.compose_nginx_conf(), (
         "nginx/compose.conf is out of date: python -m stack cluster --render-compose")
     groups = _upstreams(cluster.COMPOSE_CONF.read_text())
-    assert set(groups) == {"chat_web", "chat_web_sessions"}
+    webs = web_services(compose)
+    assert set(groups) == {"chat_web", *(f"chat_web_{w}" for w in webs)}
     for group in groups.values():
         upstream = re.findall(r"^\s*server (\S+):5000 ", group, re.M)
-        assert sorted(upstream) == sorted(web_services(compose))
+        assert sorted(upstream) == sorted(webs) if group is groups["chat_web"] else len(upstream) == 1
+    for w in webs:  # a worker names its sessions' ids after WORKER_ID: nginx's name for it
+        assert compose["services"][w]["environment"]["WORKER_ID"] == w
+        assert re.search(rf"^\s*server {w}:5000 ", groups[f"chat_web_{w}"], re.M)
 
 
 # --------------------------------------------------------------------------------- nginx
@@ -150,12 +154,10 @@ def _upstreams(text: str) -> dict[str, str]:
     return dict(re.findall(r"^\s*upstream (\S+) \{\n(.*?)^\s*\}", text, re.M | re.S))
 
 
-def test_sessions_and_newcomers_share_one_ring_and_only_newcomers_fail_over(tmp_path):
-    """Two groups of the same workers (docs/SCALING.md, Overload): nginx's consistent hash
-    builds its ring from the server lines' addresses and weights, so the same addresses in the
-    same order and the same key give every key the same worker in both. Only the group of new
-    WebSockets marks a worker failed (a full worker's 503); the sessions' group never does, and
-    its location does not pass a worker's 503 on."""
+def test_a_session_goes_to_the_worker_its_sid_names_and_only_handshakes_fail_over(tmp_path):
+    """docs/SCALING.md, Overload: a request with a sid goes to the group of the one worker whose
+    name starts it (never marked failed, so a full worker keeps its sessions' requests); a
+    handshake to chat_web, which marks a full worker for 1 s and passes its 503 on."""
     workers = [(f"web{i}", f"127.0.0.1:{cluster.free_port()}") for i in (1, 2, 3)]
     for text in (cluster.local_nginx_conf(tmp_path / "nginx", workers,
                                           cluster.free_port()).read_text(),
@@ -163,19 +165,23 @@ def test_sessions_and_newcomers_share_one_ring_and_only_newcomers_fail_over(tmp_
         groups = _upstreams(text)
         servers = {name: re.findall(r"^\s*server (\S+) ([^;]*);", body, re.M)
                    for name, body in groups.items()}
-        new, sessions = servers["chat_web"], servers["chat_web_sessions"]
-        assert [a for a, _ in new] == [a for a, _ in sessions] and len(new) >= 3
-        for body in groups.values():
-            assert "hash $sticky_key consistent;" in body and "keepalive " in body
+        new = servers["chat_web"]
+        assert len(new) == 3 and "hash $sticky_key consistent;" in groups["chat_web"]
         assert all("max_fails=1" in p and "fail_timeout=1s" in p for _, p in new)
-        assert all("max_fails=0" in p and "weight" not in p for _, p in sessions)
-        assert all("weight" not in p for _, p in new)
+        route = dict(re.findall(r'^\s*"~\^(\w+)\[\.\]" (\S+);', text, re.M))
+        assert route == {name: f"chat_web_{name}" for name, _ in workers}
+        for (name, _), (address, _) in zip(workers, new):
+            (own, params), = servers[f"chat_web_{name}"]
+            assert own == address and "max_fails=0" in params
+        assert re.search(r"map \$arg_sid \$session_upstream \{\s*default chat_web;", text)
         socketio = re.search(r"location /socket\.io/ \{(.*?)^        \}", text, re.M | re.S)[1]
-        new_ws = re.search(r"location @socketio_new \{(.*?)^        \}", text, re.M | re.S)[1]
-        assert "proxy_pass http://chat_web_sessions;" in socketio
-        assert "proxy_next_upstream error timeout;" in socketio
-        assert "proxy_pass http://chat_web;" in new_ws
-        assert "proxy_next_upstream error timeout http_503;" in new_ws
+        assert "proxy_pass http://$session_upstream;" in socketio
+        assert "proxy_next_upstream error timeout http_503;" in socketio
+
+
+def test_a_worker_name_nginx_cannot_route_by_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not routable"):
+        cluster.local_nginx_conf(tmp_path / "nginx", [("web.1", "127.0.0.1:1")], 2)
 
 
 def nginx_binary() -> str:

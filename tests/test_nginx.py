@@ -387,11 +387,10 @@ async def test_full_workers_refuse_newcomers_with_the_reason_and_chats_go_on():
         for web in s.webs:  # a worker reached directly says why
             status, body = _handshake_status(web.url)
             assert status == 503 and "full" in body, (status, body)
-        # every worker full: a long-polling newcomer gets the worker's own 503 (its session can
-        # live only on hash(key)'s worker); a new WebSocket is tried on every worker, which are
-        # then marked, and nginx answers the next one alone
+        # every worker full: a newcomer, long-polling or WebSocket, is tried on every worker,
+        # which are then marked, and nginx answers the next ones alone
         status, body = _handshake_status(s.url)
-        assert status == 503 and "This server is full" in body, (status, body)
+        assert status == 503 and "full" in body, (status, body)
         got = [_get(f"{s.url}/socket.io/?EIO=4&transport=websocket") for _ in range(2)]
         assert [st for st, _ in got] == [503, 503], got
         assert "The chat is full or restarting" in got[1][1], got
@@ -433,7 +432,7 @@ async def test_polling_chatter_keeps_its_session_while_its_worker_refuses_newcom
     chatter's own affinity key (hash(key) is A) is refused by A and let in by B before each of
     the chatter's messages, and the chatter's session survives every round: one session, every
     message acked and delivered exactly once both ways. A long-polling newcomer of that key is
-    refused with A's reason instead of being let in by B (its later requests would reach A).
+    let in by B as well: a session's requests are routed by the worker named in its sid.
     """
     cap = 3
     s = NginxStack(workers=2, MAX_CONNECTIONS=cap)
@@ -476,9 +475,15 @@ async def test_polling_chatter_keeps_its_session_while_its_worker_refuses_newcom
             assert set(ids) == {i for i in sent if not i.endswith(p.name)}, ids
             assert set(ids.values()) == {1}, ids
 
-        # a long-polling newcomer of that key is refused by A with the reason, not let in by B
-        status, body = _get(f"{s.url}/socket.io/?EIO=4&transport=polling&affinity={key}")
-        assert status == 503 and "This server is full" in body, (status, body)
+        # a long-polling newcomer of that key is let in by B too, and its session's later
+        # requests (a join: a POST and the poll with its answer) reach B, named in its sid
+        late = polling_peer(f"{s.url}/?affinity={key}", "late")
+        others.append(late)
+        await late.connect()
+        assert late.worker == b.worker_id and late.sio.transport() == "polling"
+        assert late.sio.eio.sid.startswith(b.worker_id + "."), late.sio.eio.sid
+        assert await late.call("join", {}) == {"ok": True}
+        assert late.count("hello") == 1
         assert "Traceback" not in s.logs()
     finally:
         await close_all([chatter, *others])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 import struct
 import time
 from urllib.parse import parse_qs
@@ -31,6 +32,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from gunicorn.workers.ggevent import PyWSGIServer
 
 from common import config
+from common.limits import ROUTABLE_WORKER_ID
 
 from .drain import close_session
 from .ratelimit import KeyedBuckets
@@ -187,6 +189,21 @@ def wrap(app, settings: config.Settings | None = None):
     if socketio is not None:
         _disconnect_without_waiting(socketio.server.eio)
     return BodyLimit(app, settings or settings_of(app))
+
+
+def name_sessions(eio, worker_id: str) -> bool:
+    """Start every Engine.IO session id this worker issues with its name, so that nginx sends
+    the session's requests here by the sid alone (nginx/nginx.conf.j2, $session_upstream): a
+    full worker's polling users are never sent elsewhere, and a newcomer may be let in by any
+    worker. False (ids unchanged, nginx falls back to the affinity key) for a name it could not
+    route by. The random part stays Engine.IO's own (12 random bytes and a counter)."""
+    if not re.fullmatch(ROUTABLE_WORKER_ID, worker_id):
+        log.warning("WORKER_ID %r is not a routable name (%s): session ids carry no worker name",
+                    worker_id, ROUTABLE_WORKER_ID)
+        return False
+    issue = eio.generate_id
+    eio.generate_id = lambda: f"{worker_id}.{issue()}"
+    return True
 
 
 def _disconnect_without_waiting(eio) -> None:
