@@ -1,7 +1,7 @@
 """Fixed limits of the protocol, the page and the history: constants, not settings.
 
 Each is declared here once. They are not in common/config.py's SETTINGS because changing one is
-not an operator's choice: the page (web/templates/index.html, chat.js) and the SQL schema
+not an operator's choice: the page (web/templates/index.html, web/static/js/) and the SQL schema
 (common/models.py, with a migration) must change with it.
 """
 from __future__ import annotations

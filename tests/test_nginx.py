@@ -199,7 +199,7 @@ async def test_killed_worker_clients_reconnect_through_nginx_and_resume(own_stac
                        "the victims to notice their worker is gone")
 
         # in the gap: partners keep writing; victims write too, but nothing is acked, so the
-        # client keeps those messages to resend (as chat.js does); and the message each victim
+        # client keeps those messages to resend (as the page's composer.js does); and the message each victim
         # sent last before the kill counts as not acked as well (an ack lost with the worker)
         acks = await asyncio.gather(*(partner_of[v].send(f"gap-{partner_of[v].name}", "there?")
                                       for v in victims))
