@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from common import config  # noqa: E402
 from common import events as ev  # noqa: E402
-from common.protocol import (Refused, parse_auth, parse_empty, parse_join,  # noqa: E402
-                             parse_message, parse_typing)
 from web.__main__ import GC_THRESHOLDS  # noqa: E402
+from web.protocol import (Refused, parse_auth, parse_empty, parse_join,  # noqa: E402
+                          parse_message, parse_typing)
 
 WORKER_ID = "relay"  # in `hello` and /readyz, as a web worker names itself there
 

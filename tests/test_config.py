@@ -325,7 +325,8 @@ def test_python_m_common_config_markdown_prints_the_table():
 
 # -- fixed limits: common/limits.py, used by the protocol, the page and the history ------------
 def test_the_protocol_uses_the_fixed_limits():
-    from common import limits, protocol
+    from common import limits
+    from web import protocol
 
     for name in ("MAX_INTERESTS", "MAX_INTEREST_LEN", "MAX_REPORT_LEN", "MAX_ID_LEN"):
         assert getattr(protocol, name) == getattr(limits, name), name

@@ -10,10 +10,10 @@ import asyncio
 import time
 
 import socketio
-
-from common.tokens import Tokens
 from peer import Peer, pair, wait_for
 from procs import TEST_SECRET
+
+from web.tokens import Tokens
 
 
 async def test_a_closed_waiting_tab_is_never_matched_nor_counted_online(fresh):

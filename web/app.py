@@ -13,13 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
-from common.protocol import MAX_INTEREST_LEN, MAX_INTERESTS
+from common.limits import MAX_INTEREST_LEN, MAX_INTERESTS
 from common.redisconn import connect as redis_connect
 from common.store import Store
-from common.tokens import Tokens
 
 from . import admin, drain, guard, listener, metrics, sockets
 from .presence import Connections, heartbeat_loop
+from .tokens import Tokens
 
 log = logging.getLogger("web")
 HERE = Path(__file__).resolve().parent

@@ -22,15 +22,15 @@ from socketio import exceptions as sio_errors
 from common import events as ev
 from common.config import Settings
 from common.keys import user_room
-from common.protocol import (Refused, parse_auth, parse_empty, parse_join, parse_message,
-                             parse_report, parse_typing)
 from common.store import Store
-from common.tokens import Tokens
 
 from . import metrics, packets
 from .drain import close_transport
 from .presence import Connections
+from .protocol import (Refused, parse_auth, parse_empty, parse_join, parse_message, parse_report,
+                       parse_typing)
 from .ratelimit import KeyedBuckets
+from .tokens import Tokens
 
 log = logging.getLogger("web.sockets")
 UNKNOWN = "\x00not-an-event"  # what a forbidden event name is renamed to before dispatch
