@@ -31,11 +31,12 @@ import socket
 import time
 
 import redis
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from common.config import Settings
-from common.daemon import REDIS_ERRORS, Daemon
+from common.daemon import DATABASE_ERRORS, REDIS_ERRORS, Daemon
 from common.db import make_engine
 from common.redisconn import connect, keys_of
 
@@ -50,6 +51,19 @@ LINGER = 0.2  # seconds to let a batch fill after one that was not full
 LOG_EVERY = 60.0  # seconds between progress lines
 
 Entries = dict[str, list[tuple[str, dict]]]  # stream -> [(entry id, fields)], in stream order
+
+# Prometheus (METRICS_PORT): this process's own, in prometheus_client's default registry.
+WRITTEN = Counter("chat_archiver_entries",
+                  "History entries (opened, message, closed, report) this archiver wrote to the "
+                  "database and acknowledged")
+BATCH_SIZE = Histogram("chat_archiver_batch_size", "Entries per batch this archiver committed",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+LAG = Gauge("chat_archiver_lag_seconds",
+            "Age of the oldest entry of the last batch when it was committed: the time of its "
+            "stream entry id (Redis's clock) to the commit (this process's clock)")
+DB_ERRORS = Counter("chat_archiver_database_errors",
+                    "Batches this archiver could not write because the database failed (the "
+                    "batch stays pending and is retried)")
 
 
 class Archiver(Daemon):
@@ -76,6 +90,8 @@ class Archiver(Daemon):
         self.written = 0
         self._logged = (time.monotonic(), 0, 0)  # when, entries and batches at the last line
         self.batches = 0
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.host)
 
     # Redis --------------------------------------------------------------------------------------
     def _each(self, streams, command, raise_on_error: bool = True) -> list:
@@ -204,6 +220,12 @@ class Archiver(Daemon):
                  for s, entries in got.items() for eid, fields in entries if fields]
         counts = write_batch(self.engine, batch) if batch else {}
         self.done(got)
+        if batch:
+            WRITTEN.inc(len(batch))
+            BATCH_SIZE.observe(len(batch))
+            oldest = min(int(eid.split("-")[0])
+                         for entries in got.values() for eid, fields in entries if fields)
+            LAG.set(max(0.0, time.time() - oldest / 1000))
         self.blocking_on = max(got, key=lambda s: len(got[s]))
         self.written += len(batch)
         self.batches += 1
@@ -226,6 +248,8 @@ class Archiver(Daemon):
         first. A stream lost with its node's data (or flushed) answers NOGROUP while Redis is
         up: make the groups again, at once rather than after an outage's back-off."""
         self.pending = set(self.streams)
+        if isinstance(exc, DATABASE_ERRORS):
+            DB_ERRORS.inc()
         if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
             self.grouped = False
             self.backoff.reset()

@@ -284,6 +284,9 @@ SETTINGS: tuple[Setting, ...] = (
       "waiting users the matcher looks at per pass", 2, 10_000),
     S("STATS_INTERVAL", "stats_interval", "float", "5",
       "seconds between `stats` broadcasts", 0.1, 3600),
+    S("METRICS_PORT", "metrics_port", "int", "0",
+      "the matcher's and the archiver's Prometheus `/metrics` port, on `HOST` (`0`: off); a web "
+      "worker serves `/metrics` on its own `PORT`", 0, 65535),
     S("LOG_LEVEL", "log_level", "choice", "INFO", "",
       choices=("DEBUG", "INFO", "WARNING", "ERROR"), normalize=str.upper),
     S("ADMIN_PASSWORD", "admin_password", "text",

@@ -47,6 +47,8 @@ REDIS_ERRORS = Counter(
     "Redis calls of this worker that failed (connection lost, timeout, script error), by what "
     "was being done: an event's name, connect, resume, disconnect, or metrics (a scrape's "
     "counts)", ["op"])
+for _op in ("connect", "resume", "disconnect", "metrics"):  # present from the start, as 0
+    REDIS_ERRORS.labels(_op)
 
 
 class _Live:
