@@ -40,14 +40,14 @@ def main() -> None:
     args = parser.parse_args()
     settings = start("chat-archiver")
 
-    from common.migrate import upgrade
+    from common.history.migrate import upgrade
 
     if args.command == "migrate" or (args.command == "run" and not settings.production):
         _migrate_when_reachable(upgrade, settings.database_url)
         if args.command == "migrate":
             return
     if args.command == "purge":
-        from common.db import make_engine
+        from common.history.db import make_engine
 
         from .writer import purge
 

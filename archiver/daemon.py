@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 
 from common.config import Settings
 from common.daemon import DATABASE_ERRORS, REDIS_ERRORS, Daemon
-from common.db import make_engine
+from common.history.db import make_engine
 from common.redisconn import connect, keys_of
 
 from .writer import report_id, write_batch

@@ -18,9 +18,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from common.db import utc_from_ms
+from common.history.db import utc_from_ms
 from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN
-from common.models import Message, Report, Room
+from common.history.models import Message, Report, Room
 
 log = logging.getLogger("archiver.writer")
 

@@ -1,4 +1,5 @@
-"""What the web workers and the matcher both use: config, Redis keys and scripts, the protocol.
+"""What several processes use: settings, limits, Redis keys, clients and scripts, the store, event
+names, the daemon loop, and the history in SQL (`history/`).
 
-`web` and `matcher` never import each other; everything they must agree on lives here.
+`web`, `matcher` and `archiver` never import each other; everything they must agree on lives here.
 """

@@ -2,7 +2,7 @@
 
 Each is declared here once. They are not in common/config.py's SETTINGS because changing one is
 not an operator's choice: the page (web/templates/index.html, web/static/js/) and the SQL schema
-(common/models.py, with a migration) must change with it.
+(common/history/models.py, with a migration) must change with it.
 """
 from __future__ import annotations
 

@@ -23,9 +23,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from sqlalchemy import insert
 
-from common.db import make_engine
-from common.migrate import upgrade
-from common.models import Message, Report, Room
+from common.history.db import make_engine
+from common.history.migrate import upgrade
+from common.history.models import Message, Report, Room
 from procs import PY, ROOT, RedisServer, WebWorker, base_env, stop_in_background
 
 PASSWORD = "correct horse battery staple 马"

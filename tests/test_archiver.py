@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from archiver.daemon import GROUP
 from archiver.writer import purge, report_id, write_batch
 from common.config import load
-from common.db import as_utc, make_engine
+from common.history.db import as_utc, make_engine
 from common.keys import CLUSTER_SHARDS
-from common.migrate import upgrade
-from common.models import Message, Report, Room
+from common.history.migrate import upgrade
+from common.history.models import Message, Report, Room
 from common.redisconn import cluster_client, keys_of
 from peer import Peer, pair, wait_for
 from procs import ArchiverProc, Fatal, RedisServer, base_env, free_port, wait_until

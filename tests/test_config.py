@@ -342,7 +342,7 @@ def test_the_protocol_uses_the_fixed_limits():
 def test_the_history_schema_and_the_page_agree_with_the_fixed_limits():
     from archiver.writer import rows_from_entries
     from common import limits
-    from common.models import Message, Report, Room
+    from common.history.models import Message, Report, Room
 
     assert Report.__table__.c.reason.type.length == limits.MAX_REPORT_LEN
     assert Message.__table__.c.client_id.type.length == limits.MAX_ID_LEN

@@ -4,7 +4,7 @@ The engine is made once per process, lazily, on the first admin request (so a we
 never serves the admin never opens a database connection). Every function here takes an open
 connection; the views hold one only for the few statements a page needs and close it at once,
 so that a slow database never holds a greenlet's connection longer than a page takes. Under
-gevent, PostgreSQL waits cooperatively (common.db patches psycopg2 through psycogreen).
+gevent, PostgreSQL waits cooperatively (common.history.db patches psycopg2 through psycogreen).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Integer, and_, cast, exists, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from common.db import as_utc, make_engine
-from common.models import Message, Report, Room
+from common.history.db import as_utc, make_engine
+from common.history.models import Message, Report, Room
 
 from .zones import Zone
 

@@ -17,7 +17,7 @@ from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-log = logging.getLogger("common.migrate")
+log = logging.getLogger("common.history.migrate")
 
 
 def alembic_config(url: str) -> Config:
@@ -29,7 +29,7 @@ def alembic_config(url: str) -> Config:
 
 def current_revision(url: str) -> str | None:
     """The database's schema revision, None when it has none yet."""
-    from common.db import make_engine
+    from common.history.db import make_engine
 
     engine = make_engine(url)
     try:

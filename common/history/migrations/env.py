@@ -1,8 +1,8 @@
 """Alembic environment: the URL comes from the project's configuration (DATABASE_URL)."""
 from alembic import context
 
-from common.db import make_engine
-from common.models import Base
+from common.history.db import make_engine
+from common.history.models import Base
 
 cfg = context.config
 url = cfg.get_main_option("sqlalchemy.url")
