@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from stack.ports import free_port  # noqa: F401 (capacity.py and overload.py take it from here)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
@@ -46,12 +48,6 @@ def check_loopback(url: str) -> str:
             if not ipaddress.ip_address(info[4][0]).is_loopback:
                 raise ValueError(f"{host} does not resolve to loopback here")
     return url.rstrip("/")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 2.0):

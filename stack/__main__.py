@@ -27,22 +27,13 @@ from honcho.manager import Manager
 
 from common import config
 
+from .ports import free_port
+
 PY = sys.executable
 REDIS_START_TIMEOUT = 15.0
 REDIS_STOP_TIMEOUT = 15.0
 # gunicorn's graceful stop takes up to DRAIN_TIMEOUT + 3 s; honcho's SIGKILL comes after this
 STOP_TIMEOUT = 15
-
-
-def free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port")
 
 
 class EmbeddedRedis:

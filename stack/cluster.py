@@ -29,6 +29,8 @@ from pathlib import Path
 from common import config
 from common.limits import ROUTABLE_WORKER_ID
 
+from .ports import free_port, free_ports  # noqa: F401 (free_port: used by tests and tools)
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.j2"
 COMPOSE_CONF = ROOT / "nginx" / "compose.conf"
@@ -153,30 +155,6 @@ def check_nginx(nginx: str, conf: Path) -> tuple[bool, str]:
     r = subprocess.run(nginx_command(nginx, conf, "-t"), capture_output=True, text=True,
                        timeout=30)
     return r.returncode == 0, (r.stdout + r.stderr).strip()
-
-
-def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port")
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct free ports: all held open while they are chosen (ports picked one at a time,
-    each closed before the next, may come back twice from the kernel)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def redis_binary() -> str:

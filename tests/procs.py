@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,15 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stack.ports import free_port  # noqa: F401 (the tests' one way to pick a port)
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TEST_SECRET = "test-secret-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Fatal(RuntimeError):

@@ -14,7 +14,6 @@ import asyncio
 import collections
 import os
 import secrets
-import socket
 import sys
 import time
 import urllib.request
@@ -33,6 +32,7 @@ from engine import (BASE_IMAGE, COMPOSE_FILE, Docker, EngineError, Podman,  # no
 from peer import (Peer, close_all, connect_all, join_and_pair, partners,  # noqa: E402
                   polling_peer, wait_for)
 from peer import exchange as peer_exchange  # noqa: E402
+from stack.ports import free_port  # noqa: E402
 
 COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES = list(COMPOSE["services"])
@@ -45,12 +45,6 @@ RESUME_GRACE = float(COMPOSE["x-app-env"]["RESUME_GRACE"])
 READY_TIMEOUT = 240.0
 
 sent_ids: set[str] = set()  # every message id acked in these tests: all must reach PostgreSQL
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
