@@ -23,11 +23,11 @@ export function codePoints(text) {
   return Array.from(text).length;
 }
 
+/** A message's client id. crypto.getRandomValues exists in every browser that runs ES modules;
+ * randomUUID only in secure contexts (a plain-HTTP address other than localhost has none). */
 export function newId() {
-  if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
-  const bytes = new Uint8Array(16);
-  if (window.crypto && crypto.getRandomValues) crypto.getRandomValues(bytes);
-  else for (let i = 0; i < bytes.length; i += 1) bytes[i] = Math.floor(Math.random() * 256);
+  if (typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
