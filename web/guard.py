@@ -13,6 +13,11 @@ before any chat code runs.
 - `GuardedWorker`: gunicorn's gevent-websocket worker with the above, and a drain on SIGTERM.
 
 Checked against gevent-websocket 0.10.1 (its last release, 2017), gevent 26.9 and gunicorn 27.
+
+One module over ~400 lines on purpose: each defence subclasses or wraps one class of gevent,
+gevent-websocket or gunicorn, and they are only safe together (the handler's deadline, the
+frame check and the drain rely on each other's state); reading them side by side against the
+library versions above is what keeps them correct.
 """
 from __future__ import annotations
 
