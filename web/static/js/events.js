@@ -4,7 +4,7 @@
  * through flow.js to the state machine. */
 import { chat, CHATTING } from './state.js';
 import { flags } from './flags.js';
-import { setUnread, unreadCount } from './i18n.js';
+import { noteLeft, noteMessage } from './attention.js';
 import {
   addNotice, hidePartnerTyping, scrollToBottom, showMessage, showPartnerTyping,
 } from './log.js';
@@ -72,7 +72,7 @@ export function onMessage(data) {
   hidePartnerTyping();
   partnerReturned();  // a message is proof enough, even if `partner_back` went astray
   showMessage({ mine: false, text: String(data.text ?? ''), ts: data.ts, seq });
-  if (document.hidden) setUnread(unreadCount() + 1);
+  noteMessage();
 }
 
 export function onTyping(data) {
@@ -117,5 +117,5 @@ function partnerReturned() {
 export function onPartnerLeft(data) {
   const about = data && typeof data.room === 'string' ? data.room : undefined;
   const reason = data && LEAVE_REASONS.has(data.reason) ? data.reason : 'left';
-  endChat('partner_left', { about }, `notice_partner_${reason}`, 'warn');
+  if (endChat('partner_left', { about }, `notice_partner_${reason}`, 'warn')) noteLeft();
 }

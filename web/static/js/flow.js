@@ -15,6 +15,7 @@ import { outbox, stopTyping } from './composer.js';
 import { interests } from './interests.js';
 import { isOnline, request } from './connection.js';
 import { stringList } from './util.js';
+import { noteMatched } from './attention.js';
 
 /** Moves the chat by `event` and shows the new state; returns the change, or null when the
  * machine ignores the event. */
@@ -51,6 +52,7 @@ export function enterChat(event, room, interestList, pairedAt) {
   // from the control that asked for a stranger, too: `matched` can come before the ack of
   // Next, while the Next button (still shown) holds the focus
   ensureFocus(ui.input, [ui.log, ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.findNewBtn]);
+  noteMatched();
 }
 
 /** A chatting snapshot for a room that is not on screen: that chat, with what it said. */
@@ -70,12 +72,14 @@ export function refreshChat(room) {
   go('resumed_chat', { room });
 }
 
+/** Ends the chat on screen; returns whether it did (false: the event was not about it). */
 export function endChat(event, info, key, kind) {
-  if (!chat.next(event, info)) return;
+  if (!chat.next(event, info)) return false;
   stopTyping();
   go(event, info);
   addNotice(key, null, kind);
   ensureFocus(ui.findNewBtn);
+  return true;
 }
 
 function goIdle(event, info) {

@@ -1,6 +1,6 @@
 /* i18n.js — every visible string comes from the table embedded in the page (#i18n-data, from
  * web/i18n.json). Nodes keep their keys in data-i18n* attributes, so a language switch
- * re-translates the whole page, text added later included. Also the window title (unread). */
+ * re-translates the whole page, text added later included. Also the window title (with what attention.js tells of a hidden tab). */
 import { storageGet, storageSet } from './util.js';
 import { ui } from './ui.js';
 
@@ -10,7 +10,7 @@ const I18N_ATTRS = { placeholder: 'i18nPlaceholder', 'aria-label': 'i18nAriaLabe
 const I18N = JSON.parse(document.getElementById('i18n-data').textContent);
 
 let lang = 'en';
-let unread = 0;  // messages that came while the tab was hidden
+let titleInfo = { unread: 0, mark: null };  // what happened while the tab was hidden (attention.js)
 
 export function t(key, vars) {
   const table = I18N[lang] || I18N.en || {};
@@ -94,17 +94,15 @@ export function setLanguage(wanted, remember) {
   applyI18n();
 }
 
-/** Sets the number of messages that came while the tab was hidden (shown in the title). */
-export function setUnread(n) {
-  unread = n;
+/** What the title tells of a hidden tab: `unread` messages and a `mark` key (title_matched,
+ * title_left) or null (attention.js). */
+export function setTitleInfo(info) {
+  titleInfo = { unread: info.unread || 0, mark: info.mark || null };
   updateTitle();
 }
 
-export function unreadCount() {
-  return unread;
-}
-
 function updateTitle() {
-  const title = t('page_title');
-  document.title = unread ? t('title_unread', { n: unread, title }) : title;
+  let title = t('page_title');
+  if (titleInfo.mark) title = t(titleInfo.mark, { title });
+  document.title = titleInfo.unread ? t('title_unread', { n: titleInfo.unread, title }) : title;
 }

@@ -1,13 +1,14 @@
 /* main.js — the entry module of the chat page (web/templates/index.html): binds the controls
  * to the modules and starts. The modules, each with its reason in its header:
  *   state.js (the state machine) · flags.js · ui.js · util.js · i18n.js · log.js · view.js ·
- *   composer.js · interests.js · flow.js · events.js · connection.js
+ *   composer.js · interests.js · flow.js · events.js · connection.js · attention.js
  * Modules call each other only from functions run after this one has started (a few import
  * each other, which ES modules allow when nothing is used while they load). Every module URL is
  * versioned by the import map index.html carries (see web/app.py). */
 import { flags } from './flags.js';
 import { ui } from './ui.js';
-import { detectLanguage, setLanguage, setUnread, unreadCount } from './i18n.js';
+import { detectLanguage, setLanguage } from './i18n.js';
+import { bindAttention } from './attention.js';
 import { finishBootIn, renderPhase } from './view.js';
 import { bindComposer } from './composer.js';
 import { bindInterests, commitInterestDraft, loadInterests } from './interests.js';
@@ -26,9 +27,7 @@ function bindUi() {
   bindInterests();
   bindComposer();
   bindFlow();
-  document.addEventListener('visibilitychange', () => {
-    if (!document.hidden && unreadCount()) setUnread(0);
-  });
+  bindAttention();
 }
 
 setLanguage(detectLanguage(), false);

@@ -1,0 +1,89 @@
+"""Attention and reading comfort: what a person sees of a chat while the tab is hidden, how
+messages read, and the page's small helpers around the log."""
+from __future__ import annotations
+
+import re
+
+from playwright.async_api import expect
+
+from .conftest import Stranger, pair
+
+# Chromium in Playwright is always "visible": the page is told otherwise the way a browser tells
+# it, by document.hidden / visibilityState and a visibilitychange event.
+SET_HIDDEN_JS = """(hidden) => {
+  Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+  Object.defineProperty(document, 'visibilityState', {
+    configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+async def set_hidden(person: Stranger, hidden: bool) -> None:
+    await person.page.evaluate(SET_HIDDEN_JS, hidden)
+
+
+def favicon(person: Stranger):
+    return person.page.locator("link#favicon")
+
+
+async def test_a_hidden_tab_counts_messages_and_marks_the_chat_in_title_and_icon(people):
+    a = await people(worker=0)
+    b = await people(worker=1)
+    title = a.t("page_title")
+    plain_icon = await favicon(a).get_attribute("href")
+    assert plain_icon.startswith("data:image/svg+xml")
+
+    # A waits in a hidden tab: B's arrival marks the title and badges the icon
+    await a.start()
+    await set_hidden(a, True)
+    await b.start(waits=False)
+    await b.matched()
+    matched_title = a.t("title_matched", title=title)
+    await expect(a.page).to_have_title(matched_title)
+    assert matched_title.startswith("• New stranger")
+    await expect(favicon(a)).to_have_attribute("href", re.compile(r"^data:image/png;base64,"))
+
+    # two messages: the title counts them
+    await b.send("are you there?")
+    await b.send("hello?")
+    await expect(a.page).to_have_title(re.compile(r"^\(2\) "))
+    await expect(a.page).to_have_title(a.t("title_unread", n=2, title=matched_title))
+
+    # seen again: count, mark and badge are gone
+    await set_hidden(a, False)
+    await expect(a.page).to_have_title(title)
+    await expect(favicon(a)).to_have_attribute("href", plain_icon)
+
+    # a message while visible is not counted
+    await b.send("ok, you're back")
+    await a.sees("ok, you're back")
+    await expect(a.page).to_have_title(title)
+
+    # hidden again: the stranger writes, then leaves
+    await set_hidden(a, True)
+    await b.send("bye")
+    await expect(a.page).to_have_title(re.compile(r"^\(1\) "))
+    await b.button("leave").click()
+    left_title = a.t("title_left", title=title)
+    await expect(a.page).to_have_title(a.t("title_unread", n=1, title=left_title))
+    await expect(favicon(a)).to_have_attribute("href", re.compile(r"^data:image/png;base64,"))
+    await set_hidden(a, False)
+    await expect(a.page).to_have_title(title)
+    await expect(favicon(a)).to_have_attribute("href", plain_icon)
+    await expect(a.notice("notice_partner_left")).to_be_visible()
+
+
+async def test_the_hidden_tab_title_is_in_the_page_language(people):
+    a = await people(worker=0, lang="zh-TW")
+    b = await people(worker=1)
+    await a.start()
+    await set_hidden(a, True)
+    await b.start(waits=False)
+    await b.matched()
+    await b.send("你好")
+    title = a.t("title_matched", title=a.t("page_title"))
+    await expect(a.page).to_have_title(a.t("title_unread", n=1, title=title))
+    await a.page.locator("#lang-select").select_option("zh-CN")
+    a.lang = "zh-CN"
+    title = a.t("title_matched", title=a.t("page_title"))
+    await expect(a.page).to_have_title(a.t("title_unread", n=1, title=title))
