@@ -87,3 +87,49 @@ async def test_the_hidden_tab_title_is_in_the_page_language(people):
     a.lang = "zh-CN"
     title = a.t("title_matched", title=a.t("page_title"))
     await expect(a.page).to_have_title(a.t("title_unread", n=1, title=title))
+
+
+async def test_messages_read_well_links_direction_and_runs(people):
+    a = await people(worker=0)
+    b = await people(worker=1)
+    await pair(a, b)
+    await a.send("look at https://example.com/page?q=1, it's good")
+    await a.send("javascript:alert(1) and ftp://example.com/file are text")
+    arabic = "مرحبا، كيف حالك؟"
+    await b.send(arabic)
+    await a.sees(arabic)
+    await b.sees("are text")
+
+    # the https URL is a link that opens in a new tab and tells the site nothing
+    first = b.bubbles("theirs").nth(0)
+    link = first.locator("a")
+    await expect(link).to_have_count(1)
+    await expect(link).to_have_text("https://example.com/page?q=1")
+    await expect(link).to_have_attribute("href", "https://example.com/page?q=1")
+    await expect(link).to_have_attribute("target", "_blank")
+    await expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    await expect(first).to_have_text("look at https://example.com/page?q=1, it's good")
+    # other schemes stay text
+    second = b.bubbles("theirs").nth(1)
+    await expect(second).to_have_text("javascript:alert(1) and ftp://example.com/file are text")
+    await expect(second.locator("a")).to_have_count(0)
+    await expect(b.page.locator("#log a")).to_have_count(1)
+
+    # every message text says dir=auto: the Arabic one reads right to left
+    arabic_bubble = a.bubbles("theirs").filter(has_text=arabic)
+    await expect(arabic_bubble).to_have_attribute("dir", "auto")
+    assert await arabic_bubble.evaluate("el => getComputedStyle(el).direction") == "rtl"
+    await expect(b.page.locator("#log .msg__bubble:not([dir=auto])")).to_have_count(0)
+
+    # A's two messages in a row: B sees one name/time line over them
+    await expect(b.page.locator("#log .msg--theirs")).to_have_count(2)
+    await expect(b.page.locator("#log .msg--theirs .msg__who:visible")).to_have_count(1)
+    await expect(b.page.locator("#log .msg--theirs time:visible")).to_have_count(1)
+    header = b.page.locator("#log .msg--theirs").nth(0).locator(".msg__who")
+    await expect(header).to_be_visible()
+    await expect(header).to_have_text(b.t("stranger"))
+    # and A sees their own run the same way, with B's answer under its own header
+    await expect(a.page.locator("#log .msg--mine .msg__who:visible")).to_have_count(1)
+    await expect(a.page.locator("#log .msg--theirs .msg__who:visible")).to_have_count(1)
+    # the other side's message starts a new run
+    await expect(b.page.locator("#log .msg--mine .msg__who:visible")).to_have_count(1)

@@ -1,6 +1,6 @@
 /* log.js — the chat log: system notices, message bubbles in seq order, and the stranger's
- * typing indicator under it. Text from the network only ever reaches the page through
- * textContent. */
+ * typing indicator under it. Text from the network only ever reaches the page as text nodes
+ * (textContent; its http(s) URLs as links built element by element). */
 import { chat } from './state.js';
 import { ui } from './ui.js';
 import { setText } from './i18n.js';
@@ -8,6 +8,8 @@ import { clockTime } from './util.js';
 
 const NEAR_BOTTOM_PX = 80;
 const PARTNER_TYPING_TTL_MS = 6000;  // hide the partner's indicator after this long without news
+const GROUP_GAP_MS = 5 * 60 * 1000;  // a run of messages breaks after this long a pause
+const URL_RE = /\bhttps?:\/\/[^\s<>"]+/gi;
 let partnerTypingTimer = 0;
 
 function isNearBottom() {
@@ -36,6 +38,7 @@ export function addNotice(key, vars, kind = 'info') {
   node.className = `notice notice--${kind}`;
   setText(node, key, vars);
   ui.log.appendChild(node);
+  regroup();
   if (stick) scrollToBottom();
   return node;
 }
@@ -45,6 +48,64 @@ export function setMessageTime(node, ts) {
   const { text, iso } = clockTime(ts);
   time.textContent = text;
   time.dateTime = iso;
+  node.dataset.ts = String(Date.parse(iso));
+  regroup();
+}
+
+/** Consecutive messages from one side (no notice between, minutes apart at most) form a run:
+ * only the first shows the name and time (the others get msg--cont). Run after every change of
+ * the log's order. */
+export function regroup() {
+  let prev = null;
+  for (const node of ui.log.children) {
+    if (!node.classList.contains('msg')) {
+      prev = null;
+      continue;
+    }
+    const side = node.classList.contains('msg--mine');
+    const cont = prev !== null && prev.side === side
+      && Math.abs(Number(node.dataset.ts) - prev.ts) <= GROUP_GAP_MS;
+    node.classList.toggle('msg--cont', cont);
+    if (!cont) prev = { side, ts: Number(node.dataset.ts) };
+  }
+}
+
+/** Fills `parent` with `text`, its http(s) URLs as links that open in a new tab and tell the
+ * site nothing. Built from text nodes and elements: message text never goes through HTML. */
+function fillWithLinks(parent, text) {
+  let at = 0;
+  for (const match of text.matchAll(URL_RE)) {
+    let raw = match[0];
+    // trailing punctuation belongs to the sentence (a ")" only when it closes nothing)
+    for (;;) {
+      const last = raw.slice(-1);
+      const opens = (raw.match(/\(/g) || []).length;
+      const closes = (raw.match(/\)/g) || []).length;
+      if (/[.,;:!?'"\]}>]/.test(last) || (last === ')' && closes > opens)) raw = raw.slice(0, -1);
+      else break;
+    }
+    const url = safeUrl(raw);
+    if (!url) continue;
+    if (match.index > at) parent.append(text.slice(at, match.index));
+    const link = document.createElement('a');
+    link.className = 'msg__link';
+    link.href = url;
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer nofollow';
+    link.textContent = raw;
+    parent.append(link);
+    at = match.index + raw.length;
+  }
+  if (at < text.length) parent.append(text.slice(at));
+}
+
+function safeUrl(raw) {
+  try {
+    const url = new URL(raw);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname ? url.href : null;
+  } catch (e) {
+    return null;
+  }
 }
 
 function buildMessage(mine, text, ts) {
@@ -58,7 +119,8 @@ function buildMessage(mine, text, ts) {
   meta.append(who, document.createElement('time'));
   const bubble = document.createElement('p');
   bubble.className = 'msg__bubble';
-  bubble.textContent = text;  // network text: textContent only
+  bubble.dir = 'auto';  // a right-to-left message reads right to left
+  fillWithLinks(bubble, text);  // network text: text nodes only
   node.append(meta, bubble);
   setMessageTime(node, ts);
   return node;
@@ -92,6 +154,7 @@ export function placeBySeq(node, seq) {
   const follows = (x) => Boolean(node.compareDocumentPosition(x) & Node.DOCUMENT_POSITION_FOLLOWING);
   if (higher && !follows(higher)) ui.log.insertBefore(node, higher);
   else if (lastLower && follows(lastLower)) lastLower.after(node);
+  regroup();
 }
 
 /** Shows a message; returns its node. `seq` null means not yet acknowledged. */
@@ -103,6 +166,7 @@ export function showMessage({ mine, text, ts, seq }) {
     chat.remember(seq);
   }
   insertBySeq(node, seq);
+  regroup();
   if (stick) scrollToBottom();
   return node;
 }
