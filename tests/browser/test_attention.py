@@ -133,3 +133,44 @@ async def test_messages_read_well_links_direction_and_runs(people):
     await expect(a.page.locator("#log .msg--theirs .msg__who:visible")).to_have_count(1)
     # the other side's message starts a new run
     await expect(b.page.locator("#log .msg--mine .msg__who:visible")).to_have_count(1)
+
+
+AT_BOTTOM_JS = "el => el.scrollHeight - el.scrollTop - el.clientHeight < 2"
+
+
+async def test_a_new_messages_pill_when_reading_further_up(people):
+    a = await people(worker=0)
+    b = await people(worker=1)
+    await pair(a, b)
+    pill = a.page.locator("#new-pill")
+    for i in range(7):  # under the message burst (10): the rest of the test sends 3 more
+        await b.send("\n".join(f"message {i}, row {r}" for r in range(5)))
+    await expect(a.bubbles("theirs")).to_have_count(7)
+    assert await a.log.evaluate("el => el.scrollHeight > el.clientHeight + 200")
+    # at the bottom, new messages never bring the pill
+    assert await a.log.evaluate(AT_BOTTOM_JS)
+    await expect(pill).to_be_hidden()
+
+    # A reads further up; B writes: the pill shows and the log stays where A reads
+    await a.log.evaluate("el => { el.scrollTop = 0; }")
+    await b.send("a new one")
+    await a.sees("a new one")
+    await expect(pill).to_be_visible()
+    await expect(pill).to_have_text(a.t("new_messages"))
+    assert await a.log.evaluate("el => el.scrollTop") == 0
+
+    # the pill takes A to the bottom and goes
+    await pill.click()
+    await expect(pill).to_be_hidden()
+    await a.page.wait_for_function(f"({AT_BOTTOM_JS})(document.getElementById('log'))")
+
+    # scrolled up again: B writes, the pill shows; scrolling down by hand hides it
+    await a.log.evaluate("el => { el.scrollTop = 0; }")
+    await b.send("another")
+    await a.sees("another")
+    await expect(pill).to_be_visible()
+    await a.log.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    await expect(pill).to_be_hidden()
+    await b.send("at the bottom again")
+    await a.sees("at the bottom again")
+    await expect(pill).to_be_hidden()

@@ -25,6 +25,19 @@ export function scrollToBottom() {
 export function clearLog() {
   ui.log.replaceChildren();
   hidePartnerTyping();
+  ui.newPill.hidden = true;
+}
+
+/** The "New messages" pill: shown when the stranger writes while the user reads further up;
+ * gone once they are back at the bottom (by the pill or by scrolling). */
+export function bindLog() {
+  ui.log.addEventListener('scroll', () => {
+    if (!ui.newPill.hidden && isNearBottom()) ui.newPill.hidden = true;
+  }, { passive: true });
+  ui.newPill.addEventListener('click', () => {
+    ui.newPill.hidden = true;
+    scrollToBottom();
+  });
 }
 
 /** A system line in the log; kind is info, good, warn or error. */
@@ -168,6 +181,7 @@ export function showMessage({ mine, text, ts, seq }) {
   insertBySeq(node, seq);
   regroup();
   if (stick) scrollToBottom();
+  else if (!mine) ui.newPill.hidden = false;
   return node;
 }
 

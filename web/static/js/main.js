@@ -9,6 +9,7 @@ import { flags } from './flags.js';
 import { ui } from './ui.js';
 import { detectLanguage, setLanguage } from './i18n.js';
 import { bindAttention } from './attention.js';
+import { bindLog } from './log.js';
 import { finishBootIn, renderPhase } from './view.js';
 import { bindComposer } from './composer.js';
 import { bindInterests, commitInterestDraft, loadInterests } from './interests.js';
@@ -28,6 +29,7 @@ function bindUi() {
   bindComposer();
   bindFlow();
   bindAttention();
+  bindLog();
 }
 
 setLanguage(detectLanguage(), false);

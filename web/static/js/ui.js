@@ -28,6 +28,7 @@ export const ui = {
   chatStatus: $('chat-status'),
   sharedInterests: $('shared-interests'),
   log: $('log'),
+  newPill: $('new-pill'),
   typing: $('typing'),
   composer: $('composer'),
   input: $('message-input'),
