@@ -238,3 +238,21 @@ def pytest_runtest_makereport(item, call):
             if isinstance(s, Stack):
                 rep.sections.append(("process logs", s.logs()))
                 break
+
+
+@pytest.fixture
+async def peers():
+    """make(url, name, **kw) -> a connected Peer, closed at the end of the test even when it
+    fails (a client left open keeps a worker's connection, and its events, into the next test)."""
+    from peer import Peer, close_all
+
+    made: list[Peer] = []
+
+    async def make(url: str, name: str = "", **kw) -> Peer:
+        p = Peer(url, name, **kw)
+        made.append(p)
+        await p.connect()
+        return p
+
+    yield make
+    await close_all(made)

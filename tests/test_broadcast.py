@@ -5,28 +5,26 @@ from __future__ import annotations
 
 import asyncio
 
-from peer import Peer, close_all, pair
+from peer import pair
 
 CONNECTIONS = 100  # three chunks and a bit on one worker
 
 
-async def test_every_connection_of_a_worker_gets_the_stats_and_chats_go_on(fresh):
+async def test_every_connection_of_a_worker_gets_the_stats_and_chats_go_on(fresh, peers):
     w1, w2 = fresh.urls()
-    peers = await asyncio.gather(*(Peer(w1, f"P{i}").connect() for i in range(CONNECTIONS)))
-    a, b = await Peer(w2, "A").connect(), await Peer(w1, "B").connect()
-    try:
-        await pair(a, b)
-        everyone = [*peers, a, b]
-        # the matcher's next broadcast after all connected counts all of them, for everyone
-        def full(s):
-            return s["online"] >= len(everyone)
-        got = await asyncio.gather(*(p.next("stats", 20, where=full) for p in everyone))
-        assert all(s == got[0] for s in got), "one broadcast, the same counts for everyone"
-        assert got[0]["chatting"] == 2
-        # and the chat was never held up for good: a message still arrives, once
-        ack = await a.send("m1", "after the broadcast")
-        assert ack["ok"], ack
-        msg = await b.next("message")
-        assert msg["text"] == "after the broadcast" and msg["seq"] == ack["seq"]
-    finally:
-        await close_all([*peers, a, b])
+    crowd = await asyncio.gather(*(peers(w1, f"P{i}") for i in range(CONNECTIONS)))
+    a, b = await peers(w2, "A"), await peers(w1, "B")
+    await pair(a, b)
+    everyone = [*crowd, a, b]
+
+    # the matcher's next broadcast after all connected counts all of them, for everyone
+    def full(s):
+        return s["online"] >= len(everyone)
+    got = await asyncio.gather(*(p.next("stats", 20, where=full) for p in everyone))
+    assert all(s == got[0] for s in got), "one broadcast, the same counts for everyone"
+    assert got[0]["chatting"] == 2
+    # and the chat was never held up for good: a message still arrives, once
+    ack = await a.send("m1", "after the broadcast")
+    assert ack["ok"], ack
+    msg = await b.next("message")
+    assert msg["text"] == "after the broadcast" and msg["seq"] == ack["seq"]

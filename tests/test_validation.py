@@ -171,22 +171,6 @@ async def _shared_stack_listening(stack):
     await warm_up(stack)
 
 
-@pytest.fixture
-async def peers():
-    """make(url, name) -> a connected Peer, closed at the end of the test."""
-    made: list[Peer] = []
-
-    async def make(url: str, name: str = "", **kw) -> Peer:
-        p = Peer(url, name, **kw)
-        made.append(p)
-        await p.connect()
-        return p
-
-    yield make
-    for p in made:
-        await p.close()
-
-
 # -- bad payloads, event by event (with an ack) ------------------------------------------------
 JOIN_BAD = [
     (42, "bad_payload"),
