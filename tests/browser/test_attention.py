@@ -174,3 +174,27 @@ async def test_a_new_messages_pill_when_reading_further_up(people):
     await b.send("at the bottom again")
     await a.sees("at the bottom again")
     await expect(pill).to_be_hidden()
+
+
+async def test_waiting_shows_the_time_waited_and_how_many_wait(people):
+    a = await people(worker=0)
+    info = a.page.locator("#wait-info")
+    await expect(info).to_be_hidden()
+    await a.start()
+    await expect(info).to_be_visible()
+    # m:ss, counting up each second
+    await expect(a.page.locator("#wait-time")).to_have_text(re.compile(
+        "^" + re.escape(a.t("wait_time", time="0:0")) + r"[0-2]$"))
+    await expect(a.page.locator("#wait-time")).to_have_text(a.t("wait_time", time="0:02"))
+    await expect(a.page.locator("#wait-time")).to_have_text(a.t("wait_time", time="0:03"))
+    # the server's `stats` (every STATS_INTERVAL, 5 s) tell how many wait: A alone
+    await expect(a.page.locator("#wait-count")).to_have_text(a.t("wait_count", n=1), timeout=15_000)
+    await expect(info).to_have_text(re.compile(re.escape(a.t("wait_count", n=1))))
+
+    # matched: the line goes
+    b = await people(worker=1)
+    await b.start(waits=False)
+    await a.matched()
+    await b.matched()
+    await expect(info).to_be_hidden()
+    await expect(b.page.locator("#wait-info")).to_be_hidden()

@@ -12,6 +12,7 @@ import { stringList } from './util.js';
 const NOTICE_HIDE_MS = 6000;
 let composerNoticeTimer = 0;
 let bootTimer = 0;
+const wait = { since: 0, timer: 0, count: null };  // the search on screen: since when, how many wait
 
 // ---------------------------------------------------------------- views and controls
 
@@ -31,6 +32,42 @@ export function renderPhase() {
   renderStatus();
   renderView();
   renderControls();
+  renderWait();
+}
+
+// ---------------------------------------------------------------- the waiting line
+
+/** While waiting: how long (m:ss, each second) and how many wait (from `stats`, when told). */
+function renderWait() {
+  const waiting = chat.phase === WAITING;
+  if (!waiting) {
+    clearTimeout(wait.timer);
+    wait.timer = 0;
+    wait.since = 0;
+    ui.waitInfo.hidden = true;
+    return;
+  }
+  if (!wait.since) {
+    wait.since = Date.now();
+    tickWait();
+  }
+  renderWaitCount();
+  ui.waitInfo.hidden = false;
+}
+
+function tickWait() {
+  clearTimeout(wait.timer);
+  const elapsed = Math.max(0, Date.now() - wait.since);
+  const seconds = Math.floor(elapsed / 1000);
+  const time = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+  setText(ui.waitTime, 'wait_time', { time });
+  wait.timer = setTimeout(tickWait, 1000 - (elapsed % 1000) + 10);  // on the next whole second
+}
+
+function renderWaitCount() {
+  const known = wait.count !== null;
+  if (known) setText(ui.waitCount, 'wait_count', { n: wait.count });
+  ui.waitCount.hidden = !known;
 }
 
 export function renderStatus() {
@@ -110,6 +147,10 @@ export function setStats(stats) {
   const nums = ['online', 'chatting', 'waiting'].map((k) => Number(stats[k]));
   if (nums.every(Number.isFinite)) {
     setAttrText(ui.online, 'title', 'stats_title', { online: nums[0], chatting: nums[1], waiting: nums[2] });
+  }
+  if (Number.isFinite(nums[2]) && nums[2] >= 0) {
+    wait.count = nums[2];
+    if (chat.phase === WAITING) renderWaitCount();
   }
 }
 
