@@ -49,10 +49,7 @@ def run(args) -> int:
                            preferred_port=6399, url_file=True)
     try:
         if redis is not None:
-            try:
-                redis.start()
-            except RuntimeError as exc:
-                print(f"stack: {exc}", file=sys.stderr)
+            if not redis.started("stack"):
                 return 1
             env["REDIS_URL"] = redis.url
             print(f"  Redis: a private redis-server on 127.0.0.1:{redis.port} "

@@ -235,10 +235,7 @@ def run(args) -> int:
     if not env.get("REDIS_URL") and not env.get("REDIS_CLUSTER_URL"):
         # started before the others and stopped after them, as in `stack run`
         redis = LocalRedis(base / "redis", preferred_port=6389)
-        try:
-            redis.start()
-        except RuntimeError as exc:
-            print(f"cluster: {exc}", file=sys.stderr)
+        if not redis.started("cluster"):
             return 1
         env["REDIS_URL"] = redis.url
     env["SECRET_KEY"] = settings.secret_key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +68,15 @@ class LocalRedis:
         self._wait_ready()
         if self.url_file is not None:  # for `python -m web.admin unlock` in another shell
             self.url_file.write_text(self.url + "\n", "utf-8")
+
+    def started(self, prog: str) -> bool:
+        """start(), or say on stderr why not (for the stacks' command lines)."""
+        try:
+            self.start()
+        except RuntimeError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return False
+        return True
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + REDIS_START_TIMEOUT
