@@ -198,3 +198,48 @@ async def test_waiting_shows_the_time_waited_and_how_many_wait(people):
     await b.matched()
     await expect(info).to_be_hidden()
     await expect(b.page.locator("#wait-info")).to_be_hidden()
+
+
+async def test_esc_twice_is_next_and_one_esc_does_nothing(people):
+    a = await people(worker=0)
+    b = await people(worker=1)
+    await pair(a, b)
+    await expect(a.input).to_be_focused()
+
+    # one Esc: a hint, and the chat goes on
+    await a.input.press("Escape")
+    await expect(a.page.locator("#composer-notice")).to_have_text(a.t("esc_again"))
+    await b.send("still here?")
+    await a.sees("still here?")
+    await expect(a.page.locator("#chat-status")).to_have_text(a.t("chat_status_chatting"))
+    await expect(b.notice("notice_partner_next")).to_have_count(0)
+
+    # two Esc further apart than a second: still nothing (the pause is what is tested); any
+    # other key between two Esc starts again (A's Enter here)
+    await a.send("one more")
+    await a.input.press("Escape")
+    await a.page.wait_for_timeout(1300)
+    await a.input.press("Escape")
+    await a.send("after the second Esc")  # its Enter ends the Esc sequence
+    await b.send("and now?")
+    await a.sees("and now?")
+    await expect(a.page.locator("#chat-status")).to_have_text(a.t("chat_status_chatting"))
+    await a.input.press("Escape")
+    await a.send("typed between")
+    await a.input.press("Escape")
+    await b.send("still?")
+    await a.sees("still?")
+    await expect(a.page.locator("#chat-status")).to_have_text(a.t("chat_status_chatting"))
+    await expect(b.notice("notice_partner_next")).to_have_count(0)
+
+    # Esc Esc: Next, and the focus goes where Next puts it (the input of the next chat)
+    c = await people(worker=1)
+    await c.start()
+    await a.send("bye")
+    await a.input.press("Escape")
+    await a.input.press("Escape")
+    await expect(b.notice("notice_partner_next")).to_be_visible()
+    await a.matched()
+    await c.matched()
+    await expect(a.input).to_be_focused()
+    await expect(b.page.locator("#chat-status")).to_have_text(b.t("chat_status_ended"))

@@ -8,8 +8,8 @@ import { flags } from './flags.js';
 import { ui } from './ui.js';
 import { addNotice, clearLog } from './log.js';
 import {
-  ensureFocus, hideStartError, notifyError, renderControls, renderPhase, setBusy,
-  showSharedInterests,
+  ensureFocus, hideComposerNotice, hideStartError, notifyError, renderControls, renderPhase,
+  setBusy, showComposerNotice, showSharedInterests,
 } from './view.js';
 import { outbox, stopTyping } from './composer.js';
 import { interests } from './interests.js';
@@ -172,7 +172,34 @@ function sendReport(reason) {
   });
 }
 
+const ESC_TWICE_MS = 1000;  // Esc twice within this long is Next (as Omegle had it)
+let lastEsc = 0;
+
+/** Esc, then Esc again (no other key between) within a second, while chatting: Next. One Esc
+ * only says so. */
+function onKeydown(event) {
+  if (event.key !== 'Escape') {
+    lastEsc = 0;  // twice means twice in a row
+    return;
+  }
+  if (event.repeat || event.isComposing || event.defaultPrevented) return;
+  if (chat.phase !== CHATTING || ui.reportDialog.open) {
+    lastEsc = 0;
+    return;
+  }
+  const now = Date.now();
+  if (lastEsc && now - lastEsc <= ESC_TWICE_MS) {
+    lastEsc = 0;
+    hideComposerNotice();
+    onNext();
+    return;
+  }
+  lastEsc = now;
+  showComposerNotice('esc_again');
+}
+
 export function bindFlow() {
+  document.addEventListener('keydown', onKeydown);
   ui.cancelBtn.addEventListener('click', onLeave);
   ui.nextBtn.addEventListener('click', onNext);
   ui.leaveBtn.addEventListener('click', onLeave);
