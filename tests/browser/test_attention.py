@@ -243,3 +243,86 @@ async def test_esc_twice_is_next_and_one_esc_does_nothing(people):
     await c.matched()
     await expect(a.input).to_be_focused()
     await expect(b.page.locator("#chat-status")).to_have_text(b.t("chat_status_ended"))
+
+
+# Counts the notes played and the notifications shown, by wrapping the browser's own APIs.
+SPY_JS = """() => {
+  window.__spy = { notes: 0, notifications: [] };
+  const make = AudioContext.prototype.createOscillator;
+  AudioContext.prototype.createOscillator = function () { window.__spy.notes += 1; return make.call(this); };
+  const Real = window.Notification;
+  window.Notification = class extends Real {
+    constructor(title, options) { super(title, options); window.__spy.notifications.push(options.body); }
+  };
+  Object.defineProperty(window.Notification, 'permission', { get: () => Real.permission });
+  window.Notification.requestPermission = (...args) => Real.requestPermission(...args);
+}"""
+
+
+async def test_sound_and_notifications_are_opt_in_and_remembered(people):
+    a = await people(worker=0, permissions=["notifications"])
+    b = await people(worker=1)
+    sound, notify = a.page.locator("#sound-toggle"), a.page.locator("#notify-toggle")
+    # off by default, with names a screen reader reads and titles that say so
+    await expect(sound).to_have_attribute("aria-pressed", "false")
+    await expect(notify).to_have_attribute("aria-pressed", "false")
+    await expect(a.page.get_by_role("button", name=a.t("sound_label"))).to_be_visible()
+    await expect(sound).to_have_attribute("title", a.t("sound_off"))
+    assert await a.page.evaluate("localStorage.getItem('chat.sound')") is None
+
+    await sound.click()
+    await notify.click()
+    await expect(sound).to_have_attribute("aria-pressed", "true")
+    await expect(notify).to_have_attribute("aria-pressed", "true")
+    await expect(notify).to_have_attribute("title", a.t("notify_on"))
+    assert await a.page.evaluate("localStorage.getItem('chat.sound')") == "1"
+    assert await a.page.evaluate("localStorage.getItem('chat.notify')") == "1"
+
+    # remembered over a reload
+    await a.page.reload()
+    await expect(a.page.locator("#online")).to_have_class(re.compile(r"\bis-live\b"))
+    await expect(sound).to_have_attribute("aria-pressed", "true")
+    await expect(notify).to_have_attribute("aria-pressed", "true")
+
+    # hidden: a message plays the sound and shows a notification; visible: neither
+    await pair(a, b)
+    await a.page.evaluate(SPY_JS)
+    await b.send("seen")
+    await a.sees("seen")
+    await set_hidden(a, True)
+    await b.send("ping")
+    await a.page.wait_for_function("window.__spy.notifications.length === 1")
+    spy = await a.page.evaluate("window.__spy")
+    assert spy["notifications"] == [a.t("notify_message")]
+    assert spy["notes"] == 2  # the chime's two notes
+    await set_hidden(a, False)
+
+    # turned off: remembered off; nothing plays while hidden
+    await sound.click()
+    await notify.click()
+    await expect(sound).to_have_attribute("aria-pressed", "false")
+    await expect(notify).to_have_attribute("aria-pressed", "false")
+    assert await a.page.evaluate("localStorage.getItem('chat.sound')") is None
+    assert await a.page.evaluate("localStorage.getItem('chat.notify')") is None
+    await set_hidden(a, True)
+    await b.send("pong")
+    await expect(a.page).to_have_title(re.compile(r"^\(1\) "))
+    spy = await a.page.evaluate("window.__spy")
+    assert spy["notifications"] == [a.t("notify_message")] and spy["notes"] == 2
+    await a.page.reload()
+    await expect(sound).to_have_attribute("aria-pressed", "false")
+    await expect(notify).to_have_attribute("aria-pressed", "false")
+
+
+async def test_notifications_stay_off_when_the_browser_says_no(people):
+    a = await people(worker=0)
+    await a.page.evaluate("""() => {
+      window.__asked = 0;
+      Object.defineProperty(Notification, 'permission', { configurable: true, get: () => 'default' });
+      Notification.requestPermission = () => { window.__asked += 1; return Promise.resolve('denied'); };
+    }""")
+    notify = a.page.locator("#notify-toggle")
+    await notify.click()
+    await a.page.wait_for_function("window.__asked === 1")
+    await expect(notify).to_have_attribute("aria-pressed", "false")
+    assert await a.page.evaluate("localStorage.getItem('chat.notify')") is None

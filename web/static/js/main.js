@@ -1,7 +1,8 @@
 /* main.js — the entry module of the chat page (web/templates/index.html): binds the controls
  * to the modules and starts. The modules, each with its reason in its header:
  *   state.js (the state machine) · flags.js · ui.js · util.js · i18n.js · log.js · view.js ·
- *   composer.js · interests.js · flow.js · events.js · connection.js · attention.js
+ *   composer.js · interests.js · flow.js · events.js · connection.js · attention.js ·
+ *   prefs.js
  * Modules call each other only from functions run after this one has started (a few import
  * each other, which ES modules allow when nothing is used while they load). Every module URL is
  * versioned by the import map index.html carries (see web/app.py). */
@@ -10,6 +11,7 @@ import { ui } from './ui.js';
 import { detectLanguage, setLanguage } from './i18n.js';
 import { bindAttention } from './attention.js';
 import { bindLog } from './log.js';
+import { bindPrefs } from './prefs.js';
 import { finishBootIn, renderPhase } from './view.js';
 import { bindComposer } from './composer.js';
 import { bindInterests, commitInterestDraft, loadInterests } from './interests.js';
@@ -30,6 +32,7 @@ function bindUi() {
   bindFlow();
   bindAttention();
   bindLog();
+  bindPrefs();
 }
 
 setLanguage(detectLanguage(), false);

@@ -12,6 +12,8 @@ export const ui = {
   online: $('online'),
   onlineText: $('online-text'),
   langSelect: $('lang-select'),
+  soundToggle: $('sound-toggle'),
+  notifyToggle: $('notify-toggle'),
   banner: $('banner'),
   bannerText: $('banner-text'),
   bannerAction: $('banner-action'),
