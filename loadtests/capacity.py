@@ -1,5 +1,9 @@
 """`make capacity`: the chat's unit costs, and CPU per message against the number of web workers.
 
+One file of ~870 lines on purpose, as a measurement script: one run's load generator, its
+per-process accounting and its report, read together with docs/SCALING.md; what other load tests
+share is in stacks.py and sampler.py.
+
     python loadtests/capacity.py --label before [--workers 1,2,4,8] [--seconds 40] [--repeat 1]
 
 For each W in --workers: `python -m stack cluster` with W web workers (stacks.py's LocalStack: a

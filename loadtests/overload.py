@@ -4,6 +4,11 @@ already chatting keep their delivery latency.
     python loadtests/overload.py [--workers 2 --max-connections 300 --chatters 400
                                   --newcomers 600 --seconds 40 --cycles 2]
 
+One file of ~1,500 lines on purpose, as a measurement script: its chatters, its storm of
+newcomers, the nginx log parser and the report share one run's state and are read together
+against docs/SCALING.md's Overload section; the parts other load tests use are in stacks.py,
+sampler.py and report.py.
+
 The issue: "Overload is visible, never silent: past capacity, new connections are refused with a
 clear reason (a configurable cap per worker, nginx answering 503 when every worker is full), and
 users already chatting keep their p99 delivery within 2x of its value below capacity."
