@@ -235,8 +235,10 @@ class Store:
         return done
 
     # the matcher's side ----------------------------------------------------------------------
-    def match(self) -> int:
-        """Pair waiting users (match.lua, home slot) and open their rooms (open.lua, shards)."""
+    def match(self, on_pair=None) -> int:
+        """Pair waiting users (match.lua, home slot) and open their rooms (open.lua, shards);
+        `on_pair(intent)` sees each pairing's intent (users, time of pairing `at`, and each
+        one's place in the queue `sa`/`sb`, all Redis's clock in ms)."""
         k = self.k
         rooms = [uuid.uuid4().hex for _ in range(self.s.match_batch // 2)]
         made = self._run(
@@ -246,6 +248,8 @@ class Store:
         )
         for i in range(0, len(made), 2):
             self.open_room(made[i], made[i + 1])
+            if on_pair is not None:
+                on_pair(json.loads(made[i + 1]))
         return len(made) // 2
 
     def reap(self, limit: int = 500) -> int:

@@ -9,7 +9,6 @@ signals and the back-off are common/daemon.py's.
 """
 from __future__ import annotations
 
-import json
 import time
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -27,9 +26,8 @@ MATCHES = Counter("chat_matches", "Pairs this matcher made")
 MATCH_WAIT = Histogram(
     "chat_match_wait_seconds",
     "Seconds a paired user waited in the queue before this matcher paired them (the pairing's "
-    "time in its intent minus the user's place in the queue, both Redis's clock, the queue "
-    "read just before the pairing script; a user who joined in between, a few ms before, "
-    "counts 0). One observation per user, two per pair",
+    "time minus the user's place in the queue, both written by match.lua in the pairing's "
+    "intent, on Redis's clock). One observation per user, two per pair",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300))
 REAPED = Counter("chat_reaped", "Users this matcher let go past the resume grace")
 PASS = Histogram(
@@ -47,16 +45,6 @@ class Matcher(Daemon):
         self.s = settings
         self.store = Store(redis_connect(settings), settings)
         self._next_stats = 0.0
-        # Each pairing's wait: store.match() opens every room it made through open_room, with
-        # the intent (users, time of pairing); their places in the queue are read just before.
-        self._since: dict[str, float] | None = None  # while pairing: the queue's places
-        open_room = self.store.open_room
-
-        def opened(room: str, intent: str) -> bool:
-            self._observe_wait(intent)
-            return open_room(room, intent)
-
-        self.store.open_room = opened
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host)
 
@@ -67,11 +55,7 @@ class Matcher(Daemon):
         """One pass: pair until the queue is done, reap, and now and then broadcast the counts."""
         began = time.perf_counter()
         while True:
-            # one more read of what match.lua reads: the queue's head and each user's place
-            self._since = dict(self.store.r.zrange(self.store.k.queue, 0, self.s.match_batch - 1,
-                                                   withscores=True))
-            made = self.store.match()
-            self._since = None
+            made = self.store.match(on_pair=self._observe_wait)
             MATCHES.inc(made)
             if made:
                 self.log.info("matched %d pair(s)", made)
@@ -90,16 +74,10 @@ class Matcher(Daemon):
             self.store.broadcast(ev.STATS, self.store.counts())
         PASS.observe(time.perf_counter() - began)
 
-    def _observe_wait(self, intent: str) -> None:
-        if self._since is None:  # an intent carried out for another process: no place known
-            return
-        try:
-            it = json.loads(intent)
-            for user in (it["a"], it["b"]):
-                since = self._since.get(user, it["at"])  # joined after the queue was read
-                MATCH_WAIT.observe(max(0.0, (it["at"] - since) / 1000))
-        except (ValueError, KeyError, TypeError):
-            pass
+    @staticmethod
+    def _observe_wait(intent: dict) -> None:
+        for since in (intent["sa"], intent["sb"]):
+            MATCH_WAIT.observe(max(0.0, (intent["at"] - since) / 1000))
 
     def between_steps(self) -> None:
         """A join wakes us at once; otherwise a tick, for interest waits and reaping."""

@@ -102,6 +102,7 @@ for i = 1, n do
       redis.call('ZREM', queue, u, best)
       local intent = '{"a":' .. cjson.encode(u) .. ',"b":' .. cjson.encode(best)
         .. ',"interests":' .. json_list(best_common) .. ',"at":' .. now
+        .. ',"sa":' .. string.format('%d', since[u]) .. ',"sb":' .. string.format('%d', since[best])
         .. ',"ra":' .. route_of(u, workers, now) .. ',"rb":' .. route_of(best, workers, now) .. '}'
       redis.call('HSET', opening, room, intent)
       made[#made + 1] = room

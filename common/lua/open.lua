@@ -7,7 +7,7 @@ local chat = KEYS[1]     -- chat:<room>
 local history = KEYS[2]  -- the shard's history stream
 -- ARGV:
 local room = ARGV[1]
-local intent = cjson.decode(ARGV[2])  -- {a, b, interests, at, ra, rb}, from match.lua
+local intent = cjson.decode(ARGV[2])  -- {a, b, interests, at, sa, sb, ra, rb}, from match.lua
 local history_maxlen = ARGV[3]        -- each history stream's cap, about
 -- seconds the chat lives at most (a safety net: close.lua ends it long before)
 local ttl = tonumber(ARGV[4])
