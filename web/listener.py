@@ -103,7 +103,9 @@ class ChatQueue(socketio.PubSubManager):
                 namespace = message.get("namespace") or "/"
                 data = message.get("data") or []
                 data = data[0] if len(data) == 1 else tuple(data)
-                sids = [sid for sid, _ in self.get_participants(namespace, None)]
+                skip = message.get("skip_sid")
+                skip = set(skip) if isinstance(skip, list) else {skip}
+                sids = [sid for sid, _ in self.get_participants(namespace, None) if sid not in skip]
                 for i in range(0, len(sids), BROADCAST_CHUNK):
                     for sid in sids[i:i + BROADCAST_CHUNK]:
                         # the local emit (Manager's), not the queue's: this is the queue's end
