@@ -11,6 +11,9 @@ DURATION   ?= 90s
 TARGET     ?=
 PROCESSES  ?= auto
 LT_WORKERS ?= 1
+# test processes (pytest-xdist, one test file each at a time): a serial run of the suite keeps
+# ~0.6 of one core busy, the rest is waiting on real processes and timeouts
+TEST_PROCESSES ?= 3
 PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.base-installed
 TEST   := $(VENV)/.test-installed
@@ -56,7 +59,7 @@ cluster: $(BASE)
 	WORKERS=$(WORKERS) $(PY) -m stack cluster
 
 test: $(TEST)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 compose-test: $(TEST)
 	$(PY) tests/compose/run.py

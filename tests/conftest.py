@@ -1,6 +1,7 @@
 """Fixtures: a shared stack (Redis, two web workers, the matcher) and helpers to build others."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -88,12 +89,18 @@ def _stops_finished():
     wait_stopped()
 
 
+def in_xdist_worker() -> bool:
+    """True in a process of `pytest -n N` (make test): the other processes go on meanwhile."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 class LoadtestRun:
-    """One CI-sized run of loadtests/run.py, started when the session starts and asserted by
-    tests/test_loadtest_smoke.py when its turn comes: 20 users for 15 s against the baseline
-    relay, then against two web workers of a stack of its own (--target, --baseline). It is
-    mostly waiting (the locust load is light, the drains and the reports are short), so it runs
-    beside the other tests instead of adding its minute to the session."""
+    """One CI-sized run of loadtests/run.py, asserted by tests/test_loadtest_smoke.py: 20 users
+    for 15 s against the baseline relay, then against two web workers of a stack of its own
+    (--target, --baseline). It is mostly waiting (the locust load is light, the drains and the
+    reports are short): in a serial session it starts when the session starts and runs beside
+    the other tests instead of adding its minute; under `pytest -n N` the test starts it itself
+    (the other test processes are what goes on beside it)."""
 
     ARGS = ("--users", "20", "--spawn-rate", "10", "--duration", "15", "--processes", "2")
 
@@ -141,10 +148,11 @@ LOADTEST_SMOKE = "test_loadtest_smoke.py::"
 
 @pytest.fixture(scope="session", autouse=True)
 def loadtest_in_background(request, tmp_path_factory):
-    """The LoadtestRun of this session when tests/test_loadtest_smoke.py is among the tests
-    selected, started before the first test; else None. A failure to start it is that test's
-    to report (`LoadtestRun.started`), not the first test's."""
-    if not any(LOADTEST_SMOKE in item.nodeid for item in request.session.items):
+    """The LoadtestRun of a serial session when tests/test_loadtest_smoke.py is among the tests
+    selected, started before the first test; else None (and under `pytest -n N`, where every
+    process collects every test, but one of them runs that one). A failure to start it is that
+    test's to report (`LoadtestRun.started`), not the first test's."""
+    if in_xdist_worker() or not any(LOADTEST_SMOKE in item.nodeid for item in request.session.items):
         yield None
         return
     try:

@@ -1,6 +1,7 @@
 """The load test itself, CI-sized: 20 users for 15 s, first against the baseline relay, then
 against a real stack, in one run of `loadtests/run.py` (what `make loadtest` runs), started in
-the background when the session starts (tests/conftest.py, LoadtestRun).
+the background when a serial session starts, or by the test itself under `pytest -n N`
+(tests/conftest.py, LoadtestRun).
 
 Each side runs with two locust processes (the product against two web workers), and the test
 asserts what must hold at any speed: nothing lost, nothing duplicated or misdelivered, no error
@@ -12,6 +13,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+
+import pytest
 
 
 def assert_clean_ledger(out, context: str) -> dict:
@@ -28,16 +31,27 @@ def assert_clean_ledger(out, context: str) -> dict:
     return summary
 
 
-def test_loadtest_smoke_product_and_baseline_relay(loadtest_in_background):
+@pytest.fixture
+def loadtest_run(loadtest_in_background, tmp_path):
+    """The session's run in the background, or else one of this test's own."""
+    from conftest import LoadtestRun
+
+    if loadtest_in_background is not None:
+        yield LoadtestRun.started(loadtest_in_background)
+        return
+    run = LoadtestRun(tmp_path)
+    yield run
+    run.stop()
+
+
+def test_loadtest_smoke_product_and_baseline_relay(loadtest_run):
     """The product (two web workers of a stack of the run's own, --target) and the baseline
     relay (loadtests/relay.py, --baseline) under the same locust users: clean ledgers on both
     sides, so a protocol change that the relay no longer follows is caught here, not in a
     1000-user run; locust's reports written; the side-by-side comparison in run.json and
     summary.md. The run started with the session (tests/conftest.py, LoadtestRun): here it is
     waited for and checked."""
-    from conftest import LoadtestRun
-
-    lt = LoadtestRun.started(loadtest_in_background)
+    lt = loadtest_run
     stack, out = lt.stack, lt.out
     base = out / "baseline"
     run = lt.wait(timeout=240)
