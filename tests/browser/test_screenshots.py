@@ -5,12 +5,14 @@ They are taken from a real chat between two browsers, so they also show that the
 the size and in the scheme each one names."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 from playwright.async_api import expect
 
 from .conftest import DESKTOP, PHONE, SCREENSHOTS, Stranger, missing, pair
+from .test_attention import SET_HIDDEN_JS
 
 EN_CHAT = [
     ("b", "Hi! Where are you writing from?"),
@@ -87,3 +89,54 @@ async def test_screenshots(people):
     for name in ("start-desktop-light", "chat-desktop-light", "chat-desktop-dark",
                  "chat-phone-light", "chat-phone-dark"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+# A browser's tab strip: Chromium in Playwright is headless and draws none, and what the picture
+# must show is the tab's title and icon, which the page sets itself (both read from the page).
+TAB_STRIP_HTML = """<!doctype html><meta charset="utf-8">
+<style>
+  body { margin: 0; background: #dee1e6; font: 13px system-ui, sans-serif; }
+  .strip { display: flex; align-items: end; gap: 2px; height: 44px; padding: 0 8px; }
+  .tab { display: flex; align-items: center; gap: 8px; width: 200px; height: 34px;
+         padding: 0 12px; border-radius: 8px 8px 0 0; color: #3c4043; white-space: nowrap; }
+  .tab span { overflow: hidden; text-overflow: ellipsis; }
+  .tab.front { background: #fff; }
+  .tab img { width: 16px; height: 16px; flex: none; }
+</style>
+<div class="strip">
+  <div class="tab front"><span>Mail</span></div>
+  <div class="tab" style="width: 440px"><img id="icon" alt=""><span id="title"></span></div>
+</div>"""
+
+
+async def test_screenshot_of_a_hidden_tab(people, browser):
+    """The tab of a chat the person is not looking at: the stranger's arrival and two unread
+    messages in the title, the badge on the icon."""
+    a = await people(worker=0, lang="en", color_scheme="light", **DESKTOP)
+    b = await people(worker=1, lang="en", color_scheme="light", **DESKTOP)
+    await a.start()
+    await a.page.evaluate(SET_HIDDEN_JS, True)  # another tab is in front
+    await b.start(waits=False)
+    await b.matched()
+    await b.send("Hi! Anyone there?")
+    await b.send("I'm from Lisbon :)")
+    await expect(a.page).to_have_title(re.compile(r"^\(2\) "))
+    title = await a.page.title()
+    icon = await a.page.locator("link#favicon").get_attribute("href")
+    assert icon.startswith("data:image/png;base64,")  # the badge
+
+    context = await browser.new_context(viewport={"width": 700, "height": 44},
+                                        device_scale_factor=2)
+    try:
+        strip = await context.new_page()
+        await strip.set_content(TAB_STRIP_HTML)
+        await strip.evaluate("""([title, icon]) => {
+              document.getElementById('title').textContent = title;
+              document.getElementById('icon').src = icon;
+            }""", [title, icon])
+        await expect(strip.locator("#icon")).to_have_js_property("complete", True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await strip.screenshot(path=str(SCREENSHOTS / "hidden-tab-desktop-light.png"))
+    finally:
+        await context.close()
+    assert (SCREENSHOTS / "hidden-tab-desktop-light.png").stat().st_size > 3_000
