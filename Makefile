@@ -93,7 +93,7 @@ purge: $(BASE)
 	$(PY) -m archiver purge
 
 screenshots: $(TEST)
-	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/browser/test_screenshots.py
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/browser/test_screenshots.py tests/browser/test_metrics_dashboard.py
 
 clean:
 	rm -rf $(VENV) instance *.egg-info
