@@ -3,16 +3,16 @@ Cluster) started with FILTER_WORDS and FILTER_LINKS, driven by real Socket.IO cl
 admin console that shows the counts."""
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from conftest import Stack
 from peer import pair
 from test_admin import PASSWORD, signed_in
-
-from conftest import Stack
 
 WORD = "zorkbad"  # a listed word no test of the chat would send by chance
 
@@ -40,7 +40,7 @@ def fstack(filtered_stack):
 
 def utc_days() -> list[str]:
     """Today and yesterday (UTC): a test that runs across midnight counts on both."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     return [today.isoformat(), (today - timedelta(days=1)).isoformat()]
 
 
@@ -110,8 +110,7 @@ async def test_the_admin_dashboard_shows_the_counts(fstack, peers):
     words, links = counted(fstack, "words"), counted(fstack, "links")
     assert (words, links) >= (2, 1)
 
-    s = signed_in(url)
-    r = s.get(url + "/admin/", timeout=10)
+    r = await asyncio.to_thread(lambda: signed_in(url).get(url + "/admin/", timeout=10))
     assert r.status_code == 200
 
     def shown(id_: str) -> int:
@@ -128,4 +127,5 @@ async def test_the_admin_dashboard_shows_the_counts(fstack, peers):
     assert "Word list on, links refused" in r.text
     assert f"<td>{today}</td>" in r.text
     # not for the public
-    assert requests.get(url + "/admin/", timeout=10, allow_redirects=False).status_code == 302
+    r = await asyncio.to_thread(requests.get, url + "/admin/", timeout=10, allow_redirects=False)
+    assert r.status_code == 302
