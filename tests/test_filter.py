@@ -38,6 +38,13 @@ def fstack(filtered_stack):
         assert p.alive(), f"{p.name} died during the test:\n{p.output()[-4000:]}"
 
 
+async def scraped(url: str) -> dict[str, float]:
+    """The worker's /metrics samples, by their line's name and labels."""
+    r = await asyncio.to_thread(requests.get, url + "/metrics", timeout=10)
+    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in r.text.splitlines()
+                                     if ln and not ln.startswith("#"))}
+
+
 def utc_days() -> list[str]:
     """Today and yesterday (UTC): a test that runs across midnight counts on both."""
     today = datetime.now(UTC).date()
@@ -54,6 +61,7 @@ async def test_a_filtered_message_is_refused_and_the_partner_gets_nothing(fstack
     a, b = await peers(url, "a"), await peers(url, "b")
     await pair(a, b)
     before = {r: counted(fstack, r) for r in ("words", "links")}
+    metrics_before = await scraped(url)
 
     refused = {
         "w1": f"you {WORD.upper()}!",  # case
@@ -88,6 +96,12 @@ async def test_a_filtered_message_is_refused_and_the_partner_gets_nothing(fstack
     assert counted(fstack, "links") - before["links"] == 2
     ttl = fstack.client.ttl(fstack.home_key(f"filtered:{utc_days()[0]}"))
     assert 0 < ttl <= 8 * 86400
+
+    metrics = await scraped(url)
+    for sample, n in (('chat_filtered_total{reason="words"}', 4),
+                      ('chat_filtered_total{reason="links"}', 2),
+                      ('chat_refusals_total{code="filtered"}', 6)):
+        assert metrics[sample] - metrics_before[sample] == n, sample
 
 
 async def test_filtered_without_an_ack_is_an_error_event(fstack, peers):
