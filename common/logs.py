@@ -141,6 +141,22 @@ def formatter() -> logging.Formatter:
     return _formatter
 
 
+def _hub_exceptions_as_records() -> None:
+    """gevent's hub prints a greenlet's uncaught exception to stderr by itself, as bare lines:
+    a record instead (the greenlet's class, never its arguments, which may be a client's)."""
+    hub = sys.modules.get("gevent.hub")
+    if hub is None:  # a process without gevent (the archiver)
+        return
+    hub_log = logging.getLogger("gevent.hub")
+
+    def print_exception(self, context, t, v, tb):
+        hub_log.error("%s failed with %s", type(context).__name__ if context is not None else
+                      "the hub", getattr(t, "__name__", "exception"),
+                      exc_info=(t, v, tb) if v is not None else None)
+
+    hub.Hub.print_exception = print_exception
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "",
                   worker: str = "") -> None:
     """The root logger on stderr, in LOG_FORMAT `fmt` (text or json), with the client noise
@@ -150,6 +166,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "",
     _formatter = JsonFormatter(process, worker) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     if fmt == "json":
         logging.captureWarnings(True)  # warnings.warn() as records, not bare stderr lines
+        _hub_exceptions_as_records()
     noise = ClientNoiseFilter()
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_formatter)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import uuid
 
 from conftest import Stack
 from peer import pair, wait_for
-from procs import stop_all
+from procs import ROOT, stop_all
 from sqlalchemy import create_engine, text
 
 from common.logs import JsonFormatter
@@ -38,6 +40,27 @@ def test_the_formatter_makes_one_line_with_the_fields_extras_and_the_traceback()
     assert got["message"] == "a 你好\nb\u2028c"
     assert got["user"] == "u1" and "_private" not in got
     assert got["exc"].startswith("Traceback") and "ValueError: boom" in got["exc"]
+
+
+def test_warnings_and_a_greenlets_uncaught_exception_are_json_lines_too():
+    """What Python and gevent would print to stderr by themselves becomes records."""
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import gevent, warnings\n"
+        "from common.logs import setup_logging\n"
+        "setup_logging('INFO', 'json', 'chat-test', 'w1')\n"
+        "warnings.warn('careful')\n"
+        "def boom(secret): raise RuntimeError('kaput')\n"
+        "gevent.spawn(boom, 'the-args-stay-out').join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = _lines(done.stderr + done.stdout)
+    assert [o["logger"] for o in lines] == ["py.warnings", "gevent.hub"], lines
+    failed = lines[1]
+    assert failed["level"] == "ERROR" and "RuntimeError: kaput" in failed["exc"]
+    assert "the-args-stay-out" not in json.dumps(failed)
 
 
 def _lines(output: str) -> list[dict]:
