@@ -117,6 +117,7 @@ def test_cost_per_message_is_small(capsys):
     words = [f"word{i}" for i in range(5000)] + [f"词{i}" for i in range(500)] + ["buy now"]
     f = TextFilter(words, links=True)
     texts = ["hello there, how are you doing today? " * 12,  # ~450 ASCII characters
+             "Hello there. How are you doing today? " * 12,  # with dots: the link regex runs
              "你好，今天过得怎么样？我们聊聊天吧。" * 25,  # ~450 Han characters
              "short"]
     for text in texts:
