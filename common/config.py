@@ -131,7 +131,8 @@ class Setting:
     required: str = ""  # production refuses it unset, with this line
     unless: str = ""  # ... unless this other variable is set
     min_len: int = 0
-    hidden: bool = False  # a secret or credential: left out of Settings.describe()
+    hidden: bool = False  # a secret or credential (or the filter's word list, which the start-up
+    #                       line must not spell out): left out of Settings.describe()
     normalize: Callable[[str], str] | None = None
     check: Callable[[str, Any, Reading], None] | None = None  # more validation: raise ConfigError
 
@@ -189,6 +190,18 @@ def _max_below_worker_connections(name: str, value: int, reading: Reading) -> No
 def _key_prefix(name: str, value: str, reading: Reading) -> None:
     if not value.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"{name} must be letters, digits, - or _, got {value!r}")
+
+
+def _filter_words(name: str, value: str, reading: Reading) -> None:
+    """The list must load and compile now, not at the first message."""
+    from .textfilter import TextFilter
+
+    try:
+        TextFilter(TextFilter.terms_of(value))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read the word list {value!r}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _time_zone(name: str, value: str, reading: Reading) -> None:
@@ -253,6 +266,15 @@ SETTINGS: tuple[Setting, ...] = (
       "other events per second per connection", 0.01, 10_000),
     S("CONTROL_BURST", "control_burst", "int", "30", None, 1, 100_000),
     S("MAX_MESSAGE_LEN", "max_message_len", "int", "500", "characters per message", 1, 10_000),
+    S("FILTER_WORDS", "filter_words", "text", None,
+      "words and phrases a message may not contain: a comma-separated list, or the path of a "
+      "UTF-8 file (starting with `/`, `./` or `../`) of one per line (`#` starts a comment). "
+      "Case-insensitive after NFKC, whole words only (`ass` never refuses `class`); Chinese, "
+      "Japanese, Korean and Thai terms match anywhere. A match is refused with `filtered`",
+      shown="unset (off)", hidden=True, check=_filter_words),
+    S("FILTER_LINKS", "filter_links", "choice", "off",
+      "`on`: refuse messages with a link (`http(s)://`, `www.`, or a bare domain such as "
+      "`example.com` or an e-mail address) with `filtered`", choices=("off", "on")),
     S("MAX_FRAME_BYTES", "max_frame_bytes", "int", "16384",
       "larger Socket.IO frames close the connection", 1024, 10_000_000),
     # 15 + 10: a silent network loss is noticed within 25 s on both ends.
@@ -289,6 +311,10 @@ SETTINGS: tuple[Setting, ...] = (
       "worker serves `/metrics` on its own `PORT`", 0, 65535),
     S("LOG_LEVEL", "log_level", "choice", "INFO", "",
       choices=("DEBUG", "INFO", "WARNING", "ERROR"), normalize=str.upper),
+    S("LOG_FORMAT", "log_format", "choice", "text",
+      "`json`: one JSON object per line (time in UTC, level, logger, process, worker, message, "
+      "extra fields, `exc` for a traceback), for every process and gunicorn's own lines",
+      choices=("text", "json"), normalize=str.lower),
     S("ADMIN_PASSWORD", "admin_password", "text",
       lambda r: None if r.production else _dev_secret("admin_password", 12),  # 16 characters
       "the admin console's password",

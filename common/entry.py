@@ -14,5 +14,5 @@ def start(prog: str) -> config.Settings:
     except config.ConfigError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, prog, settings.worker_id)
     return settings

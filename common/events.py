@@ -42,6 +42,7 @@ ERRORS = {
     "unknown_event": "Unknown event.",
     "replaced": "This chat was opened in another tab or window, which took it over.",
     "unavailable": "The service is briefly unavailable; try again.",
+    "filtered": "The message contains a word or a link that is not allowed here.",
     "internal": "Something went wrong on our side.",
 }
 

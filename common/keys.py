@@ -33,6 +33,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:history`             | stream | reports made without a room, for the archiver |
 | `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
+| `{p}:filtered:<day>`      | hash   | messages the word and link filter refused on one UTC day (YYYY-MM-DD): `words`, `links` -> count; expires FILTERED_DAYS after the day's first refusal (common/store.py) |
 
 | key (a chat shard `{s}`)  | type   | holds |
 |---------------------------|--------|-------|
@@ -121,6 +122,10 @@ class Keys:
 
     def where(self, user: str) -> str:
         return self.where_prefix + user
+
+    def filtered(self, day: str) -> str:
+        """The filter's refusals of one UTC day (`YYYY-MM-DD`), by reason (see above)."""
+        return self._k("filtered:" + day)
 
     def admin(self, name: str) -> str:
         """Admin console state: `admin:fail:<address>` and `admin:session:<id>` (see above)."""

@@ -1,5 +1,10 @@
 """One log format for every process: one line per event, time, level, logger, message.
 
+LOG_FORMAT=json makes each line one JSON object instead (JsonFormatter), for every process and
+for gunicorn's own error and access logs (web/gunicorn_logs.py): what a log shipper can parse
+without a pattern. What is logged is the same in both formats, and never a chat message's text
+(tests/test_logs_json.py drives a chat and reads every line).
+
 What the transport libraries log about a malformed request or packet is the client's doing, not
 ours: a traceback per bad packet lets one client fill the disk and bury real errors. Their
 records become one WARNING line without traceback, at most one per kind per THROTTLE_SECONDS,
@@ -7,10 +12,12 @@ and the next line of a kind says how many were suppressed meanwhile.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 # Loggers whose warnings and errors describe what a client sent (gevent.pywsgi is the name
 # web/guard.py gives gevent's error log; web.guard is our own refusals).
@@ -83,15 +90,86 @@ class ClientNoiseFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What every LogRecord has of its own: the rest of its attributes came as `extra=` fields.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: time (ISO 8601, UTC, ms), level, logger,
+    process (the program, e.g. chat-web), worker (WORKER_ID), pid, message, the record's
+    `extra=` fields, and `exc` (the formatted traceback) or `stack` when it has one."""
+
+    def __init__(self, process: str = "", worker: str = ""):
+        super().__init__()
+        self.process, self.worker = process, worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format string is still one line
+            message = f"{record.msg!r} {record.args!r}"
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": self.process,
+            "worker": self.worker,
+            "pid": record.process,
+            "message": message,
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_") and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        # \u2028 and \u2029 are line breaks to some readers: escaped, so a record is one line
+        return (json.dumps(out, ensure_ascii=False, default=str)
+                .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+_formatter: logging.Formatter = logging.Formatter(TEXT_FORMAT)
+
+
+def formatter() -> logging.Formatter:
+    """The formatter setup_logging chose, for handlers made elsewhere (gunicorn's)."""
+    return _formatter
+
+
+def _hub_exceptions_as_records() -> None:
+    """gevent's hub prints a greenlet's uncaught exception to stderr by itself, as bare lines:
+    a record instead (the greenlet's class, never its arguments, which may be a client's)."""
+    hub = sys.modules.get("gevent.hub")
+    if hub is None:  # a process without gevent (the archiver)
+        return
+    hub_log = logging.getLogger("gevent.hub")
+
+    def print_exception(self, context, t, v, tb):
+        hub_log.error("%s failed with %s", type(context).__name__ if context is not None else
+                      "the hub", getattr(t, "__name__", "exception"),
+                      exc_info=(t, v, tb) if v is not None else None)
+
+    hub.Hub.print_exception = print_exception
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "",
+                  worker: str = "") -> None:
+    """The root logger on stderr, in LOG_FORMAT `fmt` (text or json), with the client noise
+    filter; the chatty libraries at WARNING."""
+    global _formatter
+    logging.basicConfig(level=level, stream=sys.stderr, format=TEXT_FORMAT, force=True)
+    _formatter = JsonFormatter(process, worker) if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    if fmt == "json":
+        logging.captureWarnings(True)  # warnings.warn() as records, not bare stderr lines
+        _hub_exceptions_as_records()
     noise = ClientNoiseFilter()
     for handler in logging.getLogger().handlers:
+        handler.setFormatter(_formatter)
         handler.addFilter(noise)
     for noisy in ("engineio", "socketio", "geventwebsocket", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

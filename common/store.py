@@ -31,6 +31,7 @@ SENT_TTL = 3600  # seconds the replay and de-duplication keys outlive the last m
 CHAT_TTL = 7 * 86400  # seconds an open chat lives at most (its end closes it long before)
 WHERE_TTL = 86400  # seconds a user's connection list outlives their last heartbeat
 RESUME_TRIES = 5  # resumes retried when the chat changed between the home slot and its shard
+FILTERED_DAYS = 8  # days a day's filter counts are kept: the admin shows the last seven
 STALE_INTENT_MS = 1000  # an intent this old was left by a process that died: carry it out
 # (racing the process still at it is harmless: both halves are idempotent)
 
@@ -290,6 +291,24 @@ class Store:
         pipe.hlen(self.k.partner)
         waiting, chatting = pipe.execute()
         return {"online": self.online(), "waiting": int(waiting), "chatting": int(chatting)}
+
+    # the word and link filter's counts (web/sockets.py counts, the admin reads) -------------------
+    def count_filtered(self, reason: str, day: str) -> None:
+        """One more message refused by the filter for `reason` (words, links) on UTC `day`.
+        Not atomic, and need not be: the expiry is set again by every count."""
+        key = self.k.filtered(day)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(key, reason, 1)
+        pipe.expire(key, FILTERED_DAYS * 86400)
+        pipe.execute()
+
+    def filtered_counts(self, days: list[str]) -> dict[str, dict[str, int]]:
+        """{day: {reason: count}} for each of `days` (an empty dict for a day without any)."""
+        pipe = self.r.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(self.k.filtered(day))
+        return {day: {reason: int(n) for reason, n in got.items()}
+                for day, got in zip(days, pipe.execute())}
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until a join wakes us or `timeout` passes (outside Lua: BLPOP cannot block there)."""

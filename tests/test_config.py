@@ -242,7 +242,7 @@ def test_hidden_settings_are_left_out_of_describe():
     shown = {kv.split("=", 1)[0] for kv in load(env).describe().split()}
     hidden = {s.field for s in config.SETTINGS if s.hidden}
     assert hidden == {"secret_key", "redis_url", "redis_cluster_url", "database_url",
-                      "admin_password"}
+                      "admin_password", "filter_words"}
     assert shown == {f.name for f in dataclasses.fields(config.Settings)} - hidden
 
 

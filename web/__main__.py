@@ -49,6 +49,8 @@ class WebServer(BaseApplication):
             "post_worker_init": _post_worker_init,
             "worker_int": _stop_worker,
             "worker_exit": lambda server, worker: _stop_worker(worker),
+            # gunicorn's own lines in LOG_FORMAT too (its default is its own text format)
+            **({"logger_class": "web.gunicorn_logs.Logger"} if s.log_format == "json" else {}),
         }.items():
             self.cfg.set(key, value)
 

@@ -7,7 +7,8 @@ answers 404 for /metrics (nginx/nginx.conf.j2), and so does the worker itself to
 came through a proxy (web/app.py), so the metrics are never public.
 
 What is counted where:
-- refusals: web/sockets.py `refuse`, the one road of every refusal, by code;
+- refusals: web/sockets.py `refuse`, the one road of every refusal, by code; the filter's
+  (`filtered`) also by reason in web/sockets.py `screen`;
 - messages and their latency: web/sockets.py `on_message`;
 - Redis errors: the `except RedisError` branches of web/sockets.py, and the counts below;
 - connections and users: read when scraped (the Connections map; Store.counts(), the numbers
@@ -22,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from common import events as ev
+from common.textfilter import REASONS
 
 log = logging.getLogger("web.metrics")
 
@@ -35,6 +37,12 @@ REFUSALS = Counter(
     "code (docs/protocol.md)", ["code"])
 for _code in ev.ERRORS:  # every code present from the start (0), so rate() sees the first one
     REFUSALS.labels(_code)
+FILTERED = Counter(
+    "chat_filtered",
+    "Messages the word and link filter refused (also counted in chat_refusals as `filtered`), "
+    "by reason: words or links", ["reason"])
+for _reason in REASONS:
+    FILTERED.labels(_reason)
 DELIVERY = Histogram(
     "chat_delivery_seconds",
     "Server side of a message's delivery: seconds from this worker receiving a `message` event "
@@ -47,7 +55,7 @@ REDIS_ERRORS = Counter(
     "Redis calls of this worker that failed (connection lost, timeout, script error), by what "
     "was being done: an event's name, connect, resume, disconnect, or metrics (a scrape's "
     "counts)", ["op"])
-for _op in ("connect", "resume", "disconnect", "metrics"):  # present from the start, as 0
+for _op in ("connect", "resume", "disconnect", "metrics", "filtered"):  # present from the start, as 0
     REDIS_ERRORS.labels(_op)
 
 

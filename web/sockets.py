@@ -23,6 +23,7 @@ from common import events as ev
 from common.config import Settings
 from common.keys import user_room
 from common.store import Store
+from common.textfilter import TextFilter
 
 from . import metrics, packets
 from .drain import close_transport
@@ -80,6 +81,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     connects = KeyedBuckets(CONNECT_RATE, CONNECT_BURST)
     server = socketio.server
     gate = packets.guard(server, settings)
+    text_filter = TextFilter.from_settings(settings)  # compiled once; settings checked the list
+    log.info("word and link filter: %s", text_filter.describe())
     # sid -> the user's chat as last read from the home slot: messages and typing go straight
     # to the chat's shard (the home slot is not on the message path); a stale entry is noticed
     # there (not_chatting) and read again once.
@@ -147,6 +150,23 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             on(event)(run)
             return fn
         return deco
+
+    def screen(user: str, text: str) -> None:
+        """Refuse a message the word and link filter matches (`filtered`), before Redis sees
+        it: the partner gets nothing. It costs the user's control budget (a filtered message
+        never reaches message.lua's rate limit), and is counted by reason for the admin."""
+        reason = text_filter.check(text)
+        if reason is None:
+            return
+        if not budgets.take(user):
+            raise Refused("rate_limited")
+        metrics.FILTERED.labels(reason).inc()
+        try:
+            store.count_filtered(reason, time.strftime("%Y-%m-%d", time.gmtime()))
+        except RedisError as exc:  # the count is lost; the refusal stands
+            metrics.REDIS_ERRORS.labels("filtered").inc()
+            log.warning("filter count: redis unavailable: %s", exc)
+        raise Refused("filtered")
 
     def close_later(sid: str) -> None:
         """Close a connection that is only half a user (its presence or resume failed): the
@@ -233,6 +253,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def on_message(sid, user, data):
         received = time.perf_counter()
         msg_id, text = parse_message(data, settings.max_message_len)
+        screen(user, text)
         res = in_chat(sid, user, lambda room: store.message(user, msg_id, text, room),
                       lambda res: res.status != "not_chatting")  # stores, emits to the partner
         if res is not None:

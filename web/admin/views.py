@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import redis
@@ -20,6 +20,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField, PasswordField
 from wtforms.validators import DataRequired, Length
+
+from common.textfilter import REASONS
 
 from . import export, queries
 from .auth import FAIL_LIMIT, LOCK_SECONDS, Guard, password_ok
@@ -217,9 +219,26 @@ def _series(span: str) -> dict:
     return data
 
 
+FILTER_DAYS_SHOWN = 7
+
+
+def _filtered() -> dict:
+    """The word and link filter's refusals (common/store.py filtered_counts) over the last
+    FILTER_DAYS_SHOWN UTC days, newest first, with today's and the period's totals by reason."""
+    today = datetime.now(timezone.utc).date()
+    days = [(today - timedelta(days=i)).isoformat() for i in range(FILTER_DAYS_SHOWN)]
+    counts = _ext()["store"].filtered_counts(days)
+    rows = [{"day": day, **{r: counts[day].get(r, 0) for r in REASONS}} for day in days]
+    s = _settings()
+    return {"rows": rows, "today": rows[0],
+            "total": {r: sum(row[r] for row in rows) for r in REASONS},
+            "words_on": bool(s.filter_words), "links_on": s.filter_links == "on"}
+
+
 @bp.get("/")
 def dashboard():
     live = _ext()["store"].counts()
+    filtered = _filtered()
     try:
         with _engine().connect() as conn:
             totals = queries.totals(conn)
@@ -229,6 +248,7 @@ def dashboard():
         log.warning("database error on %s: %s", request.path, str(exc).splitlines()[0][:300])
         totals, series, db_error = None, None, True
     return render_template("admin/dashboard.html", totals=totals, live=live, series=series,
+                           filtered=filtered,
                            db_error=db_error, retention_days=_settings().retention_days,
                            live_at=datetime.now(timezone.utc))
 

@@ -4,7 +4,7 @@
 import { chat, CHATTING } from './state.js';
 import { ui, MAX_LEN } from './ui.js';
 import { setText, setAttrText } from './i18n.js';
-import { showMessage, setMessageTime, placeBySeq } from './log.js';
+import { showMessage, setMessageTime, placeBySeq, regroup } from './log.js';
 import { showComposerNotice, hideComposerNotice, notifyError } from './view.js';
 import { isOnline, request } from './connection.js';
 import { codePoints, newId, noop, toSeq } from './util.js';
@@ -82,6 +82,8 @@ function transmit(entry) {
     } else if (res.code === 'offline' || res.code === 'replaced' || attempt !== entry.attempts) {
       // the link dropped or went to another tab (it is resent with the same id after the
       // next hello) or a newer try is out
+    } else if (res.code === 'filtered') {
+      returnFiltered(entry);
     } else {
       failMessage(entry, res.code);
     }
@@ -104,6 +106,22 @@ function failMessage(entry, code) {
   setMessageStatus(entry, 'failed', code);
   const stale = code === 'not_chatting' && (chat.phase !== CHATTING || entry.room !== chat.room);
   if (!stale) notifyError(code);
+}
+
+/** The word and link filter refused it: nothing was sent, so it leaves the log and goes back
+ * into the composer to be edited (unless the user is already writing something else: then it
+ * stays in the log as not sent). The notice sits under the composer, where they look. */
+function returnFiltered(entry) {
+  outbox.delete(entry.id);
+  if (ui.input.value.trim()) {
+    setMessageStatus(entry, 'failed', 'filtered');
+  } else {
+    entry.node.remove();
+    regroup();
+    ui.input.value = entry.text;
+    onComposerChanged();
+  }
+  showComposerNotice('error_filtered', null, true);
 }
 
 function retryMessage(entry) {
