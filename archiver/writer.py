@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from common.history.db import utc_from_ms
-from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN
+from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN, ROOM_KINDS
 from common.history.models import Message, Report, Room
 
 log = logging.getLogger("archiver.writer")
@@ -45,6 +45,7 @@ def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list
             if kind == "opened":
                 rooms.append({"id": f["room"], "user1": f["user1"], "user2": f["user2"],
                               "interests": json.loads(f.get("interests") or "[]"),
+                              "kind": _kind(f.get("kind")),
                               "opened_at": utc_from_ms(f["ts"])})
             elif kind == "message":
                 messages.append({"room_id": f["room"], "sender": f["user"], "client_id": f["id"],
@@ -66,6 +67,11 @@ def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list
     return rooms, messages, closes, reports
 
 
+def _kind(value: str | None) -> str:
+    """The room's kind from its `opened` entry; entries from before private rooms have none."""
+    return value if value in ROOM_KINDS else "random"
+
+
 def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
     """Write one batch in one transaction; returns counts by kind. `entries` are (id, fields),
     the id as report_id() makes it."""
@@ -76,7 +82,8 @@ def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
         if rooms:
             opened = _insert(engine, Room)
             conn.execute(opened.on_conflict_do_update(index_elements=[Room.id], set_={
-                c: opened.excluded[c] for c in ("user1", "user2", "interests", "opened_at")}),
+                c: opened.excluded[c]
+                for c in ("user1", "user2", "interests", "kind", "opened_at")}),
                 rooms)
         if messages:
             _ensure_rooms(conn, engine, messages)

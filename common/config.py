@@ -302,6 +302,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("DRAIN_TIMEOUT", "drain_timeout", "float", "3",
       "seconds a stopping worker gives its clients to reconnect elsewhere before it closes them",
       0, 60),
+    S("PRIVATE_ROOM_TTL", "private_room_ttl", "int", "1800",
+      "seconds a private room's key works while nobody has joined it", 60, 7 * 86400),
+    S("PRIVATE_GUESS_RATE", "private_guess_rate", "float", "6",
+      "wrong private room keys per minute per user and per client address, and the burst "
+      "(past it `rate_limited`)", 0.1, 10_000),
+    S("PRIVATE_GUESS_BURST", "private_guess_burst", "int", "10", None, 1, 10_000),
     S("MATCH_BATCH", "match_batch", "int", "256",
       "waiting users the matcher looks at per pass", 2, 10_000),
     S("STATS_INTERVAL", "stats_interval", "float", "5",

@@ -7,6 +7,8 @@ TYPING = "typing"
 NEXT = "next"
 LEAVE = "leave"
 REPORT = "report"
+PRIVATE_CREATE = "private_create"
+PRIVATE_JOIN = "private_join"
 
 # server -> client
 HELLO = "hello"
@@ -41,6 +43,8 @@ ERRORS = {
     "already_chatting": "You are already in a chat; press Next for a new stranger.",
     "unknown_event": "Unknown event.",
     "replaced": "This chat was opened in another tab or window, which took it over.",
+    "room_not_found": "No room has this key: it is unknown, expired or used.",
+    "room_full": "This room already has two people.",
     "unavailable": "The service is briefly unavailable; try again.",
     "filtered": "The message contains a word or a link that is not allowed here.",
     "internal": "Something went wrong on our side.",

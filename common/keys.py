@@ -31,6 +31,10 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:opening`             | hash   | room -> JSON {a, b, interests, at}: a pair made in the home slot whose room is not open yet in its shard (an intent, replayed by whoever finds it) |
 | `{p}:closing`             | hash   | room -> JSON {user, reason, both, at}: a chat ended in the home slot whose room is not closed yet in its shard (an intent, likewise) |
 | `{p}:history`             | stream | reports made without a room, for the archiver |
+| `{p}:private:<KEY>`       | hash   | a private room's key: `host` (who made it), `created` (ms); once a friend joined, `room` and `guest`. Expires PRIVATE_ROOM_TTL after it was made while unused; deleted when its host leaves, goes elsewhere or is reaped, and when its chat ends |
+| `{p}:hosts`               | hash   | user -> the KEY of the private room they made (so Leave, Next, a join or the reaper ends it) |
+| `{p}:guess:u:<user>`      | hash   | a user's budget of wrong private room keys: token bucket {tokens, ts}; expires once full again |
+| `{p}:guess:a:<hash>`      | hash   | the same per client address, named by its keyed hash (HMAC with SECRET_KEY), never the address |
 | `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
 | `{p}:filtered:<day>`      | hash   | messages the word and link filter refused on one UTC day (YYYY-MM-DD): `words`, `links` -> count; expires FILTERED_DAYS after the day's first refusal (common/store.py) |
@@ -115,6 +119,19 @@ class Keys:
     opening = property(lambda self: self._k("opening"))
     closing = property(lambda self: self._k("closing"))
     history = property(lambda self: self._k("history"))
+    hosts = property(lambda self: self._k("hosts"))
+
+    @property
+    def private_prefix(self) -> str:
+        return self._k("private:")
+
+    def private(self, key: str) -> str:
+        """A private room's key record (`private:<KEY>`)."""
+        return self.private_prefix + key
+
+    def guess(self, who: str) -> str:
+        """A wrong-key budget: `guess:u:<user>` or `guess:a:<address hash>`."""
+        return self._k("guess:" + who)
 
     @property
     def where_prefix(self) -> str:

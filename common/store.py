@@ -32,6 +32,7 @@ CHAT_TTL = 7 * 86400  # seconds an open chat lives at most (its end closes it lo
 WHERE_TTL = 86400  # seconds a user's connection list outlives their last heartbeat
 RESUME_TRIES = 5  # resumes retried when the chat changed between the home slot and its shard
 FILTERED_DAYS = 8  # days a day's filter counts are kept: the admin shows the last seven
+PRIVATE_KEY_TRIES = 5  # keys drawn when the one drawn exists already (1 in 10^11 each)
 STALE_INTENT_MS = 1000  # an intent this old was left by a process that died: carry it out
 # (racing the process still at it is harmless: both halves are idempotent)
 
@@ -48,6 +49,7 @@ def lua_prelude(keys: Keys, cluster: bool) -> str:
     return (f"local PUBLISH_CMD = {lua_string('SPUBLISH' if cluster else 'PUBLISH')}\n"
             f"local WORKER_CHANNEL_INFIX = {lua_string(WORKER_CHANNEL_INFIX)}\n"
             f"local WHERE_PREFIX = {lua_string(keys.where_prefix)}\n"
+            f"local PRIVATE_PREFIX = {lua_string(keys.private_prefix)}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
             f"local EV = {{{names}}}\n"
             f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
@@ -117,7 +119,7 @@ class Store:
     def join(self, user: str, interests: list[str] | None) -> tuple[str, int]:
         k = self.k
         prefs = "" if interests is None else json.dumps(interests, ensure_ascii=False)
-        res = self._run("join", [k.alive, k.queue, k.prefs, k.partner, k.wake, k.away],
+        res = self._run("join", [k.alive, k.queue, k.prefs, k.partner, k.wake, k.away, k.hosts],
                         [user, prefs, self.ttl_ms])
         return res[0], int(res[1]) if len(res) > 1 else 0
 
@@ -126,11 +128,43 @@ class Store:
         tells the partner); returns (partner, room), '' when they were not chatting."""
         k = self.k
         partner, room, intent = self._run(
-            "end_chat", [k.partner, k.room, k.last, k.queue, k.wake, k.closing],
+            "end_chat", [k.partner, k.room, k.last, k.queue, k.wake, k.closing, k.hosts],
             [user, reason, "1" if requeue else "0"])
         if room and intent:
             self.close_room(room, intent)
         return partner, room
+
+    # private rooms ------------------------------------------------------------------------------
+    def private_create(self, user: str, new_key) -> tuple[str, str, int]:
+        """Make a private room hosted by `user` under a key from `new_key()` (another one is
+        drawn if it is taken): ('ok', key, expires ms) or ('chatting', '', 0)."""
+        k = self.k
+        for _ in range(PRIVATE_KEY_TRIES):
+            key = new_key()
+            res = self._run("private_create", [k.private(key), k.hosts, k.partner, k.queue, k.alive],
+                            [user, key, self.s.private_room_ttl, self.ttl_ms])
+            if res[0] == "ok":
+                return "ok", key, int(res[1])
+            if res[0] == "chatting":
+                return "chatting", "", 0
+        raise redis.RedisError(f"{PRIVATE_KEY_TRIES} private room keys in a row were taken")
+
+    def private_join(self, user: str, key: str, address_id: str) -> tuple[str, str]:
+        """Join the private room `key` (private_join.lua), then open it in its shard (open.lua
+        says `matched` to both): ('ok', room) or (error code, ''). `address_id`: the keyed
+        hash of the client's address, whose wrong keys are counted with the user's."""
+        k = self.k
+        room = uuid.uuid4().hex
+        res = self._run(
+            "private_join",
+            [k.private(key), k.hosts, k.partner, k.room, k.queue, k.alive, k.workers, k.opening,
+             k.guess("u:" + user), k.guess("a:" + address_id)],
+            [user, room, self.s.private_guess_rate / 60, self.s.private_guess_burst, CHAT_TTL,
+             self.ttl_ms])
+        if res[0] != "ok":
+            return res[0], ""
+        self.open_room(res[1], res[2])
+        return "ok", res[1]
 
     def room_of(self, user: str) -> str | None:
         """The user's chat now (the home slot's pointer), or None."""
@@ -183,7 +217,8 @@ class Store:
         their route. A room not open yet is opened from its intent first."""
         k, worker = self.k, self.s.worker_id
         for _ in range(RESUME_TRIES):
-            found = self._run("whereabouts", [k.partner, k.room, k.queue], [user, sid, worker])
+            found = self._run("whereabouts", [k.partner, k.room, k.queue, k.hosts],
+                              [user, sid, worker])
             if found[0] != "chatting":
                 return found[0]
             room = found[1]
@@ -258,7 +293,8 @@ class Store:
         k = self.k
         gone = int(self._run(
             "reap",
-            [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.away, k.parked, k.closing],
+            [k.alive, k.queue, k.prefs, k.partner, k.room, k.last, k.away, k.parked, k.closing,
+             k.hosts],
             [limit],
         ))
         if gone:

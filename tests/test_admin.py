@@ -31,6 +31,7 @@ from procs import PY, ROOT, RedisServer, WebWorker, base_env, stop_in_background
 PASSWORD = "correct horse battery staple 马"
 KNOWN_ROOM = "known0room0000000000000000000001"
 KNOWN_A, KNOWN_B = "user-a-known", "user-b-known"
+PRIVATE_ROOM = "private0room00000000000000000001"
 KNOWN_TS = datetime(2026, 3, 1, 12, 34, 56, tzinfo=timezone.utc)  # 20:34:56 in Shanghai/Taipei
 NEEDLE = "xyzzy-needle"
 KNOWN_TEXTS = [
@@ -56,6 +57,9 @@ def seed(url: str, bulk: bool = True) -> dict:
             "id": KNOWN_ROOM, "user1": KNOWN_A, "user2": KNOWN_B, "interests": ["音乐", "chess"],
             "opened_at": KNOWN_TS - timedelta(seconds=5), "closed_at": KNOWN_TS + timedelta(minutes=3),
             "close_reason": "next", "closed_by": KNOWN_B}])
+        conn.execute(insert(rooms_t), [{  # a private room (one of the rooms counted below)
+            "id": PRIVATE_ROOM, "user1": "host", "user2": "friend", "interests": [],
+            "kind": "private", "opened_at": KNOWN_TS + timedelta(days=2)}])
         conn.execute(insert(msgs_t), [
             {"room_id": KNOWN_ROOM, "sender": KNOWN_A if i != 1 else KNOWN_B, "client_id": f"k{i}",
              "seq": i + 1, "text": text, "sent_at": KNOWN_TS + timedelta(seconds=i)}
@@ -104,7 +108,7 @@ def seed(url: str, bulk: bool = True) -> dict:
             if batch:
                 conn.execute(insert(msgs_t), batch)
     engine.dispose()
-    return {"rooms": 1 + n_rooms, "messages": len(KNOWN_TEXTS) + n_bulk}
+    return {"rooms": 2 + n_rooms, "messages": len(KNOWN_TEXTS) + n_bulk}
 
 
 @dataclass
@@ -455,7 +459,8 @@ def test_dashboard_totals_live_numbers_and_chart_data(site):
     # bulk rooms were opened every 7 minutes over the last ~5 days
     day_rooms = sum(b["rooms"] for b in series["24h"]["buckets"])
     assert 150 <= day_rooms <= 210, day_rooms
-    assert sum(b["rooms"] for b in series["7d"]["buckets"]) == site.counts["rooms"] - 1
+    # all but the known room and the private one (March 2026)
+    assert sum(b["rooms"] for b in series["7d"]["buckets"]) == site.counts["rooms"] - 2
     assert sum(b["messages"] for b in series["7d"]["buckets"]) == site.counts["messages"] - 3
 
     # live numbers come from Redis: make one user wait and two chat
@@ -509,6 +514,25 @@ def test_rooms_list_filters_search_and_pages(site):
     assert "No rooms match this filter" in before
     bad = s.get(base + "/admin/rooms", params={"from": "yesterday"})
     assert bad.status_code == 200 and "must be a date" in bad.text
+
+
+def test_rooms_filtered_by_kind_show_their_kind(site):
+    base = site.base
+    s = signed_in(base)
+    private = s.get(base + "/admin/rooms", params={"room_kind": "private"}).text
+    assert private.count('href="/admin/rooms/') == 1 and PRIVATE_ROOM in private
+    assert '<option value="private" selected>' in private
+    assert re.search(r'class="room-kind"><span class="badge">private</span>', private)
+    random = s.get(base + "/admin/rooms", params={"room_kind": "random", "to": "2026-03-01"}).text
+    assert random.count('href="/admin/rooms/') == 1 and KNOWN_ROOM in random
+    assert 'class="room-kind">random<' in random and PRIVATE_ROOM not in random
+    bad = s.get(base + "/admin/rooms", params={"room_kind": "<script>"})
+    assert bad.status_code == 200 and "must be random or private" in bad.text
+    assert "<script>" not in bad.text
+    # the export follows the same filter and says the kind
+    r = s.get(base + "/admin/export.json", params={"kind": "rooms", "room_kind": "private"})
+    assert [(x["room_id"], x["kind"]) for x in r.json()] == [(PRIVATE_ROOM, "private")]
+    assert s.get(base + f"/admin/rooms/{PRIVATE_ROOM}").text.count("<dd>private</dd>") == 1
 
 
 def test_transcript_shows_a_and_b_in_order_as_text(site):

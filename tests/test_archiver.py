@@ -489,3 +489,29 @@ def test_a_moved_slot_and_a_restarted_node_of_the_cluster(tmp_path):
         if archiver is not None:
             archiver.stop()
         cluster.stop()
+
+
+def test_a_rooms_kind_is_archived_and_older_entries_are_random():
+    url = sqlite_url()
+    upgrade(url)
+    engine = make_engine(url)
+    private = [(i, {**f, "kind": "private"} if f.get("type") == "opened" else f)
+               for i, f in entries("p1")]
+    write_batch(engine, [*private, *entries("r1"),  # an entry of before private rooms: no kind
+                         ("9-0", {**entries("x1")[0][1], "kind": "<b>bogus</b>"})])
+    with engine.connect() as c:
+        kinds = dict(c.execute(select(Room.id, Room.kind)).all())
+    assert kinds == {"p1": "private", "r1": "random", "x1": "random"}
+
+
+def test_the_kind_migration_fills_existing_rooms_with_random():
+    url = sqlite_url()
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql("INSERT INTO rooms (id, user1, user2, interests, opened_at) "
+                          "VALUES ('old', 'u1', 'u2', '[]', '2026-01-01 00:00:00')")
+    assert upgrade(url) == "0002_room_kind"
+    with engine.connect() as c:
+        assert c.execute(select(Room.kind).where(Room.id == "old")).scalar_one() == "random"
+    engine.dispose()

@@ -30,7 +30,7 @@ if sys.argv[1] == "match":  # the matcher's pairing, without the rooms' opening
     out = store._run("match", [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.workers,
                                k.opening], [0, 16, *[os.urandom(16).hex() for _ in range(8)]])
 else:  # a worker's Next, without the room's closing
-    out = store._run("end_chat", [k.partner, k.room, k.last, k.queue, k.wake, k.closing],
+    out = store._run("end_chat", [k.partner, k.room, k.last, k.queue, k.wake, k.closing, k.hosts],
                      [sys.argv[2], "next", "0"])
 print(json.dumps(out), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

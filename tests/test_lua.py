@@ -419,7 +419,8 @@ def test_resume_emits_each_state_to_the_connection_only(store, r, emitted):
     assert waiting["at"] <= idle["at"] <= matched_at[0] == matched_at[1]
     # no messages and no shared interests: empty lists, not the empty objects cjson would make
     assert resumed_to(events, "sid-a") == {"state": "chatting", "room": room, "interests": [],
-                                           "partner_away": False, "history": []}
+                                           "kind": "random", "partner_away": False,
+                                           "history": []}
     assert {e["namespace"] for e in events} == {"/"}
 
 
@@ -488,7 +489,7 @@ def test_stale_intents_are_carried_out_by_whoever_finds_them(store, r, emitted):
     # a Next whose worker was killed -9 after end_chat.lua, before close.lua
     k = store.k
     partner, room, intent = store._run("end_chat", [k.partner, k.room, k.last, k.queue, k.wake,
-                                                    k.closing], ["a", "next", "1"])
+                                                    k.closing, k.hosts], ["a", "next", "1"])
     assert (partner, room) == ("b", opened) and r.hget(k.closing, room) == intent
     assert store.message("b", "b1", "still open in its shard?", room).status == "ok"
     assert store.finish_pending(older_than_ms=0) == 1
@@ -589,8 +590,10 @@ def test_match_pairs_two_waiting_users_and_queues_their_matched_events(store, r)
     assert r.hgetall(K.opening) == {}
     at = json.loads(chat["opened"])
     assert outbox(r) == [
-        {"to": "a", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
-        {"to": "b", "event": "matched", "data": {"room": room, "interests": [], "at": at}},
+        {"to": "a", "event": "matched",
+         "data": {"room": room, "interests": [], "kind": "random", "at": at}},
+        {"to": "b", "event": "matched",
+         "data": {"room": room, "interests": [], "kind": "random", "at": at}},
     ]
     opened = history(r, "opened")
     assert [(h["room"], {h["user1"], h["user2"]}) for h in opened] == [(room, {"a", "b"})]
@@ -1003,13 +1006,14 @@ def test_open_script(on):
     assert on.store.open_room(room, intent) is True
     assert on.store.open_room(room, intent) is False  # idempotent
     assert told(1) == [{"to": "a", "event": "matched",
-                        "data": {"room": room, "interests": ["music"], "at": 1234}}]
+                        "data": {"room": room, "interests": ["music"], "kind": "random",
+                                 "at": 1234}}]
     chat = on.r.hgetall(on.k.chat(room))
     assert (chat["a"], chat["b"], chat["seq"], chat["opened"]) == ("a", "b", "0", "1234")
     assert chat["route:a"] == json.dumps([WORKER]) and chat["route:b"] == "[]"
     (opened,) = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
     assert opened == {"type": "opened", "room": room, "user1": "a", "user2": "b",
-                      "interests": '["music"]', "ts": "1234"}
+                      "interests": '["music"]', "kind": "random", "ts": "1234"}
 
 
 def test_message_script(on):
@@ -1049,7 +1053,8 @@ def test_end_chat_script(on):
     assert on.r.hset(on.k.closing, "other-room", "{}") == 1  # not this user's: left alone
     # the home slot's half alone (Store.end_chat closes the shard next: test_close_script)
     partner, ended, intent = on.store._run(
-        "end_chat", [on.k.partner, on.k.room, on.k.last, on.k.queue, on.k.wake, on.k.closing],
+        "end_chat",
+        [on.k.partner, on.k.room, on.k.last, on.k.queue, on.k.wake, on.k.closing, on.k.hosts],
         ["a", "next", "1"])
     assert (partner, ended) == ("b", room) and on.r.hget(on.k.closing, room) == intent
     assert json.loads(intent)["reason"] == "next" and on.r.hget(on.k.closing, "other-room") == "{}"
@@ -1098,3 +1103,106 @@ def test_snapshot_script(on):
     assert (m["to"], m["event"]) == ("s-b", "resumed")
     assert m["data"]["room"] == room and m["data"]["partner_away"] is False
     assert [(h["id"], h["mine"]) for h in m["data"]["history"]] == [("m1", False)]
+
+
+# -- private rooms: private_create.lua, private_join.lua ----------------------------------------
+def made_key(on, host: str = "a", key: str = "ABCDEFGH") -> str:
+    """`host` connected and hosting a private room under `key`."""
+    on.connected(host)
+    assert on.store.private_create(host, lambda: key)[:2] == ("ok", key)
+    return key
+
+
+def test_private_create_script(on):
+    on.connected("a")
+    on.store.join("a", None)  # waiting at random first: a private room takes them off the queue
+    drawn = iter(["TAKENKEY", "TAKENKEY", "FRESHKEY"])
+    made_key(on, "z", "TAKENKEY")
+    state, key, expires = on.store.private_create("a", lambda: next(drawn))
+    assert (state, key) == ("ok", "FRESHKEY")  # a taken key is drawn again
+    assert on.now() < expires <= on.now() + on.store.s.private_room_ttl * 1000
+    assert on.r.hget(on.k.private(key), "host") == "a" and on.r.hget(on.k.hosts, "a") == key
+    assert 0 < on.r.ttl(on.k.private(key)) <= on.store.s.private_room_ttl
+    assert on.r.zscore(on.k.queue, "a") is None
+    # a second room replaces the first: its key stops working at once
+    assert on.store.private_create("a", lambda: "SECONDKY")[0] == "ok"
+    assert not on.r.exists(on.k.private(key)) and on.r.hget(on.k.hosts, "a") == "SECONDKY"
+    on.paired("c", "d")
+    assert on.store.private_create("c", lambda: "THIRDKEY") == ("chatting", "", 0)
+
+
+def test_private_join_script(on):
+    key = made_key(on)
+    on.connected("b", "c")
+    state, room = on.store.private_join("b", key, "addr-b")
+    assert state == "ok" and len(room) == 32
+    assert on.r.hgetall(on.k.partner) == {"a": "b", "b": "a"}
+    assert on.r.hget(on.k.room, "a") == on.r.hget(on.k.room, "b") == room
+    assert on.r.hlen(on.k.opening) == 0  # opened in its shard at once (open.lua)
+    chat = on.r.hgetall(on.k.chat(room))
+    assert (chat["a"], chat["b"], chat["kind"]) == ("a", "b", "private")
+    (opened,) = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert opened["kind"] == "private"
+    # a third person is told the room is full; the key is used, not gone, until the chat ends
+    assert on.store.private_join("c", key, "addr-c") == ("room_full", "")
+    assert on.store.private_join("b", key, "addr-b") == ("already_chatting", "")
+    on.store.end_chat("a", "left", requeue=False)
+    assert not on.r.exists(on.k.private(key)) and on.r.hlen(on.k.hosts) == 0
+    assert on.store.private_join("c", key, "addr-c") == ("room_not_found", "")
+
+
+def test_private_join_emits_matched_to_both_with_the_kind(on):
+    key = made_key(on)
+    on.connected("b")
+    state, room = on.store.private_join("b", key, "addr")
+    got = on.listen(room)
+    assert state == "ok" and on.store.resume("a", 0, "s-a") == "chatting"
+    (m,) = got(1)
+    assert (m["to"], m["data"]["kind"], m["data"]["room"]) == ("s-a", "private", room)
+
+
+def test_private_join_refuses_unknown_expired_and_own_keys_alike(on):
+    on.connected("b")
+    assert on.store.private_join("b", "NOSUCHKY", "addr") == ("room_not_found", "")
+    key = made_key(on)
+    assert on.store.private_join("a", key, "addr") == ("room_not_found", "")  # their own
+    on.r.zadd(on.k.alive, {"a": on.now() - 1000})  # the host's presence expired
+    assert on.store.private_join("b", key, "addr") == ("room_not_found", "")
+    on.r.delete(on.k.private(key))  # the key's own ttl passed
+    assert on.store.private_join("b", key, "addr") == ("room_not_found", "")
+    assert on.r.hlen(on.k.partner) == 0
+
+
+def test_private_join_throttles_wrong_keys_per_user_and_per_address(on):
+    burst = on.store.s.private_guess_burst
+    on.connected("b", "c")
+    for i in range(burst):
+        assert on.store.private_join("b", f"WRONG{i:03d}", "addr-1")[0] == "room_not_found"
+    assert on.store.private_join("b", "WRONGXXX", "addr-2") == ("rate_limited", "")  # the user
+    assert on.store.private_join("c", "WRONGXXX", "addr-1") == ("rate_limited", "")  # the address
+    key = made_key(on)  # even the right key waits: a guesser cannot tell it from a wrong one
+    assert on.store.private_join("b", key, "addr-2") == ("rate_limited", "")
+    assert on.store.private_join("c", key, "addr-3")[0] == "ok"  # others are not held back
+    assert 0 < on.r.ttl(on.k.guess("u:b")) and 0 < on.r.ttl(on.k.guess("a:addr-1"))
+
+
+def test_a_hosts_key_ends_when_they_go_elsewhere_or_are_reaped(on):
+    key = made_key(on)
+    on.store.join("a", None)  # went to the random queue instead
+    assert not on.r.exists(on.k.private(key))
+    key = made_key(on, "a", "SECONDKY")
+    on.store.end_chat("a", "left", requeue=False)  # Leave while waiting for the friend
+    assert not on.r.exists(on.k.private(key))
+    key = made_key(on, "a", "THIRDKEY")
+    on.r.zadd(on.k.alive, {"a": on.now() - 1000})
+    assert on.store.reap() == 1
+    assert not on.r.exists(on.k.private(key)) and on.r.hlen(on.k.hosts) == 0
+
+
+def test_a_hosts_resume_says_waiting_with_the_key(on):
+    key = made_key(on)
+    told = on.listen()
+    assert on.store.resume("a", 0, "s-a") == "waiting"
+    (m,) = told(1)
+    assert m["data"]["state"] == "waiting" and m["data"]["private"]["key"] == key
+    assert m["data"]["private"]["expires"] > on.now()

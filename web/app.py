@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import config
-from common.limits import MAX_INTEREST_LEN, MAX_INTERESTS
+from common.limits import (MAX_INTEREST_LEN, MAX_INTERESTS, PRIVATE_KEY_ALPHABET,
+                           PRIVATE_KEY_LEN)
 from common.redisconn import connect as redis_connect
 from common.store import Store
 
@@ -105,6 +106,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         resp = make_response(render_template(
             "index.html", i18n=i18n, max_len=settings.max_message_len,
             max_interests=MAX_INTERESTS, max_interest_len=MAX_INTEREST_LEN,
+            private_key_alphabet=PRIVATE_KEY_ALPHABET, private_key_len=PRIVATE_KEY_LEN,
             static_version=static_version, modules=modules, import_map=import_map))
         resp.headers["Content-Security-Policy"] = page_csp
         return resp

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.limits import MAX_ID_LEN, MAX_INTEREST_LEN, MAX_INTERESTS, MAX_REPORT_LEN
+from common.limits import (MAX_ID_LEN, MAX_INTEREST_LEN, MAX_INTERESTS, MAX_REPORT_LEN,
+                           PRIVATE_KEY_ALPHABET, PRIVATE_KEY_LEN)
 
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client can hold exactly
 
@@ -100,6 +101,21 @@ def parse_report(data: Any) -> str:
     if len(reason) > MAX_REPORT_LEN:
         raise Refused("too_long")
     return reason
+
+
+def parse_private_join(data: Any) -> str:
+    """The room key of `private_join {key}`, upper-cased: exactly PRIVATE_KEY_LEN characters of
+    the key alphabet (a key someone typed in lower case is the same key). Surrounding spaces
+    (a paste) are dropped."""
+    if not isinstance(data, dict):
+        raise Refused("bad_payload")
+    key = data.get("key")
+    if not isinstance(key, str) or len(key) > 4 * PRIVATE_KEY_LEN:
+        raise Refused("bad_payload")
+    key = key.strip().upper()
+    if len(key) != PRIVATE_KEY_LEN or any(c not in PRIVATE_KEY_ALPHABET for c in key):
+        raise Refused("bad_payload")
+    return key
 
 
 def parse_auth(auth: Any) -> tuple[str | None, int]:

@@ -28,8 +28,9 @@ from common.textfilter import TextFilter
 from . import metrics, packets
 from .drain import close_transport
 from .presence import Connections
-from .protocol import (Refused, parse_auth, parse_empty, parse_join, parse_message, parse_report,
-                       parse_typing)
+from .private import address_id, client_address, new_key
+from .protocol import (Refused, parse_auth, parse_empty, parse_join, parse_message,
+                       parse_private_join, parse_report, parse_typing)
 from .ratelimit import KeyedBuckets
 from .tokens import Tokens
 
@@ -293,6 +294,25 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         if not store.report(user, reason, int(time.time() * 1000)):
             raise Refused("not_chatting")
         return {"ok": True}
+
+    @handler(ev.PRIVATE_CREATE)
+    def on_private_create(sid, user, data):
+        parse_empty(data)
+        state, key, expires = store.private_create(user, new_key)
+        if state == "chatting":
+            raise Refused("already_chatting")
+        return {"ok": True, "key": key, "expires": expires}
+
+    @handler(ev.PRIVATE_JOIN)
+    def on_private_join(sid, user, data):
+        key = parse_private_join(data)
+        environ = server.get_environ(sid, namespace="/") or {}
+        addr = address_id(client_address(environ, settings.trusted_proxies), settings.secret_key)
+        state, room = store.private_join(user, key, addr)  # open.lua says `matched` to both
+        if state != "ok":
+            raise Refused(state)
+        rooms[sid] = room
+        return {"ok": True, "room": room}
 
     @on("*")
     def on_unknown(event, sid=None, *args):

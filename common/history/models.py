@@ -11,7 +11,7 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, 
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from common.limits import CLOSE_REASON_LEN, MAX_ID_LEN, MAX_REPORT_LEN
+from common.limits import CLOSE_REASON_LEN, MAX_ID_LEN, MAX_REPORT_LEN, ROOM_KIND_LEN
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
 
@@ -27,6 +27,9 @@ class Room(Base):
     user1: Mapped[str] = mapped_column(String(64))
     user2: Mapped[str] = mapped_column(String(64))
     interests: Mapped[list] = mapped_column(JSON, default=list)
+    # common/limits.py ROOM_KINDS: how the two met (the random matcher, or a private room's key)
+    kind: Mapped[str] = mapped_column(String(ROOM_KIND_LEN), index=True, default="random",
+                                      server_default="random")
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     close_reason: Mapped[str | None] = mapped_column(String(CLOSE_REASON_LEN))

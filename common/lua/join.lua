@@ -1,4 +1,5 @@
--- Put a user on the wait list (idempotent), remember their interests, wake the matcher.
+-- Put a user on the wait list (idempotent), remember their interests, wake the matcher. A
+-- private room they made and nobody joined yet ends: one way to meet someone at a time.
 -- Returns {'chatting'} when the user already has a partner, else {'waiting', online}.
 -- KEYS (all in the home slot):
 local alive = KEYS[1]        -- zset user -> presence deadline (ms)
@@ -7,6 +8,7 @@ local prefs = KEYS[3]        -- hash user -> interests (JSON)
 local partner_key = KEYS[4]  -- hash user -> partner
 local wake = KEYS[5]         -- list the matcher blocks on
 local away = KEYS[6]         -- zset away user -> presence deadline (ms)
+local hosts = KEYS[7]        -- hash user -> the private room key they made
 -- ARGV:
 local user = ARGV[1]
 local interests = ARGV[2]         -- a JSON list, or '' to keep the last ones
@@ -16,6 +18,7 @@ if redis.call('HEXISTS', partner_key, user) == 1 then
   return {'chatting'}
 end
 local now = now_ms()
+drop_private(hosts, user)
 redis.call('ZADD', alive, now + ttl_ms, user)
 if interests ~= '' then
   redis.call('HSET', prefs, user, interests)

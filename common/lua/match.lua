@@ -21,6 +21,7 @@ local interest_wait = tonumber(ARGV[1])  -- ms a user with interests waits for a
 local batch = tonumber(ARGV[2])          -- waiting users looked at
 local FIRST_ROOM, LAST_ROOM = 3, #ARGV  -- ARGV[3 ..]: fresh room ids, one per pair at most
 local now = now_ms()
+local home = {partner = partner_key, room = room_key, workers = workers, opening = opening}
 
 local entries = redis.call('ZRANGE', queue, 0, batch - 1, 'WITHSCORES')
 
@@ -97,14 +98,9 @@ for i = 1, n do
       local room = ARGV[next_room]
       next_room = next_room + 1
       taken[u], taken[best] = true, true
-      redis.call('HSET', partner_key, u, best, best, u)
-      redis.call('HSET', room_key, u, room, best, room)
       redis.call('ZREM', queue, u, best)
-      local intent = '{"a":' .. cjson.encode(u) .. ',"b":' .. cjson.encode(best)
-        .. ',"interests":' .. json_list(best_common) .. ',"at":' .. now
-        .. ',"sa":' .. string.format('%d', since[u]) .. ',"sb":' .. string.format('%d', since[best])
-        .. ',"ra":' .. route_of(u, workers, now) .. ',"rb":' .. route_of(best, workers, now) .. '}'
-      redis.call('HSET', opening, room, intent)
+      local intent = pair_users(home, u, best, room, best_common, 'random', since[u],
+        since[best], now)
       made[#made + 1] = room
       made[#made + 1] = intent
     end

@@ -7,7 +7,8 @@ local chat = KEYS[1]     -- chat:<room>
 local history = KEYS[2]  -- the shard's history stream
 -- ARGV:
 local room = ARGV[1]
-local intent = cjson.decode(ARGV[2])  -- {a, b, interests, at, sa, sb, ra, rb}, from match.lua
+-- {a, b, interests, kind, at, sa, sb, ra, rb}, from match.lua or private_join.lua
+local intent = cjson.decode(ARGV[2])
 local history_maxlen = ARGV[3]        -- each history stream's cap, about
 -- seconds the chat lives at most (a safety net: close.lua ends it long before)
 local ttl = tonumber(ARGV[4])
@@ -19,15 +20,16 @@ end
 local a, b = intent.a, intent.b
 local interests = json_list(intent.interests)
 local ra, rb = json_list(intent.ra), json_list(intent.rb)
-redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests,
+local kind = intent.kind or 'random'  -- an intent left by a matcher of before private rooms
+redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests, 'kind', kind,
   'opened', tostring(intent.at), 'route:' .. a, ra, 'route:' .. b, rb)
 redis.call('EXPIRE', chat, ttl)
 append_history(history, history_maxlen, 'type', 'opened', 'room', room, 'user1', a, 'user2', b,
-  'interests', interests, 'ts', tostring(intent.at))
+  'interests', interests, 'kind', kind, 'ts', tostring(intent.at))
 -- `at`: the pairing's time in the home slot, which a client compares with a `resumed` that
 -- came from there (on a cluster the two may arrive out of order: docs/protocol.md)
-local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. ',"at":'
-  .. string.format('%d', intent.at) .. '}'
+local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. ',"kind":'
+  .. cjson.encode(kind) .. ',"at":' .. string.format('%d', intent.at) .. '}'
 emit_route_json(tag, ra, EV.matched, a, data)
 emit_route_json(tag, rb, EV.matched, b, data)
 return 1

@@ -14,16 +14,19 @@ local last_key = KEYS[6]     -- hash user -> last partner
 local away = KEYS[7]         -- zset away user -> presence deadline (ms)
 local parked = KEYS[8]       -- hash away waiting user -> their place in the queue
 local closing = KEYS[9]      -- hash room -> intent to close it in its shard
+local hosts = KEYS[10]       -- hash user -> the private room key they made
 -- ARGV:
 local limit = tonumber(ARGV[1])  -- users reaped per call at most
 local now = now_ms()
-local home = {partner = partner_key, room = room_key, last = last_key, closing = closing}
+local home = {partner = partner_key, room = room_key, last = last_key, closing = closing,
+  hosts = hosts}
 
 local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, limit)
 for _, u in ipairs(gone) do
   redis.call('ZREM', alive, u)
   redis.call('ZREM', queue, u)
   redis.call('ZREM', away, u)
+  drop_private(hosts, u)  -- a host gone for good: the key stops working
   for _, key in ipairs({prefs, last_key, parked}) do
     redis.call('HDEL', key, u)
   end

@@ -30,9 +30,10 @@ for _, raw in ipairs(redis.call('LRANGE', sent, 0, -1)) do
                                           mine = m.from == user})
   end
 end
-local info = redis.call('HMGET', chat, 'interests', 'away:' .. partner)
+local info = redis.call('HMGET', chat, 'interests', 'away:' .. partner, 'kind')
 local away = info[2] and 'true' or 'false'
 emit_sid_json(tag_of(chat), worker, EV.resumed, sid, '{"state":"chatting","room":'
-  .. cjson.encode(room) .. ',"interests":' .. info[1] .. ',"partner_away":' .. away
+  .. cjson.encode(room) .. ',"interests":' .. info[1] .. ',"kind":'
+  .. cjson.encode(info[3] or 'random') .. ',"partner_away":' .. away
   .. ',"history":[' .. table.concat(history, ',') .. ']}')
 return 'chatting'

@@ -209,7 +209,8 @@ class Opener:
         self.made: list[Stranger] = []
 
     async def open(self, url: str, lang: str = "en", *, wait_online: bool = True, prepare=None,
-                   **options) -> Stranger:
+                   path: str = "", **options) -> Stranger:
+        """`path`: after the page's "/", e.g. "?room=KEY" (a link someone shared)."""
         opts = {**DESKTOP, "locale": {"en": "en-US"}.get(lang, lang), **options}
         context = await self.browser.new_context(**opts)
         page = await context.new_page()
@@ -217,7 +218,7 @@ class Opener:
         self.made.append(person)
         if prepare is not None:  # e.g. routes, before the page loads
             await prepare(page)
-        await page.goto(url.rstrip("/") + "/")
+        await page.goto(url.rstrip("/") + "/" + path)
         if wait_online:
             await expect(page.locator("#online")).to_have_class(re.compile(r"\bis-live\b"))
         return person

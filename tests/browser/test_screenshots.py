@@ -86,8 +86,15 @@ async def test_screenshots(people):
     await expect(d.page.locator("#typing")).to_be_visible()
     await shoot(d, "chat-phone-dark.png")
 
+    # English, light: a private chat made, its key and link on the creator's card
+    e = await people(worker=0, lang="en", color_scheme="light", **DESKTOP)
+    await e.button("private_create").click()
+    await expect(e.page.locator("#private-share")).to_be_visible()
+    await expect(e.page.locator("#private-key")).to_have_text(re.compile(r"^\S{8}$"))
+    await shoot(e, "private-desktop-light.png")
+
     for name in ("start-desktop-light", "chat-desktop-light", "chat-desktop-dark",
-                 "chat-phone-light", "chat-phone-dark"):
+                 "chat-phone-light", "chat-phone-dark", "private-desktop-light"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
 
 

@@ -81,7 +81,7 @@ def _rooms_stmt(flt: Filter):
 
 def _rooms_row(r: dict, zone: Zone) -> dict:
     return {"room_id": r["id"], "user_a": r["user1"], "user_b": r["user2"],
-            "interests": list(r["interests"] or []),
+            "interests": list(r["interests"] or []), "kind": r["kind"],
             "opened_at_utc": iso_utc(r["opened_at"]), "opened_at_local": iso_local(zone, r["opened_at"]),
             "closed_at_utc": iso_utc(r["closed_at"]), "closed_at_local": iso_local(zone, r["closed_at"]),
             "close_reason": r["close_reason"] or "",
@@ -111,7 +111,8 @@ def _reports_row(r: dict, zone: Zone) -> dict:
 SPECS = {
     "messages": Spec(("message_id", "room_id", "seq", "side", "sender", "text", "sent_at_utc",
                       "sent_at_local", "time_zone"), ("text",), _messages_stmt, _messages_row),
-    "rooms": Spec(("room_id", "user_a", "user_b", "interests", "opened_at_utc", "opened_at_local",
+    "rooms": Spec(("room_id", "user_a", "user_b", "interests", "kind", "opened_at_utc",
+                   "opened_at_local",
                    "closed_at_utc", "closed_at_local", "close_reason", "closed_by",
                    "message_count", "time_zone"), ("interests",), _rooms_stmt, _rooms_row),
     "reports": Spec(("report_id", "room_id", "reporter_side", "reporter", "reported_side",

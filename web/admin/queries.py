@@ -44,22 +44,27 @@ def engine_for(ext: dict) -> Engine:
 
 @dataclass(frozen=True)
 class Filter:
-    """What the rooms page and the export select: rooms opened in [start, end) whose messages
-    contain `q` (case-insensitive), or one room by id. Empty fields select everything."""
+    """What the rooms page and the export select: rooms opened in [start, end) of one kind
+    (random or private) whose messages contain `q` (case-insensitive), or one room by id.
+    Empty fields select everything."""
 
     start: datetime | None = None  # UTC
     end: datetime | None = None  # UTC, exclusive
     q: str = ""
     room: str = ""  # one room by id
+    kind: str = ""  # common/limits.py ROOM_KINDS, or "" for every kind
 
     @property
     def empty(self) -> bool:
-        return self.start is None and self.end is None and not self.q and not self.room
+        return (self.start is None and self.end is None and not self.q and not self.room
+                and not self.kind)
 
     def room_conditions(self) -> list:
         cond = []
         if self.room:
             cond.append(rooms.c.id == self.room)
+        if self.kind:
+            cond.append(rooms.c.kind == self.kind)
         if self.start is not None:
             cond.append(rooms.c.opened_at >= _utc(self.start))
         if self.end is not None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from wtforms import HiddenField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from common.limits import ROOM_KINDS
 from common.textfilter import REASONS
 
 from . import export, queries
@@ -271,9 +272,9 @@ def api_series():
 
 
 def _filter_from_args() -> tuple[Filter, list[str], dict]:
-    """The filter in the query string: from/to (days in the viewer's zone) and q."""
+    """The filter in the query string: from/to (days in the viewer's zone), q and room_kind."""
     errors = []
-    raw = {k: (request.args.get(k) or "").strip() for k in ("from", "to", "q", "room")}
+    raw = {k: (request.args.get(k) or "").strip() for k in ("from", "to", "q", "room", "room_kind")}
     start = end = None
     try:
         start = parse_day(raw["from"], g.zone)
@@ -285,7 +286,11 @@ def _filter_from_args() -> tuple[Filter, list[str], dict]:
     except ValueError:
         errors.append("“To” must be a date (YYYY-MM-DD).")
         raw["to"] = ""
-    return (Filter(start, end, raw["q"][:200], raw["room"][:64]), errors,
+    # `room_kind`: `kind` names what an export holds (messages, rooms, reports)
+    if raw["room_kind"] not in ("", *ROOM_KINDS):
+        errors.append("“Kind” must be random or private.")
+        raw["room_kind"] = ""
+    return (Filter(start, end, raw["q"][:200], raw["room"][:64], raw["room_kind"]), errors,
             {k: v for k, v in raw.items() if v})
 
 
@@ -303,7 +308,7 @@ def rooms():
     with _engine().connect() as conn:
         rows, more = queries.list_rooms(conn, flt, page, PER_PAGE)
     return render_template("admin/rooms.html", rooms=rows, page=page, more=more, args=args,
-                           errors=errors, filtered=not flt.empty)
+                           errors=errors, filtered=not flt.empty, kinds=ROOM_KINDS)
 
 
 @bp.get("/rooms/<room_id>")

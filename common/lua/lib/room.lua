@@ -6,10 +6,29 @@ local function wake_matcher(wake_key)
   redis.call('LTRIM', wake_key, 0, 0)
 end
 
+-- Pair `a` and `b` in `room` in the home slot (match.lua, private_join.lua): each one's partner
+-- and room pointer, and the intent to open the room in its shard (open.lua) with each user's
+-- route and place in the queue (`sa`, `sb`). `kind`: 'random' or 'private'. The intent's JSON.
+-- k: {partner, room, workers, opening}.
+local function pair_users(k, a, b, room, interests, kind, sa, sb, now)
+  redis.call('HSET', k.partner, a, b, b, a)
+  redis.call('HSET', k.room, a, room, b, room)
+  local intent = '{"a":' .. cjson.encode(a) .. ',"b":' .. cjson.encode(b)
+    .. ',"interests":' .. json_list(interests) .. ',"kind":' .. cjson.encode(kind)
+    .. ',"at":' .. now
+    .. ',"sa":' .. string.format('%d', sa) .. ',"sb":' .. string.format('%d', sb)
+    .. ',"ra":' .. route_of(a, k.workers, now) .. ',"rb":' .. route_of(b, k.workers, now) .. '}'
+  redis.call('HSET', k.opening, room, intent)
+  return intent
+end
+
 -- Stop the chat of `user` and `partner` in `room` in the home slot: both lose their pointers,
 -- they are each other's last partner, and the room's shard is left an intent to close it
--- (close.lua; `both`: tell the user too). k: {partner, room, last, closing}.
+-- (close.lua; `both`: tell the user too); a private room's key ends with it.
+-- k: {partner, room, last, closing, hosts}.
 local function part(k, user, partner, room, reason, both, now)
+  drop_private(k.hosts, user)
+  drop_private(k.hosts, partner)
   redis.call('HDEL', k.partner, user, partner)
   redis.call('HDEL', k.room, user, partner)
   redis.call('HSET', k.last, user, partner, partner, user)

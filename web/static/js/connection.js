@@ -17,6 +17,7 @@ import {
   onMatched, onMessage, onPartnerAway, onPartnerBack, onPartnerLeft, onResumed, onTyping, onWaiting,
 } from './events.js';
 import { storageGet, storageSet } from './util.js';
+import { joinPendingRoom } from './private.js';
 
 const TOKEN_KEY = 'chat.token';      // sessionStorage: a reload is the same user, a new tab is not
 const ACK_TIMEOUT_MS = 10000;
@@ -77,6 +78,7 @@ function onHello(data) {
     if (hadTokenAtLoad) finishBootIn(BOOT_WAIT_MS);
     else finishBoot();
   }
+  joinPendingRoom();
 }
 
 function onServerError(data) {

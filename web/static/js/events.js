@@ -21,13 +21,24 @@ export function onResumed(data) {
   // two shards): a "waiting"/"idle" older than the chat on screen is not news.
   if (data.state !== 'chatting' && chat.isStale(data.at)) return;
   if (data.state === 'chatting' && typeof data.room === 'string') showSnapshot(data);
-  else if (data.state === 'waiting') enterWaiting('resumed_waiting', { at: data.at });
+  else if (data.state === 'waiting') enterWaiting('resumed_waiting', privateWait(data));
   else resumeIdle(data.at);
   finishBoot();
 }
 
+/** A waiting snapshot's info: a host waiting for a friend gets their key back on screen. */
+function privateWait(data) {
+  const info = { at: data.at };
+  const p = data.private;
+  if (p && typeof p === 'object' && typeof p.key === 'string') {
+    info.privateKey = p.key;
+    info.privateExpires = p.expires;
+  }
+  return info;
+}
+
 function showSnapshot(data) {
-  if (data.room !== chat.room) resumeChat(data.room, data.interests);
+  if (data.room !== chat.room) resumeChat(data.room, data.interests, data.kind);
   else refreshChat(data.room);
   if (typeof data.partner_away === 'boolean') {  // told by servers that know it
     flags.partnerAway = data.partner_away;
@@ -61,7 +72,7 @@ export function onWaiting(data) {
 
 export function onMatched(data) {
   if (!data || typeof data.room !== 'string') return;
-  enterChat('matched', data.room, data.interests, data.at);  // a repeat is ignored (state.js)
+  enterChat('matched', data.room, data.interests, data.at, data.kind);  // a repeat is ignored (state.js)
 }
 
 export function onMessage(data) {

@@ -37,18 +37,20 @@ export function enterWaiting(event, info) {
   if (!chat.next(event, info)) return;
   clearChat();
   go(event, info);
-  addNotice('notice_waiting');
-  ensureFocus(ui.log);
+  addNotice(chat.privateKey ? 'notice_waiting_friend' : 'notice_waiting');
+  ensureFocus(chat.privateKey ? ui.privateCopyBtn : ui.log);
 }
 
-export function enterChat(event, room, interestList, pairedAt) {
-  const info = { room, pairedAt };
+export function enterChat(event, room, interestList, pairedAt, kind) {
+  const info = { room, pairedAt, kind };
   if (!chat.next(event, info)) return;
   const list = stringList(interestList);
   if (chat.phase !== WAITING) clearChat();
   go(event, info);
   showSharedInterests(list);
-  addNotice(list.length ? 'notice_matched_interests' : 'notice_matched', { interests: list }, 'good');
+  const notice = kind === 'private' ? 'notice_matched_private'
+    : (list.length ? 'notice_matched_interests' : 'notice_matched');
+  addNotice(notice, { interests: list }, 'good');
   // from the control that asked for a stranger, too: `matched` can come before the ack of
   // Next, while the Next button (still shown) holds the focus
   ensureFocus(ui.input, [ui.log, ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.findNewBtn]);
@@ -56,13 +58,13 @@ export function enterChat(event, room, interestList, pairedAt) {
 }
 
 /** A chatting snapshot for a room that is not on screen: that chat, with what it said. */
-export function resumeChat(room, interestList) {
+export function resumeChat(room, interestList, kind) {
   if (chat.phase === WAITING) {
-    enterChat('resumed_chat', room, interestList);  // matched while we were away
+    enterChat('resumed_chat', room, interestList, undefined, kind);  // matched while we were away
     return;
   }
   clearChat();
-  go('resumed_chat', { room });
+  go('resumed_chat', { room, kind });
   showSharedInterests(interestList);
   addNotice('notice_resumed', null, 'good');
 }

@@ -2,7 +2,7 @@
  * to the modules and starts. The modules, each with its reason in its header:
  *   state.js (the state machine) · flags.js · ui.js · util.js · i18n.js · log.js · view.js ·
  *   composer.js · interests.js · flow.js · events.js · connection.js · attention.js ·
- *   prefs.js
+ *   prefs.js · private.js
  * Modules call each other only from functions run after this one has started (a few import
  * each other, which ES modules allow when nothing is used while they load). Every module URL is
  * versioned by the import map index.html carries (see web/app.py). */
@@ -17,6 +17,7 @@ import { bindComposer } from './composer.js';
 import { bindInterests, commitInterestDraft, loadInterests } from './interests.js';
 import { bindFlow, startSearch } from './flow.js';
 import { connect, hadTokenAtLoad } from './connection.js';
+import { bindPrivate, takeRoomFromUrl } from './private.js';
 
 const BOOT_GIVE_UP_MS = 6000;  // show the page anyway when the server can't be reached
 
@@ -33,8 +34,10 @@ function bindUi() {
   bindAttention();
   bindLog();
   bindPrefs();
+  bindPrivate();
 }
 
+takeRoomFromUrl();
 setLanguage(detectLanguage(), false);
 loadInterests();
 bindUi();

@@ -49,13 +49,18 @@ export function transition(from, event) {
  *  at        a snapshot's time: ignored while chatting in a room paired later (on a Redis
  *            Cluster a `matched` may overtake a snapshot taken before it)
  *  room      the room a chatting event is about; `matched` for the room on screen is a repeat
- *  pairedAt  when that room was paired (`matched.at`, the server's clock) */
+ *  pairedAt  when that room was paired (`matched.at`, the server's clock)
+ *  privateKey, privateExpires  waiting for a friend in the private room of this key (until
+ *            then, ms); any other wait, and every other state, has none */
 export function createChat() {
   const chat = {
     phase: IDLE,
     room: null,           // the room chatted in now
     roomAt: null,         // when it was paired, if told
     lastRoom: null,       // the last room, so a report still works after the chat ended
+    kind: null,           // the room's kind: 'random' or 'private' (matched.kind)
+    privateKey: null,     // while waiting for a friend: the private room's key
+    privateExpires: null, // and when it stops working (ms)
     seenSeqs: new Set(),  // seqs shown in this room
     lastSeq: 0,           // every seq up to this one is shown (sent as `since` on reconnect)
 
@@ -94,6 +99,10 @@ export function createChat() {
         chat.lastRoom = info.room;
         resetSeqs();
       }
+      const privateWait = to === WAITING && typeof info.privateKey === 'string';
+      chat.privateKey = privateWait ? info.privateKey : null;
+      chat.privateExpires = privateWait && typeof info.privateExpires === 'number' ? info.privateExpires : null;
+      if (newRoom) chat.kind = info.kind === 'private' ? 'private' : 'random';
       chat.phase = to;
       return { from, to, newRoom };
     },

@@ -7,6 +7,8 @@ const $ = (id) => document.getElementById(id);
 export const MAX_LEN = intFrom(document.body.dataset.maxLen, 500);
 export const MAX_INTERESTS = intFrom(document.body.dataset.maxInterests, 5);
 export const MAX_INTEREST_LEN = intFrom(document.body.dataset.maxInterestLen, 24);
+export const KEY_ALPHABET = document.body.dataset.privateKeyAlphabet || 'ABCDEFGHJKMNPQRSTUVWXYZ23456789';
+export const KEY_LEN = intFrom(document.body.dataset.privateKeyLen, 8);
 
 export const ui = {
   online: $('online'),
@@ -27,6 +29,15 @@ export const ui = {
   interestsError: $('interests-error'),
   startError: $('start-error'),
   startBtn: $('start-btn'),
+  privateCreateBtn: $('private-create-btn'),
+  privateForm: $('private-form'),
+  privateKeyInput: $('private-key-input'),
+  privateJoinBtn: $('private-join-btn'),
+  privateError: $('private-error'),
+  privateShare: $('private-share'),
+  privateKey: $('private-key'),
+  privateLink: $('private-link'),
+  privateCopyBtn: $('private-copy-btn'),
   chatStatus: $('chat-status'),
   sharedInterests: $('shared-interests'),
   waitInfo: $('wait-info'),

@@ -33,6 +33,16 @@ export function renderPhase() {
   renderView();
   renderControls();
   renderWait();
+  renderPrivate();
+}
+
+/** While waiting for a friend: the private room's key and its link, to share. */
+function renderPrivate() {
+  const key = chat.phase === WAITING ? chat.privateKey : null;
+  ui.privateShare.hidden = key === null;
+  if (key === null) return;
+  ui.privateKey.textContent = key;
+  ui.privateLink.value = `${window.location.origin}/?room=${encodeURIComponent(key)}`;
 }
 
 // ---------------------------------------------------------------- the waiting line
@@ -67,13 +77,14 @@ function tickWait() {
 function renderWaitCount() {
   const known = wait.count !== null;
   if (known) setText(ui.waitCount, 'wait_count', { n: wait.count });
-  ui.waitCount.hidden = !known;
+  ui.waitCount.hidden = !known || chat.privateKey !== null;  // a friend is not in the queue
 }
 
 export function renderStatus() {
   const away = chat.phase === CHATTING && flags.partnerAway;
+  const friend = chat.phase === WAITING && chat.privateKey !== null;
   const statusKey = away ? 'chat_status_partner_away' : {
-    [WAITING]: 'chat_status_waiting', [CHATTING]: 'chat_status_chatting', [ENDED]: 'chat_status_ended',
+    [WAITING]: friend ? 'chat_status_waiting_friend' : 'chat_status_waiting', [CHATTING]: 'chat_status_chatting', [ENDED]: 'chat_status_ended',
   }[chat.phase];
   if (statusKey) setText(ui.chatStatus, statusKey);
   ui.chatStatus.classList.toggle('is-warn', away);
@@ -92,7 +103,8 @@ export function renderControls() {
 
   // aria-disabled (not disabled) keeps focus on the button while the socket is away.
   const blocked = !isOnline() || flags.busy;
-  for (const btn of [ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.leaveBtn, ui.findNewBtn, ui.reportBtn]) {
+  for (const btn of [ui.startBtn, ui.cancelBtn, ui.nextBtn, ui.leaveBtn, ui.findNewBtn, ui.reportBtn,
+    ui.privateCreateBtn, ui.privateJoinBtn]) {
     btn.setAttribute('aria-disabled', String(blocked));
   }
   ui.input.disabled = phase !== CHATTING;
@@ -183,6 +195,16 @@ function showStartError(key) {
 
 export function hideStartError() {
   ui.startError.hidden = true;
+}
+
+/** An error of the private room controls (an i18n key), under the key field. */
+export function showPrivateError(key) {
+  setText(ui.privateError, key.startsWith('error_') ? errorKey(key.slice(6)) : key);
+  ui.privateError.hidden = false;
+}
+
+export function hidePrivateError() {
+  ui.privateError.hidden = true;
 }
 
 export function showComposerNotice(key, vars, warn) {

@@ -1,0 +1,93 @@
+"""Private rooms on real processes (two web workers, the matcher), on one Redis and a cluster:
+a host makes a key, a friend joins with it, and what follows is the same chat as a random one."""
+from __future__ import annotations
+
+from common.limits import PRIVATE_KEY_ALPHABET, PRIVATE_KEY_LEN
+from peer import Peer, exchange, wait_for
+
+
+def refused(ack: dict) -> str:
+    assert ack["ok"] is False, ack
+    return ack["error"]["code"]
+
+
+async def host_and_friend(stack, peers):
+    """A host on w1 makes a room, a friend on w2 joins it by key typed in lower case; both are
+    told `matched` with kind private. (host, friend, key, room)"""
+    w1, w2 = stack.urls()
+    host, friend = await peers(w1, "host"), await peers(w2, "friend")
+    made = await host.call("private_create")
+    assert made["ok"] and len(made["key"]) == PRIVATE_KEY_LEN
+    assert set(made["key"]) <= set(PRIVATE_KEY_ALPHABET) and made["expires"] > 0
+    joined = await friend.call("private_join", {"key": " " + made["key"].lower() + " "})
+    assert joined["ok"], joined
+    mh, mf = await host.next("matched"), await friend.next("matched")
+    assert mh["room"] == mf["room"] == joined["room"]
+    assert mh["kind"] == mf["kind"] == "private" and mh["interests"] == []
+    return host, friend, made["key"], joined["room"]
+
+
+async def test_a_friend_joins_by_key_and_they_chat_and_resume(fresh_any, peers):
+    host, friend, key, room = await host_and_friend(fresh_any, peers)
+    await exchange(host, friend, "private")
+    assert await host.call("typing", {"typing": True}) == {"ok": True}
+    assert await friend.next("typing") == {"typing": True, "room": room}
+    # a reload of the friend's page resumes the same private chat with what was said
+    token = friend.token
+    await friend.close()
+    again = Peer(fresh_any.urls()[0], "friend-again")
+    await again.connect(token=token)
+    snap = await again.next("resumed")
+    assert snap["state"] == "chatting" and snap["room"] == room and snap["kind"] == "private"
+    assert [m["mine"] for m in snap["history"]] == [False, True]
+    ack = await again.send("after-resume", "still here")
+    assert (await host.next("message", where=lambda m: m["id"] == "after-resume"))["seq"] == ack["seq"]
+    assert await host.call("report", {"reason": "spam"}) == {"ok": True}
+    await again.close()
+
+
+async def test_a_third_person_is_refused_and_the_key_ends_with_the_chat(fresh_any, peers):
+    host, friend, key, room = await host_and_friend(fresh_any, peers)
+    third = await peers(fresh_any.urls()[1], "third")
+    assert refused(await third.call("private_join", {"key": key})) == "room_full"
+    assert third.count("matched") == 0
+    assert await host.call("next") == {"ok": True}  # Next goes to the random queue
+    assert (await friend.next("partner_left"))["reason"] == "next"
+    await host.next("waiting")
+    assert not fresh_any.client.exists(fresh_any.home_key("private:" + key))
+    assert refused(await third.call("private_join", {"key": key})) == "room_not_found"
+
+
+async def test_unknown_expired_and_malformed_keys_are_refused(fresh_any, peers):
+    w1, w2 = fresh_any.urls()
+    host, guest = await peers(w1, "host"), await peers(w2, "guest")
+    assert refused(await guest.call("private_join", {"key": "ABCDEFGH"})) == "room_not_found"
+    for bad in ({"key": "ABCDEFG0"}, {"key": "ABCDEFG"}, {"key": 12345678}, {"key": "A" * 999},
+                "ABCDEFGH", None, {"nokey": 1}):
+        assert refused(await guest.call("private_join", bad)) == "bad_payload", bad
+    assert refused(await guest.call("private_create", "x")) == "bad_payload"
+    made = await host.call("private_create")
+    record = fresh_any.home_key("private:" + made["key"])
+    fresh_any.client.pexpire(record, 1)  # PRIVATE_ROOM_TTL passing, without waiting for it
+    await wait_for(lambda: not fresh_any.client.exists(record), 5, "the key to expire")
+    assert refused(await guest.call("private_join", {"key": made["key"]})) == "room_not_found"
+    # the host's Leave ends a key nobody used
+    made = await host.call("private_create")
+    assert await host.call("leave") == {"ok": True}
+    assert refused(await guest.call("private_join", {"key": made["key"]})) == "room_not_found"
+    assert guest.count("matched") == host.count("matched") == 0
+
+
+async def test_guessing_keys_is_throttled_per_user_and_per_address(fresh_any, peers):
+    w1, w2 = fresh_any.urls()
+    guesser, host = await peers(w1, "guesser"), await peers(w2, "host")
+    key = (await host.call("private_create"))["key"]
+    wrong = [c * PRIVATE_KEY_LEN for c in PRIVATE_KEY_ALPHABET if c * PRIVATE_KEY_LEN != key]
+    codes = [refused(await guesser.call("private_join", {"key": k})) for k in wrong[:11]]
+    assert codes == ["room_not_found"] * 10 + ["rate_limited"]  # PRIVATE_GUESS_BURST 10
+    assert refused(await guesser.call("private_join", {"key": key})) == "rate_limited"
+    # a new user from the same address is held back too (every test client is 127.0.0.1)
+    other = await peers(w2, "other")
+    assert refused(await other.call("private_join", {"key": key})) == "rate_limited"
+    assert host.count("matched") == 0
+    assert await guesser.call("typing", {"typing": False}) != {}  # the connection is healthy
