@@ -1,0 +1,124 @@
+"""Blocks and bans on real processes (web workers, matcher, Redis or a Redis Cluster).
+
+A report keeps the reporter's browser (the `bid` cookie, which a new tab keeps) from being
+matched with the reported one again; a banned browser is refused at connect and at join, with
+the `banned` code and the ban's end, and nothing else.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import socketio
+from common import events as ev
+from common.keys import Keys
+from common.moderation import Bans, Hasher, Identity, new_browser_id
+from peer import Peer, close_all, wait_for
+from procs import TEST_SECRET
+
+HASHER = Hasher(TEST_SECRET)
+
+
+def browser() -> tuple[dict, str]:
+    """A browser's Cookie header (a new random id) and the keyed hash the server makes of it."""
+    bid = new_browser_id()
+    return {"Cookie": f"bid={bid}"}, HASHER.identity(bid, None).browser
+
+
+def keys_of(stack) -> Keys:
+    return Keys(stack.env.get("REDIS_PREFIX", "chat"))
+
+
+@pytest.fixture
+async def browsers(fresh_any):
+    """make(name, cookie, worker=0) -> a connected Peer of that browser; all closed at the end."""
+    made: list[Peer] = []
+
+    async def make(name: str, cookie: dict, worker: int = 0) -> Peer:
+        p = Peer(fresh_any.urls()[worker], name, headers=cookie)
+        made.append(p)
+        await p.connect()
+        return p
+
+    yield make
+    await close_all(made)
+
+
+async def test_a_report_keeps_the_two_browsers_apart_even_from_a_new_tab(fresh_any, browsers):
+    ca, ha = browser()
+    cb, hb = browser()
+    a = await browsers("a", ca)
+    b = await browsers("b", cb, worker=1)
+    await a.join()
+    await b.join()
+    room = (await a.next("matched"))["room"]
+    assert (await b.next("matched"))["room"] == room
+    assert await a.call("report", {"reason": "spam"}) == {"ok": True}
+    assert await a.call("leave") == {"ok": True}
+    await b.next("partner_left")
+    await b.close()
+
+    b2 = await browsers("b2", cb)  # the reported browser again, in a new tab: a new user
+    assert b2.user != b.user
+    await a.join()
+    await b2.join()  # nobody else waits: they must not be paired
+    c = await browsers("c", browser()[0], worker=1)
+    await c.join()
+    # the matcher looks at the oldest first: a (kept from b2) is paired with c
+    assert (await c.next("matched"))["room"] == (await a.next("matched"))["room"]
+    r = fresh_any.client
+    k = keys_of(fresh_any)
+    assert r.zscore(k.queue, b2.user) is not None and b2.count("matched") == 0
+    # the block is on the reporter's browser, for both the browser and the user id
+    assert set(r.zrange(k.block_prefix + ha, 0, -1)) == {hb, "u:" + b.user}
+
+    # once the block has expired (its entries in the past), the two browsers meet again
+    assert await c.call("leave") == {"ok": True}
+    await a.next("partner_left")
+    await a.call("leave")
+    past = int(time.time() * 1000) - 1000
+    r.zadd(k.block_prefix + ha, {hb: past, "u:" + b.user: past})
+    await a.join()
+    assert (await a.next("matched"))["room"] == (await b2.next("matched"))["room"]
+
+
+async def test_a_banned_browser_is_refused_at_connect_with_the_end_of_its_ban(fresh_any):
+    cookie, h = browser()
+    until = int(time.time() * 1000) + 3_600_000
+    Bans(fresh_any.client, keys_of(fresh_any)).ban(Identity(browser=h), until)
+    p = Peer(fresh_any.urls()[0], "banned", headers=cookie)
+    refused = []
+    p.sio.on("connect_error", lambda data: refused.append(data))
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await p.connect()
+    finally:
+        await close_all([p])
+    # a connect_error shaped like the others: {message, data: {code, message, until}}
+    assert refused == [{"message": ev.ERRORS["banned"], "data": ev.banned(until)}]
+    assert set(refused[0]["data"]) == {"code", "message", "until"}  # nothing about whom
+
+
+async def test_a_browser_banned_while_connected_is_refused_at_join(fresh_any, browsers):
+    cookie, h = browser()
+    p = await browsers("p", cookie)
+    until = int(time.time() * 1000) + 60_000
+    Bans(fresh_any.client, keys_of(fresh_any)).ban(Identity(browser=h), until)
+    assert await p.call("join") == {"ok": False, "error": ev.banned(until)}
+    assert fresh_any.client.zscore(keys_of(fresh_any).queue, p.user) is None
+    # the connection stays healthy: its other events are answered
+    assert (await p.call("leave")) == {"ok": True}
+
+
+async def test_a_browser_banned_while_waiting_is_told_and_never_matched(fresh_any, browsers):
+    cookie, h = browser()
+    p = await browsers("p", cookie)
+    await p.join()
+    until = int(time.time() * 1000) + 60_000
+    Bans(fresh_any.client, keys_of(fresh_any)).ban(Identity(browser=h), until)
+    q = await browsers("q", browser()[0], worker=1)
+    await q.join()  # wakes the matcher, which meets the ban
+    assert await p.next("error", where=lambda e: e["code"] == "banned") == ev.banned(until)
+    k = keys_of(fresh_any)
+    await wait_for(lambda: fresh_any.client.zscore(k.queue, p.user) is None, 10, "p dequeued")
+    assert p.count("matched") == 0 and q.count("matched") == 0
