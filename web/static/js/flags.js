@@ -15,4 +15,5 @@ export const flags = {
   drainUntil: 0,          // the worker asked us to move: until then, a quiet reconnect is under way
   drainTries: 0,          // immediate retries spent on that move
   netOffline: navigator.onLine === false,  // the browser says there is no network
+  bannedUntil: 0,         // banned (ms since the epoch): the banned view, no connection, no start
 };
