@@ -47,6 +47,7 @@ async def sees_banned(person: Stranger, lang: str) -> None:
     for view in ("#start-view", "#chat-view", "#loading-view"):
         await expect(page.locator(view)).to_be_hidden()
     await expect(page.locator("#start-btn")).to_be_hidden()
+    await expect(page.locator("#online")).to_be_hidden()  # no "connecting…": it stays down
 
 
 async def test_a_banned_browser_sees_the_banned_page_on_its_next_visit(people, fresh):

@@ -34,6 +34,7 @@ export function showBanned(until) {
       { dateStyle: 'medium', timeStyle: 'short' })
     : '';
   setText(ui.bannedText, 'banned_text', { time });
+  ui.online.hidden = true;  // not "connecting": the link stays down
   hideBanner();
   renderView();
 }
