@@ -10,7 +10,10 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from peer import Peer, close_all
+from procs import TEST_SECRET, RedisServer, WebWorker, base_env
 from sqlalchemy import insert, select
+from test_admin import PASSWORD, csrf_from, signed_in
 
 from common import events as ev
 from common.history.db import make_engine
@@ -18,9 +21,6 @@ from common.history.migrate import upgrade
 from common.history.models import ModerationLog, Report, Room
 from common.keys import Keys
 from common.moderation import Hasher, new_browser_id
-from peer import Peer, close_all
-from procs import TEST_SECRET, RedisServer, WebWorker, base_env
-from test_admin import PASSWORD, csrf_from, signed_in
 from web.tokens import Tokens
 
 K = Keys("chat")
@@ -146,3 +146,12 @@ def test_ban_a_side_of_a_room(console):
         "csrf_token": csrf_from(page.text), "room_id": ROOM, "side": "A", "duration": "99y"},
         allow_redirects=False, timeout=10)
     assert bad.status_code == 302 and r.get(K.ban(B_HASH)) is None
+    # hostile fields: a report id past any integer, a side that is neither A nor B, a huge
+    # reason: a page that says so, never a 500, and nobody banned
+    for data in ({"report_id": "9" * 40, "duration": "1h"},
+                 {"room_id": ROOM, "side": "C", "duration": "1h", "reason": "x" * 10_000},
+                 {"room_id": "nope" * 100, "side": "A", "duration": "1h"}):
+        got = s.post(base + "/admin/ban", data={"csrf_token": csrf_from(page.text), **data},
+                     timeout=10)
+        assert got.status_code == 200 and "Cannot ban" in got.text, got.text[:300]
+    assert r.get(K.ban(B_HASH)) is None and len(log_rows(console["url"])) == 3

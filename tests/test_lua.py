@@ -1139,6 +1139,12 @@ def test_match_keeps_a_reporter_and_the_reported_apart_both_ways(on):
     assert on.store.match() == 1 and on.r.hget(on.k.partner, "a") == "c"
 
 
+def test_the_heartbeat_keeps_who_a_user_is_as_long_as_their_route(on):
+    on.r.set(on.k.who("a"), "bb|ab", ex=10)
+    on.store.touch(["a"], WORKER)
+    assert on.r.ttl(on.k.who("a")) > 10  # WHERE_TTL, like where:<user>
+
+
 def test_an_expired_block_no_longer_keeps_them_apart(on):
     on.connected("a", "b")
     who(on, "a", "ba")

@@ -10,13 +10,49 @@ import time
 
 import pytest
 import socketio
-from common import events as ev
-from common.keys import Keys
-from common.moderation import Bans, Hasher, Identity, new_browser_id
 from peer import Peer, close_all, wait_for
 from procs import TEST_SECRET
 
+from common import events as ev
+from common.keys import Keys
+from common.moderation import (Bans, Hasher, Identity, browser_id_of, client_address,
+                               new_browser_id)
+
 HASHER = Hasher(TEST_SECRET)
+
+
+# -- the identity of a visitor (common/moderation.py) -------------------------------------------
+def test_only_keyed_hashes_of_a_browser_id_and_an_address_are_made():
+    bid = new_browser_id()
+    ident = HASHER.identity(bid, "203.0.113.9")
+    assert len(ident.browser) == len(ident.addr) == 32 and ident.browser != ident.addr
+    assert bid not in ident.packed() and "203.0.113.9" not in ident.packed()
+    assert Hasher("another-secret-" + "k" * 32).identity(bid, None).browser != ident.browser
+    assert HASHER.identity(bid, None) == Identity(ident.browser, "")
+    assert Identity.unpack(ident.packed()) == ident and Identity.unpack(None) == Identity()
+    # a browser and an address with the same text never share a hash
+    assert HASHER.identity("x" * 32, "x" * 32).browser != HASHER.identity("x" * 32, "x" * 32).addr
+
+
+@pytest.mark.parametrize("cookie, found", [
+    ("bid=" + "a" * 32, "a" * 32),
+    ("tz=Asia/Shanghai; bid=" + "0f" * 16 + "; other=1", "0f" * 16),
+    ("bid=" + "A" * 32, None),  # not one we set
+    ("bid=" + "a" * 31, None),
+    ("bid=<script>", None),
+    ("", None),
+    ("bid=" + "a" * 32 + "; " + "x" * 9000, None),  # an absurd header is not parsed
+])
+def test_the_browser_id_is_read_from_the_cookie_only_when_well_formed(cookie, found):
+    assert browser_id_of({"HTTP_COOKIE": cookie}) == found
+
+
+def test_the_address_is_the_proxys_view_only_for_trusted_hops():
+    env = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 198.51.100.4"}
+    assert client_address(env, 0) == "10.0.0.2"  # a forged header is not believed
+    assert client_address(env, 1) == "198.51.100.4"  # what nginx saw
+    assert client_address(env, 2) == "6.6.6.6"
+    assert client_address(env, 3) == "10.0.0.2"  # fewer hops than trusted: the peer's
 
 
 def browser() -> tuple[dict, str]:

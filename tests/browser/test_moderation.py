@@ -10,10 +10,10 @@ import re
 import time
 
 from playwright.async_api import expect
+from procs import TEST_SECRET
 
 from common.keys import Keys
 from common.moderation import BROWSER_COOKIE, Bans, Hasher, Identity, valid_browser_id
-from procs import TEST_SECRET
 
 from .conftest import I18N, Stranger
 

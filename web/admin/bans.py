@@ -65,6 +65,7 @@ def ban():
     duration = DURATIONS.get(form.get("duration", ""))
     reason = " ".join((form.get("reason") or "").split())[:MAX_REPORT_LEN]
     report_id = form.get("report_id", "")
+    report_id = report_id if report_id.isdigit() and len(report_id) <= 18 else ""  # a BIGINT
     room_id = form.get("room_id", "")[:64]
     default = url_for("admin.reports")
     if duration is None:
@@ -73,7 +74,7 @@ def ban():
     now = datetime.now(timezone.utc)
     until = now + timedelta(seconds=duration[1])
     with _engine().begin() as conn:
-        if report_id.isdigit():
+        if report_id:
             target = queries.report_target(conn, int(report_id))
             what = f"the reported side of report #{report_id}"
         else:
@@ -90,7 +91,7 @@ def ban():
         entry = queries.log_moderation(
             conn, at=now, admin=_admin_name(), action="ban", browser=ident.browser or None,
             addr=ident.addr or None, until=until, reason=reason,
-            report_id=int(report_id) if report_id.isdigit() else None,
+            report_id=int(report_id) if report_id else None,
             room_id=target.get("room_id"), user=target.get("user"))
     _kick(target.get("user"), until_ms)
     log.info("ban #%s: %s for %s by %s", entry, what, duration[0], _admin_name())

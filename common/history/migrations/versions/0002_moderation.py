@@ -4,9 +4,8 @@ Revision ID: 0002_moderation
 Revises: 0001
 Create Date: 2026-12-04 15:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002_moderation'
 down_revision = '0001'
