@@ -7,7 +7,7 @@ from a room's side, refused without CSRF, and lifted from the moderation log.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from peer import Peer, close_all
@@ -39,7 +39,7 @@ def seed(url: str, reported: str = REPORTED) -> int:
     """A room whose side A is `reported`, with hashes on both sides, and a report on A; its id."""
     upgrade(url)
     engine = make_engine(url)
-    at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    at = datetime.now(UTC) - timedelta(minutes=5)
     with engine.begin() as conn:
         conn.execute(insert(Room.__table__), [{
             "id": ROOM, "user1": reported, "user2": "user-b", "interests": [], "opened_at": at,

@@ -15,8 +15,14 @@ from procs import TEST_SECRET
 
 from common import events as ev
 from common.keys import Keys
-from common.moderation import (Bans, Hasher, Identity, browser_id_of, client_address,
-                               new_browser_id)
+from common.moderation import (
+    Bans,
+    Hasher,
+    Identity,
+    browser_id_of,
+    client_address,
+    new_browser_id,
+)
 
 HASHER = Hasher(TEST_SECRET)
 

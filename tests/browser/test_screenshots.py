@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -102,7 +102,7 @@ def seed_report(url: str) -> int:
     """A room and a report on its side A, with the keyed hashes a ban needs; the report's id."""
     upgrade(url)
     engine = make_engine(url)
-    room, at = uuid.uuid4().hex, datetime.now(timezone.utc) - timedelta(minutes=12)
+    room, at = uuid.uuid4().hex, datetime.now(UTC) - timedelta(minutes=12)
     with engine.begin() as conn:
         conn.execute(insert(Room.__table__).values(
             id=room, user1="5f1c0a9e2b7d4c31", user2="a83e6d0f19c2b574", interests=["music"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from flask import flash, redirect, render_template, request, session, url_for
 
@@ -71,7 +71,7 @@ def ban():
     if duration is None:
         flash("Choose how long the ban lasts.")
         return _back(default)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     until = now + timedelta(seconds=duration[1])
     with _engine().begin() as conn:
         if report_id:
@@ -122,7 +122,7 @@ def unban(entry_id: int):
         ident = Identity(row["browser"] or "", row["addr"] or "")
         lifted = _bans().unban(ident)
         queries.log_moderation(
-            conn, at=datetime.now(timezone.utc), admin=_admin_name(), action="unban",
+            conn, at=datetime.now(UTC), admin=_admin_name(), action="unban",
             browser=row["browser"], addr=row["addr"], until=None,
             reason=f"lifts #{entry_id}", report_id=row["report_id"], room_id=row["room_id"],
             user=row["user"])
