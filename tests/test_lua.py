@@ -1139,6 +1139,18 @@ def test_match_keeps_a_reporter_and_the_reported_apart_both_ways(on):
     assert on.store.match() == 1 and on.r.hget(on.k.partner, "a") == "c"
 
 
+def test_a_report_blocks_and_the_history_carries_each_sides_hashes(on):
+    who(on, "a", "ba", "aa")
+    who(on, "b", "bb", "ab")
+    room = on.paired()
+    assert on.store.report("a", "spam", 1234) is True
+    opened, report = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert (opened["type"], opened["who1"], opened["who2"]) == ("opened", "ba|aa", "bb|ab")
+    assert (report["type"], report["reported"], report["reported_browser"],
+            report["reported_addr"]) == ("report", "b", "bb", "ab")
+    assert set(on.r.zrange(on.k.block_prefix + "ba", 0, -1)) == {"bb", "u:b"}
+
+
 def test_the_heartbeat_keeps_who_a_user_is_as_long_as_their_route(on):
     on.r.set(on.k.who("a"), "bb|ab", ex=10)
     on.store.touch(["a"], WORKER)

@@ -40,6 +40,22 @@ def test_only_keyed_hashes_of_a_browser_id_and_an_address_are_made():
     assert HASHER.identity("x" * 32, "x" * 32).browser != HASHER.identity("x" * 32, "x" * 32).addr
 
 
+def test_the_archiver_keeps_the_hashes_of_both_sides_and_of_the_reported():
+    from archiver.writer import rows_from_entries
+
+    rooms, _, _, reports = rows_from_entries([
+        ("1-1", {"type": "opened", "room": "r1", "user1": "a", "user2": "b", "interests": "[]",
+                 "ts": "1700000000000", "who1": "ba|aa", "who2": "|ab"}),
+        ("1-2", {"type": "opened", "room": "r2", "user1": "c", "user2": "d", "interests": "[]",
+                 "ts": "1700000000000"}),  # written before bans existed
+        ("1-3", {"type": "report", "user": "a", "reported": "b", "room": "r1", "reason": "",
+                 "ts": "1700000001000", "reported_browser": "", "reported_addr": "ab"}),
+    ])
+    assert [(r["user1_browser"], r["user1_addr"], r["user2_browser"], r["user2_addr"])
+            for r in rooms] == [("ba", "aa", None, "ab"), (None, None, None, None)]
+    assert (reports[0]["reported_browser"], reports[0]["reported_addr"]) == (None, "ab")
+
+
 @pytest.mark.parametrize("cookie, found", [
     ("bid=" + "a" * 32, "a" * 32),
     ("tz=Asia/Shanghai; bid=" + "0f" * 16 + "; other=1", "0f" * 16),
