@@ -31,7 +31,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:opening`             | hash   | room -> JSON {a, b, interests, at}: a pair made in the home slot whose room is not open yet in its shard (an intent, replayed by whoever finds it) |
 | `{p}:closing`             | hash   | room -> JSON {user, reason, both, at}: a chat ended in the home slot whose room is not closed yet in its shard (an intent, likewise) |
 | `{p}:history`             | stream | reports made without a room, for the archiver |
-| `{p}:who:<user>`          | string | `<browser hash>|<address hash>` of the user's last connection (keyed hashes, common/moderation.py; either may be empty); expires like `where` |
+| `{p}:who:<user>`          | string | the keyed hashes (common/moderation.py) of the browser id and address of the user's last connection, joined by a bar (either may be empty); expires like `where` |
 | `{p}:block:<ident>`       | zset   | identities this one reported -> when the block ends (ms); `<ident>` is a browser hash, or `u:<user>` without a browser cookie; members are the reported one's browser hash and `u:<user>`; expires with its last entry |
 | `{p}:ban:<hash>`          | string | a banned browser or address hash -> when the ban ends (ms); expires then |
 | `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
