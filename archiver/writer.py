@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from common.history.db import utc_from_ms
 from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN, ROOM_KINDS
+from common.moderation import HASH_LEN, Identity
 from common.history.models import Message, Report, Room
 
 log = logging.getLogger("archiver.writer")
@@ -37,16 +38,24 @@ def report_id(shard: int | None, entry_id: str) -> str:
     return entry_id if shard is None else f"{shard}/{entry_id}"
 
 
+def _hash(value: str | None) -> str | None:
+    """A keyed hash from an entry (common/moderation.py), None when there is none."""
+    return (value or "")[:HASH_LEN] or None
+
+
 def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list, list]:
     rooms, messages, closes, reports = [], [], [], []
     for entry_id, f in entries:
         kind = f.get("type")
         try:
             if kind == "opened":
+                w1, w2 = Identity.unpack(f.get("who1")), Identity.unpack(f.get("who2"))
                 rooms.append({"id": f["room"], "user1": f["user1"], "user2": f["user2"],
                               "interests": json.loads(f.get("interests") or "[]"),
                               "kind": _kind(f.get("kind")),
-                              "opened_at": utc_from_ms(f["ts"])})
+                              "opened_at": utc_from_ms(f["ts"]),
+                              "user1_browser": w1.browser or None, "user1_addr": w1.addr or None,
+                              "user2_browser": w2.browser or None, "user2_addr": w2.addr or None})
             elif kind == "message":
                 messages.append({"room_id": f["room"], "sender": f["user"], "client_id": f["id"],
                                  "seq": int(f["seq"]), "text": f["text"],
@@ -59,7 +68,9 @@ def rows_from_entries(entries: list[tuple[str, dict]]) -> tuple[list, list, list
                 reports.append({"stream_id": entry_id, "room_id": f.get("room") or None,
                                 "reporter": f["user"], "reported": f["reported"],
                                 "reason": f.get("reason", "")[:MAX_REPORT_LEN],
-                                "created_at": utc_from_ms(f["ts"])})
+                                "created_at": utc_from_ms(f["ts"]),
+                                "reported_browser": _hash(f.get("reported_browser")),
+                                "reported_addr": _hash(f.get("reported_addr"))})
             else:
                 log.warning("skipping history entry %s of unknown type %r", entry_id, kind)
         except (KeyError, ValueError) as exc:
@@ -82,8 +93,9 @@ def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
         if rooms:
             opened = _insert(engine, Room)
             conn.execute(opened.on_conflict_do_update(index_elements=[Room.id], set_={
-                c: opened.excluded[c]
-                for c in ("user1", "user2", "interests", "kind", "opened_at")}),
+                c: opened.excluded[c] for c in ("user1", "user2", "interests", "kind", "opened_at",
+                                                "user1_browser", "user1_addr", "user2_browser",
+                                                "user2_addr")}),
                 rooms)
         if messages:
             _ensure_rooms(conn, engine, messages)

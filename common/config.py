@@ -335,6 +335,9 @@ SETTINGS: tuple[Setting, ...] = (
       "SQL connections per process (PostgreSQL)", 1, 200),
     S("ARCHIVER_CLAIM_IDLE", "archiver_claim_idle", "float", "30",
       "seconds before a dead archiver's pending entries are taken over", 0.1, 86400),
+    S("BLOCK_TTL", "block_ttl", "int", "86400",
+      "seconds a report keeps the reporter's browser from being matched with the reported one "
+      "again (both directions)", 1, 365 * 86400),
     S("TRUSTED_PROXIES", "trusted_proxies", "int", "0",
       "proxy hops (nginx = 1) whose `X-Forwarded-For`/`-Proto` are believed", 0, 5),
     S("INSTANCE_DIR", None, "path", None, "local data of the embedded default",

@@ -48,6 +48,7 @@ ERRORS = {
     "unavailable": "The service is briefly unavailable; try again.",
     "filtered": "The message contains a word or a link that is not allowed here.",
     "internal": "Something went wrong on our side.",
+    "banned": "You are banned from chatting until the time given.",
 }
 
 
@@ -58,3 +59,8 @@ def error(code: str, message: str | None = None) -> dict:
 def failed(code: str, message: str | None = None) -> dict:
     """The acknowledgement of a refused client event."""
     return {"ok": False, "error": error(code, message)}
+
+
+def banned(until_ms: int) -> dict:
+    """The `banned` error: when the ban ends (ms since the epoch), and nothing about whom."""
+    return {**error("banned"), "until": int(until_ms)}

@@ -35,6 +35,9 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:hosts`               | hash   | user -> the KEY of the private room they made (so Leave, Next, a join or the reaper ends it) |
 | `{p}:guess:u:<user>`      | hash   | a user's budget of wrong private room keys: token bucket {tokens, ts}; expires once full again |
 | `{p}:guess:a:<hash>`      | hash   | the same per client address, named by its keyed hash (HMAC with SECRET_KEY), never the address |
+| `{p}:who:<user>`          | string | the keyed hashes (common/moderation.py) of the browser id and address of the user's last connection, joined by a bar (either may be empty); expires like `where` |
+| `{p}:block:<ident>`       | zset   | identities this one reported -> when the block ends (ms); `<ident>` is a browser hash, or `u:<user>` without a browser cookie; members are the reported one's browser hash and `u:<user>`; expires with its last entry |
+| `{p}:ban:<hash>`          | string | a banned browser or address hash -> when the ban ends (ms); expires then |
 | `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
 | `{p}:filtered:<day>`      | hash   | messages the word and link filter refused on one UTC day (YYYY-MM-DD): `words`, `links` -> count; expires FILTERED_DAYS after the day's first refusal (common/store.py) |
@@ -143,6 +146,24 @@ class Keys:
     def filtered(self, day: str) -> str:
         """The filter's refusals of one UTC day (`YYYY-MM-DD`), by reason (see above)."""
         return self._k("filtered:" + day)
+
+    @property
+    def who_prefix(self) -> str:
+        return self._k("who:")
+
+    def who(self, user: str) -> str:
+        return self.who_prefix + user
+
+    @property
+    def block_prefix(self) -> str:
+        return self._k("block:")
+
+    @property
+    def ban_prefix(self) -> str:
+        return self._k("ban:")
+
+    def ban(self, digest: str) -> str:
+        return self.ban_prefix + digest
 
     def admin(self, name: str) -> str:
         """Admin console state: `admin:fail:<address>` and `admin:session:<id>` (see above)."""

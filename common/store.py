@@ -22,6 +22,7 @@ import redis
 from . import events as ev
 from .config import Settings
 from .keys import USER_ROOM_PREFIX, WORKER_CHANNEL_INFIX, Keys
+from .moderation import Identity
 from .redisconn import keys_of
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -50,6 +51,10 @@ def lua_prelude(keys: Keys, cluster: bool) -> str:
             f"local WORKER_CHANNEL_INFIX = {lua_string(WORKER_CHANNEL_INFIX)}\n"
             f"local WHERE_PREFIX = {lua_string(keys.where_prefix)}\n"
             f"local PRIVATE_PREFIX = {lua_string(keys.private_prefix)}\n"
+            f"local WHO_PREFIX = {lua_string(keys.who_prefix)}\n"
+            f"local BLOCK_PREFIX = {lua_string(keys.block_prefix)}\n"
+            f"local BAN_PREFIX = {lua_string(keys.ban_prefix)}\n"
+            f"local BANNED_MESSAGE = {lua_string(ev.ERRORS['banned'])}\n"
             f"local USER_ROOM_PREFIX = {lua_string(USER_ROOM_PREFIX)}\n"
             f"local EV = {{{names}}}\n"
             f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
@@ -191,7 +196,9 @@ class Store:
         return bool(self._run("typing", [self.k.chat(room)], [user, "1" if typing else "0", room]))
 
     def report(self, user: str, reason: str, ts: int) -> bool:
-        """Record a report about the current partner, or the last one if the chat just ended."""
+        """Record a report about the current partner, or the last one if the chat just ended,
+        and keep the two apart for BLOCK_TTL (block.lua). The history entry carries the
+        reported one's keyed hashes, for a ban from the admin."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(self.k.partner, user)
         pipe.hget(self.k.room, user)
@@ -200,11 +207,14 @@ class Store:
         target = partner or last
         if not target:
             return False
+        reported = Identity.unpack(self._run("block", [self.k.who(user), self.k.who(target)],
+                                             [user, target, self.s.block_ttl * 1000]))
         stream = self.k.history_of(self.k.room_tag(room)) if room else self.k.history
         self.r.xadd(
             stream,
             {"type": "report", "user": user, "reported": target, "room": room or "",
-             "reason": reason, "ts": str(ts)},
+             "reason": reason, "ts": str(ts), "reported_browser": reported.browser,
+             "reported_addr": reported.addr},
             maxlen=HISTORY_MAXLEN, approximate=True,
         )
         return True

@@ -14,11 +14,17 @@ _ids = itertools.count(1)
 
 
 class Peer:
-    def __init__(self, url: str, name: str = "", transports=("websocket",)):
+    def __init__(self, url: str, name: str = "", transports=("websocket",),
+                 headers: dict | None = None):
         self.url = url
+        self.headers = dict(headers or {})  # e.g. a browser's Cookie
         self.name = name or f"peer{next(_ids)}"
         self.transports = list(transports)
         self.sio = socketio.AsyncClient(reconnection=False)
+        if any(h.lower() == "cookie" for h in self.headers):
+            # engine.io moves a Cookie header into its session's jar, and aiohttp's default jar
+            # drops cookies for an IP address (127.0.0.1), which a browser keeps
+            self.sio.eio.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.events: dict[str, list] = defaultdict(list)
         self._taken: dict[str, int] = defaultdict(int)
         self._changed = asyncio.Event()
@@ -38,6 +44,7 @@ class Peer:
         if token:
             auth["token"] = token
         await self.sio.connect(self.url, auth=auth, transports=self.transports,
+                               headers=dict(self.headers),  # engine.io edits it
                                wait_timeout=timeout)
         await self.next("hello", timeout=timeout)
         return self

@@ -511,7 +511,7 @@ def test_the_kind_migration_fills_existing_rooms_with_random():
     with engine.begin() as c:
         c.exec_driver_sql("INSERT INTO rooms (id, user1, user2, interests, opened_at) "
                           "VALUES ('old', 'u1', 'u2', '[]', '2026-01-01 00:00:00')")
-    assert upgrade(url) == "0002_room_kind"
+    assert upgrade(url, "0002_room_kind") == "0002_room_kind"
     with engine.connect() as c:
         assert c.execute(select(Room.kind).where(Room.id == "old")).scalar_one() == "random"
     engine.dispose()

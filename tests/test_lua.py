@@ -1013,7 +1013,8 @@ def test_open_script(on):
     assert chat["route:a"] == json.dumps([WORKER]) and chat["route:b"] == "[]"
     (opened,) = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
     assert opened == {"type": "opened", "room": room, "user1": "a", "user2": "b",
-                      "interests": '["music"]', "kind": "random", "ts": "1234"}
+                      "interests": '["music"]', "kind": "random", "ts": "1234", "who1": "|",
+                      "who2": "|"}
 
 
 def test_message_script(on):
@@ -1206,3 +1207,81 @@ def test_a_hosts_resume_says_waiting_with_the_key(on):
     (m,) = told(1)
     assert m["data"]["state"] == "waiting" and m["data"]["private"]["key"] == key
     assert m["data"]["private"]["expires"] > on.now()
+# -- blocks and bans (block.lua, match.lua with lib/moderation.lua) ------------------------------
+def who(on, user: str, browser: str = "", addr: str = "") -> None:
+    """`user`'s keyed hashes, as a web worker records them at connect (common/moderation.py)."""
+    on.r.set(on.k.who(user), f"{browser}|{addr}")
+
+
+def test_block_script(on):
+    who(on, "a", "ba")
+    who(on, "b", "bb", "ab")
+    assert on.store._run("block", [on.k.who("a"), on.k.who("b")], ["a", "b", 60_000]) == "bb|ab"
+    key = on.k.block_prefix + "ba"  # the reporter's browser holds the block
+    now = on.now()
+    entries = dict(on.r.zrange(key, 0, -1, withscores=True))
+    assert set(entries) == {"bb", "u:b"}  # the reported browser and user id
+    assert all(now < t <= now + 60_000 for t in entries.values())
+    assert 0 < on.r.pttl(key) <= 60_000
+    # without a browser cookie the reporter's blocks are kept under their user id
+    assert on.store._run("block", [on.k.who("c"), on.k.who("b")], ["c", "b", 60_000]) == "bb|ab"
+    assert set(on.r.zrange(on.k.block_prefix + "u:c", 0, -1)) == {"bb", "u:b"}
+
+
+def test_match_keeps_a_reporter_and_the_reported_apart_both_ways(on):
+    on.connected("a", "b", "c")
+    who(on, "a", "ba")
+    who(on, "b", "bb")
+    on.store._run("block", [on.k.who("a"), on.k.who("b")], ["a", "b", 60_000])
+    on.store.join("a", None)
+    on.store.join("b", None)
+    assert on.store.match() == 0  # only the two of them wait
+    who(on, "b2", "bb")  # the reported browser in a new tab: a new user, same cookie
+    on.connected("b2")
+    on.store.join("b2", None)
+    on.store.join("a", None)
+    assert on.store.match() == 1
+    assert on.r.hget(on.k.partner, "b") == "b2"  # a is kept from both of them
+    on.store.join("c", None)
+    assert on.store.match() == 1 and on.r.hget(on.k.partner, "a") == "c"
+
+
+def test_a_report_blocks_and_the_history_carries_each_sides_hashes(on):
+    who(on, "a", "ba", "aa")
+    who(on, "b", "bb", "ab")
+    room = on.paired()
+    assert on.store.report("a", "spam", 1234) is True
+    opened, report = [f for _, f in on.r.xrange(on.k.history_of(on.k.room_tag(room)))]
+    assert (opened["type"], opened["who1"], opened["who2"]) == ("opened", "ba|aa", "bb|ab")
+    assert (report["type"], report["reported"], report["reported_browser"],
+            report["reported_addr"]) == ("report", "b", "bb", "ab")
+    assert set(on.r.zrange(on.k.block_prefix + "ba", 0, -1)) == {"bb", "u:b"}
+
+
+def test_the_heartbeat_keeps_who_a_user_is_as_long_as_their_route(on):
+    on.r.set(on.k.who("a"), "bb|ab", ex=10)
+    on.store.touch(["a"], WORKER)
+    assert on.r.ttl(on.k.who("a")) > 10  # WHERE_TTL, like where:<user>
+
+
+def test_an_expired_block_no_longer_keeps_them_apart(on):
+    on.connected("a", "b")
+    who(on, "a", "ba")
+    who(on, "b", "bb")
+    on.r.zadd(on.k.block_prefix + "ba", {"bb": on.now() - 1, "u:b": on.now() - 1})
+    on.store.join("a", None)
+    on.store.join("b", None)
+    assert on.store.match() == 1 and on.r.hget(on.k.partner, "a") == "b"
+
+
+def test_match_takes_a_banned_user_out_of_the_queue_and_tells_them(on):
+    on.connected("a", "b", "c")
+    who(on, "a", "", "addr-a")
+    until = on.now() + 3_600_000
+    on.r.set(on.k.ban("addr-a"), until)
+    for u in ("a", "b", "c"):
+        on.store.join(u, None)
+    told = on.listen()
+    assert on.store.match() == 1
+    assert on.r.hget(on.k.partner, "b") == "c" and on.r.zscore(on.k.queue, "a") is None
+    assert told(1) == [{"to": "a", "event": "error", "data": ev.banned(until)}]

@@ -15,6 +15,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from common import config
 from common.limits import (MAX_INTEREST_LEN, MAX_INTERESTS, PRIVATE_KEY_ALPHABET,
                            PRIVATE_KEY_LEN)
+from common.moderation import (BROWSER_COOKIE, BROWSER_COOKIE_AGE, new_browser_id,
+                               valid_browser_id)
 from common.redisconn import connect as redis_connect
 from common.store import Store
 
@@ -103,12 +105,18 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     @app.get("/")
     def index():
+        # A long-lived random browser id (blocks and bans survive a new tab): kept as it is,
+        # or a new one; only its keyed hash is ever stored (common/moderation.py).
+        browser = request.cookies.get(BROWSER_COOKIE)
         resp = make_response(render_template(
             "index.html", i18n=i18n, max_len=settings.max_message_len,
             max_interests=MAX_INTERESTS, max_interest_len=MAX_INTEREST_LEN,
             private_key_alphabet=PRIVATE_KEY_ALPHABET, private_key_len=PRIVATE_KEY_LEN,
             static_version=static_version, modules=modules, import_map=import_map))
         resp.headers["Content-Security-Policy"] = page_csp
+        resp.set_cookie(BROWSER_COOKIE, browser if valid_browser_id(browser) else new_browser_id(),
+                        max_age=BROWSER_COOKIE_AGE, httponly=True, samesite="Lax",
+                        secure=settings.production)
         return resp
 
     @app.get("/healthz")

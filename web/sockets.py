@@ -22,13 +22,14 @@ from socketio import exceptions as sio_errors
 from common import events as ev
 from common.config import Settings
 from common.keys import user_room
-from common.store import Store
+from common.moderation import Bans, Hasher, Identity
+from common.store import WHERE_TTL, Store
 from common.textfilter import TextFilter
 
 from . import metrics, packets
 from .drain import close_transport
 from .presence import Connections
-from .private import address_id, client_address, new_key
+from .private import new_key
 from .protocol import (Refused, parse_auth, parse_empty, parse_join, parse_message,
                        parse_private_join, parse_report, parse_typing)
 from .ratelimit import KeyedBuckets
@@ -88,6 +89,11 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     # to the chat's shard (the home slot is not on the message path); a stale entry is noticed
     # there (not_chatting) and read again once.
     rooms: dict[str, str] = {}
+    # Moderation: who each connection is (keyed hashes of its browser cookie and address), read
+    # once at connect; a banned one is refused there and at join (common/moderation.py).
+    hasher = Hasher(settings.secret_key)
+    bans = Bans(store.r, store.k)
+    idents: dict[str, Identity] = {}
 
     def in_chat(sid: str, user: str, step, done):
         """`step(room)` in the user's chat; None when they are not chatting."""
@@ -196,11 +202,21 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             # a connect_error shaped like the packet gate's: {message, data: {code, message}}
             raise sio_errors.ConnectionRefusedError(ev.ERRORS["rate_limited"],
                                                     ev.error("rate_limited"))
+        ident = hasher.of_environ(environ, settings.trusted_proxies)
+        try:
+            until = bans.until(ident)
+        except RedisError:
+            until = 0  # store.connect below meets the same outage and says so
+        if until:
+            metrics.REFUSALS.labels("banned").inc()
+            raise sio_errors.ConnectionRefusedError(ev.ERRORS["banned"], ev.banned(until))
         user = known or tokens.new_user()
+        idents[sid] = ident
         conns.add(sid, user)
         server.enter_room(sid, user_room(user), namespace="/")
         code = None  # an error to tell after the hello, which always comes, once
         try:
+            bans.remember(user, ident, WHERE_TTL)  # before presence: match.lua reads it
             # presence, and the takeover of this user's older connections (one live tab)
             online, replaced = store.connect(user, sid, settings.worker_id)
             if replaced:
@@ -231,6 +247,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @on("disconnect")
     def on_disconnect(sid, reason=None):
         rooms.pop(sid, None)
+        idents.pop(sid, None)
         user, _last_here = conns.remove(sid)
         if user is None:
             return
@@ -244,6 +261,10 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.JOIN)
     def on_join(sid, user, data):
         interests = parse_join(data)
+        until = bans.until(idents.get(sid, Identity()))
+        if until:
+            metrics.REFUSALS.labels("banned").inc()
+            return {"ok": False, "error": ev.banned(until)}
         state, online = store.join(user, interests)
         if state == "chatting":
             raise Refused("already_chatting")
@@ -306,8 +327,9 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.PRIVATE_JOIN)
     def on_private_join(sid, user, data):
         key = parse_private_join(data)
-        environ = server.get_environ(sid, namespace="/") or {}
-        addr = address_id(client_address(environ, settings.trusted_proxies), settings.secret_key)
+        # the address's keyed hash, made at connect (common/moderation.py); guesses from
+        # behind one address share its budget
+        addr = idents.get(sid, Identity()).addr or "unknown"
         state, room = store.private_join(user, key, addr)  # open.lua says `matched` to both
         if state != "ok":
             raise Refused(state)

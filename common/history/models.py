@@ -1,7 +1,9 @@
-"""The SQL history: rooms, messages, reports. Times are stored in UTC.
+"""The SQL history: rooms, messages, reports, and the admin's moderation log. Times in UTC.
 
-Written only by the archiver (from the Redis history stream), read by the admin console.
-What is kept about users: their random anonymous ids, never an address, a name or a cookie.
+Written by the archiver (from the Redis history streams); the admin console reads it, resolves
+reports and writes the moderation log. What is kept about users: their random anonymous ids and,
+for a ban later, the keyed hashes (HMAC-SHA256 with SECRET_KEY, common/moderation.py) of their
+browser cookie and address: never an address, a name or a cookie in clear.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.limits import CLOSE_REASON_LEN, MAX_ID_LEN, MAX_REPORT_LEN, ROOM_KIND_LEN
+from common.moderation import HASH_LEN
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
 
@@ -34,6 +37,11 @@ class Room(Base):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     close_reason: Mapped[str | None] = mapped_column(String(CLOSE_REASON_LEN))
     closed_by: Mapped[str | None] = mapped_column(String(64))
+    # each user's keyed hashes (browser cookie, address), for a ban from the admin
+    user1_browser: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    user1_addr: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    user2_browser: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    user2_addr: Mapped[str | None] = mapped_column(String(HASH_LEN))
 
 
 class Message(Base):
@@ -63,3 +71,24 @@ class Report(Base):
     reason: Mapped[str] = mapped_column(String(MAX_REPORT_LEN), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reported_browser: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    reported_addr: Mapped[str | None] = mapped_column(String(HASH_LEN))
+
+
+class ModerationLog(Base):
+    """Every ban and unban from the admin console: who (the admin session, hashed), when, what,
+    on which hashes, until when, why, and where from (a report or a room's side)."""
+
+    __tablename__ = "moderation_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    admin: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # ban | unban
+    browser: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    addr: Mapped[str | None] = mapped_column(String(HASH_LEN))
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(String(MAX_REPORT_LEN), default="")
+    report_id: Mapped[int | None] = mapped_column(BigId)
+    room_id: Mapped[str | None] = mapped_column(String(32))
+    user: Mapped[str | None] = mapped_column(String(64))  # the banned anonymous user id

@@ -1,6 +1,8 @@
 -- Pair waiting users, atomically: nobody is paired twice, with themself, with someone who has a
 -- partner already, or with someone whose presence expired. Users sharing an interest go first;
 -- others once they have waited `interest_wait` ms; the last partner only when nobody else waits.
+-- Never two users one of whom reported the other (a block, lib/moderation.lua), never a banned
+-- user: they leave the queue and are told `error {code: banned, until}`.
 -- This is the home slot's half: the pair is made (each user's partner and room pointer) and an
 -- intent to open the room is left in `opening`, with each user's route (the workers holding
 -- their connections). The caller opens the room in its shard next (open.lua publishes
@@ -26,14 +28,29 @@ local home = {partner = partner_key, room = room_key, workers = workers, opening
 local entries = redis.call('ZRANGE', queue, 0, batch - 1, 'WITHSCORES')
 
 local users, since = {}, {}
+-- who each one is (browser and address hashes), the key of their blocks, and whether they have
+-- any: a pair is checked against the blocks only when one of the two has some (a ZSCORE or two)
+local who, ident, has_blocks = {}, {}, {}
 for i = 1, #entries, 2 do
   local u = entries[i]
   local deadline = tonumber(redis.call('ZSCORE', alive, u))
   if redis.call('HEXISTS', partner_key, u) == 1 or not deadline or deadline <= now then
     redis.call('ZREM', queue, u)
   else
-    users[#users + 1] = u
-    since[u] = tonumber(entries[i + 1])
+    who[u] = who_of(u)
+    local ban = banned_until(who[u], now)
+    if ban > 0 then
+      -- banned while waiting (or from another tab): out of the queue, and told why
+      redis.call('ZREM', queue, u)
+      emit_route_json(tag_of(queue), route_of(u, workers, now), EV.error, u,
+        '{"code":"banned","message":' .. cjson.encode(BANNED_MESSAGE) .. ',"until":'
+        .. string.format('%d', ban) .. '}')
+    else
+      users[#users + 1] = u
+      since[u] = tonumber(entries[i + 1])
+      ident[u] = block_ident(u, who[u])
+      has_blocks[u] = redis.call('EXISTS', BLOCK_PREFIX .. ident[u]) == 1
+    end
   end
 end
 if #users < 2 then
@@ -57,6 +74,12 @@ local function common(a, b)
   return out
 end
 
+-- A report keeps two users apart (in both directions) for BLOCK_TTL.
+local function kept_apart(u, v)
+  return (has_blocks[u] and blocks(ident[u], v, ident[v], now))
+    or (has_blocks[v] and blocks(ident[v], u, ident[u], now))
+end
+
 local function patient(u)
   return #interests[u] == 0 or now - since[u] >= interest_wait
 end
@@ -69,7 +92,7 @@ for i = 1, n do
     local best, best_common, fallback, again, again_common
     for j = i + 1, n do
       local v = users[j]
-      if not taken[v] and v ~= u then
+      if not taken[v] and v ~= u and not kept_apart(u, v) then
         local repeat_pair = (last[u] == v) or (last[v] == u)
         local shared = common(u, v)
         if #shared > 0 then

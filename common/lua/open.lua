@@ -7,7 +7,7 @@ local chat = KEYS[1]     -- chat:<room>
 local history = KEYS[2]  -- the shard's history stream
 -- ARGV:
 local room = ARGV[1]
--- {a, b, interests, kind, at, sa, sb, ra, rb}, from match.lua or private_join.lua
+-- {a, b, interests, kind, at, sa, sb, ra, rb, wa, wb}, from match.lua or private_join.lua
 local intent = cjson.decode(ARGV[2])
 local history_maxlen = ARGV[3]        -- each history stream's cap, about
 -- seconds the chat lives at most (a safety net: close.lua ends it long before)
@@ -24,8 +24,10 @@ local kind = intent.kind or 'random'  -- an intent left by a matcher of before p
 redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests, 'kind', kind,
   'opened', tostring(intent.at), 'route:' .. a, ra, 'route:' .. b, rb)
 redis.call('EXPIRE', chat, ttl)
+-- who1/who2: each user's keyed hashes (browser|address), which a ban from the admin needs
 append_history(history, history_maxlen, 'type', 'opened', 'room', room, 'user1', a, 'user2', b,
-  'interests', interests, 'kind', kind, 'ts', tostring(intent.at))
+  'interests', interests, 'kind', kind, 'ts', tostring(intent.at), 'who1', intent.wa or '|',
+  'who2', intent.wb or '|')
 -- `at`: the pairing's time in the home slot, which a client compares with a `resumed` that
 -- came from there (on a cluster the two may arrive out of order: docs/protocol.md)
 local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests .. ',"kind":'

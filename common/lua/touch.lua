@@ -22,5 +22,6 @@ for i = FIRST_USER, #ARGV do
   local user = ARGV[i]
   redis.call('ZADD', alive, deadline, user)
   redis.call('EXPIRE', WHERE_PREFIX .. user, where_ttl)
+  redis.call('EXPIRE', WHO_PREFIX .. user, where_ttl)  -- who they are, for blocks and bans
 end
 return online_count(alive, away, now)

@@ -8,11 +8,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from playwright.async_api import expect
+from sqlalchemy import insert
+
+from common.history.db import make_engine
+from common.history.migrate import upgrade
+from common.history.models import Report, Room
 
 from .conftest import DESKTOP, PHONE, SCREENSHOTS, Stranger, missing, pair
 from .test_attention import SET_HIDDEN_JS
+from .test_moderation import ban, browser_hash
 
 EN_CHAT = [
     ("b", "Hi! Where are you writing from?"),
@@ -147,3 +156,59 @@ async def test_screenshot_of_a_hidden_tab(people, browser):
     finally:
         await context.close()
     assert (SCREENSHOTS / "hidden-tab-desktop-light.png").stat().st_size > 3_000
+def seed_report(url: str) -> int:
+    """A room and a report on its side A, with the keyed hashes a ban needs; the report's id."""
+    upgrade(url)
+    engine = make_engine(url)
+    room, at = uuid.uuid4().hex, datetime.now(UTC) - timedelta(minutes=12)
+    with engine.begin() as conn:
+        conn.execute(insert(Room.__table__).values(
+            id=room, user1="5f1c0a9e2b7d4c31", user2="a83e6d0f19c2b574", interests=["music"],
+            opened_at=at, closed_at=at + timedelta(minutes=4), close_reason="left",
+            closed_by="a83e6d0f19c2b574", user1_browser=uuid.uuid4().hex,
+            user1_addr=uuid.uuid4().hex, user2_browser=uuid.uuid4().hex,
+            user2_addr=uuid.uuid4().hex))
+        res = conn.execute(insert(Report.__table__).values(
+            stream_id=uuid.uuid4().hex, room_id=room, reporter="a83e6d0f19c2b574",
+            reported="5f1c0a9e2b7d4c31", reason="spam", created_at=at + timedelta(minutes=4),
+            reported_browser=uuid.uuid4().hex, reported_addr=uuid.uuid4().hex))
+        report_id = int(res.inserted_primary_key[0])
+    engine.dispose()
+    return report_id
+
+
+async def test_screenshots_of_a_ban(people, fresh, browser):
+    # the page of a banned browser
+    a = await people(worker=0, lang="en", color_scheme="light", **DESKTOP)
+    ban(fresh, await browser_hash(a), seconds=7 * 86400)
+    await a.page.reload()
+    await expect(a.page.locator("#banned-view")).to_be_visible()
+    await shoot(a, "banned-desktop-light.png")
+
+    # the admin bans the reported side of a report, then reads the moderation log
+    instance = Path(fresh.env["INSTANCE_DIR"])  # the stack's default SQLite history
+    report_id = seed_report(f"sqlite:///{instance / 'chat.db'}")
+    base = fresh.urls()[0]
+    ctx = await browser.new_context(**DESKTOP, locale="en-US", color_scheme="light")
+    try:
+        admin = await ctx.new_page()
+        await admin.goto(base + "/admin/login")
+        await admin.locator("#password").fill((instance / "admin_password").read_text().strip())
+        await admin.get_by_role("button", name="Sign in").click()
+        await expect(admin.get_by_role("heading", name="Dashboard")).to_be_visible()
+        await admin.goto(base + "/admin/reports")
+        form = admin.locator(f"#ban-report-{report_id}")
+        await form.locator("select[name=duration]").select_option("7d")
+        await form.locator("input[name=reason]").fill("Spam links, again")
+        await form.get_by_role("button", name="Ban").click()
+        await expect(admin.get_by_text("Banned the reported side")).to_be_visible()
+        await admin.get_by_role("navigation", name="Console").get_by_role(
+            "link", name="Bans").click()
+        await expect(admin.locator("#moderation-table")).to_contain_text("Spam links, again")
+        await admin.evaluate("document.activeElement && document.activeElement.blur()")
+        await admin.screenshot(path=str(SCREENSHOTS / "admin-ban-desktop-light.png"),
+                               animations="disabled")
+    finally:
+        await ctx.close()
+    for name in ("banned-desktop-light", "admin-ban-desktop-light"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000

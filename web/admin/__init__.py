@@ -1,8 +1,9 @@
-"""The admin console: sign-in, live numbers, history charts, transcripts, search, reports, and
-streamed CSV/JSON export. `init_app(app, settings)` registers it (web/app.py does).
+"""The admin console: sign-in, live numbers, history charts, transcripts, search, reports, bans
+and their log, and streamed CSV/JSON export. `init_app(app, settings)` registers it (web/app.py
+does).
 
-Layout: views.py (the blueprint and its endpoints), auth.py (password, lockout and sessions in
-Redis), queries.py (the SQL), export.py (streamed CSV/JSON), zones.py (the viewer's time zone),
+Layout: views.py (the blueprint and its endpoints), bans.py (ban, unban, the moderation log),
+auth.py (password, lockout and sessions in Redis), queries.py (the SQL), export.py (streamed CSV/JSON), zones.py (the viewer's time zone),
 templates/admin/ (pages), and web/static/admin/ (admin.css, admin.js).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flask import Flask
 
 from common import config
 
+from . import bans  # noqa: F401  (its routes are on the blueprint)
 from .auth import SESSION_MAX, Guard
 from .views import bp, csrf
 

@@ -12,11 +12,11 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Integer, and_, cast, exists, func, select, update
+from sqlalchemy import Integer, and_, cast, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from common.history.db import as_utc, make_engine
-from common.history.models import Message, Report, Room
+from common.history.models import Message, ModerationLog, Report, Room
 
 from .zones import Zone
 
@@ -232,3 +232,48 @@ def duration(room: dict) -> str:
     if secs < 3600:
         return f"{secs // 60}m {secs % 60:02d}s"
     return f"{secs // 3600}h {secs % 3600 // 60:02d}m"
+
+
+# ------------------------------------------------------------------------------ moderation
+
+moderation_log = ModerationLog.__table__
+
+
+def report_target(conn: Connection, report_id: int) -> dict | None:
+    """The reported side of a report: its user id and keyed hashes (None: no such report)."""
+    row = conn.execute(select(reports.c.id, reports.c.room_id, reports.c.reported.label("user"),
+                              reports.c.reported_browser.label("browser"),
+                              reports.c.reported_addr.label("addr"))
+                       .where(reports.c.id == report_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def room_side(conn: Connection, room_id: str, which: str) -> dict | None:
+    """Side A (user1) or B (user2) of a room: its user id and keyed hashes."""
+    n = {"A": "1", "B": "2"}.get(which)
+    if n is None:
+        return None
+    row = conn.execute(select(rooms.c["user" + n].label("user"),
+                              rooms.c["user" + n + "_browser"].label("browser"),
+                              rooms.c["user" + n + "_addr"].label("addr"))
+                       .where(rooms.c.id == room_id)).first()
+    return dict(row._mapping, room_id=room_id) if row else None
+
+
+def log_moderation(conn: Connection, **row) -> int:
+    """Write one row of the moderation log (every ban and unban); its id."""
+    res = conn.execute(insert(moderation_log).values(**row))
+    return int(res.inserted_primary_key[0])
+
+
+def list_moderation(conn: Connection, page: int, per_page: int) -> tuple[list[dict], bool]:
+    stmt = (select(moderation_log)
+            .order_by(moderation_log.c.at.desc(), moderation_log.c.id.desc())
+            .limit(per_page + 1).offset((page - 1) * per_page))
+    rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    return rows[:per_page], len(rows) > per_page
+
+
+def get_moderation(conn: Connection, entry_id: int) -> dict | None:
+    row = conn.execute(select(moderation_log).where(moderation_log.c.id == entry_id)).first()
+    return dict(row._mapping) if row else None

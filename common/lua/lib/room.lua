@@ -8,7 +8,8 @@ end
 
 -- Pair `a` and `b` in `room` in the home slot (match.lua, private_join.lua): each one's partner
 -- and room pointer, and the intent to open the room in its shard (open.lua) with each user's
--- route and place in the queue (`sa`, `sb`). `kind`: 'random' or 'private'. The intent's JSON.
+-- route and place in the queue (`sa`, `sb`), and who they are for moderation (`wa`, `wb`: browser
+-- and address hashes, lib/moderation.lua). `kind`: 'random' or 'private'. The intent's JSON.
 -- k: {partner, room, workers, opening}.
 local function pair_users(k, a, b, room, interests, kind, sa, sb, now)
   redis.call('HSET', k.partner, a, b, b, a)
@@ -17,7 +18,9 @@ local function pair_users(k, a, b, room, interests, kind, sa, sb, now)
     .. ',"interests":' .. json_list(interests) .. ',"kind":' .. cjson.encode(kind)
     .. ',"at":' .. now
     .. ',"sa":' .. string.format('%d', sa) .. ',"sb":' .. string.format('%d', sb)
-    .. ',"ra":' .. route_of(a, k.workers, now) .. ',"rb":' .. route_of(b, k.workers, now) .. '}'
+    .. ',"ra":' .. route_of(a, k.workers, now) .. ',"rb":' .. route_of(b, k.workers, now)
+    .. ',"wa":' .. cjson.encode(table.concat(who_of(a), '|'))
+    .. ',"wb":' .. cjson.encode(table.concat(who_of(b), '|')) .. '}'
   redis.call('HSET', k.opening, room, intent)
   return intent
 end

@@ -9,7 +9,7 @@ import { addNotice, hidePartnerTyping } from './log.js';
 import { setText } from './i18n.js';
 import {
   ensureFocus, finishBoot, finishBootIn, hideBanner, notifyError, renderControls, setOnline,
-  setStats, showBanner, showConnectionBanner,
+  setStats, showBanned, showBanner, showConnectionBanner,
 } from './view.js';
 import { forgetTyping, resendOutbox } from './composer.js';
 import { sessionLost } from './flow.js';
@@ -52,6 +52,7 @@ export function request(event, payload, done) {
     } else {
       const code = (res && res.error && res.error.code) || 'unknown';
       if (code === 'replaced') onReplaced();
+      if (code === 'banned') onBanned(res.error.until);
       done({ ok: false, code });
     }
   });
@@ -83,7 +84,18 @@ function onHello(data) {
 
 function onServerError(data) {
   if (data && data.code === 'replaced') onReplaced();
+  else if (data && data.code === 'banned') onBanned(data.until);
   else notifyError(data && data.code);
+}
+
+/** Banned (at connect, at join, or while waiting or chatting): the banned view, and the link
+ * stays down; a reload after the ban's end comes back. */
+function onBanned(until) {
+  flags.bannedUntil = Number(until) || Date.now();
+  flags.drainUntil = 0;
+  clearTimeout(reconnectTimer);
+  if (socket && (socket.connected || socket.active)) socket.disconnect();
+  showBanned(flags.bannedUntil);
 }
 
 /** Our token was opened in another tab, which now has the chat. Reconnecting by ourselves
@@ -138,6 +150,7 @@ function onConnect() {
 }
 
 function onDisconnect(reason) {
+  if (flags.bannedUntil) return;  // we closed it: nothing to reconnect
   forgetTyping();
   hidePartnerTyping();
   ui.online.classList.remove('is-live');
@@ -163,6 +176,10 @@ function noteConnectionLost() {
 }
 
 function onConnectError(err) {
+  if (err && err.data && err.data.code === 'banned') {
+    onBanned(err.data.until);
+    return;
+  }
   // 503 to the handshake: every server is full (or restarting); Socket.IO retries by itself.
   showConnectionBanner(Boolean(err && err.description === 503));
   if (flags.drainUntil) {
@@ -189,14 +206,16 @@ function scheduleReconnect() {
   clearTimeout(reconnectTimer);
   const delay = Math.min(30000, 1000 * 2 ** Math.min(flags.refusals, 5));
   reconnectTimer = setTimeout(() => {
-    if (!socket.connected && !flags.replaced && !flags.netOffline) socket.connect();
+    if (!socket.connected && !flags.replaced && !flags.netOffline && !flags.bannedUntil) {
+      socket.connect();
+    }
   }, delay);
 }
 
 /** A new connection at once, with the same token and `since` (authPayload): cuts short
  * socket.io's back-off, or moves a live connection off a worker that is draining. */
 function reconnectNow() {
-  if (!socket || flags.replaced || flags.netOffline) return;
+  if (!socket || flags.replaced || flags.netOffline || flags.bannedUntil) return;
   clearTimeout(reconnectTimer);
   if (socket.connected || socket.active) socket.disconnect();
   socket.connect();

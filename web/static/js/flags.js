@@ -16,4 +16,5 @@ export const flags = {
   drainTries: 0,          // immediate retries spent on that move
   pendingRoom: null,      // the key of a /?room=KEY link, joined once connected
   netOffline: navigator.onLine === false,  // the browser says there is no network
+  bannedUntil: 0,         // banned (ms since the epoch): the banned view, no connection, no start
 };

@@ -21,6 +21,8 @@ export const ui = {
   bannerAction: $('banner-action'),
   loadingView: $('loading-view'),
   startView: $('start-view'),
+  bannedView: $('banned-view'),
+  bannedText: $('banned-text'),
   chatView: $('chat-view'),
   startForm: $('start-form'),
   interestsBox: $('interests-box'),

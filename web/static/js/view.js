@@ -17,10 +17,26 @@ const wait = { since: 0, timer: 0, count: null };  // the search on screen: sinc
 // ---------------------------------------------------------------- views and controls
 
 function renderView() {
-  const loading = !flags.booted;
+  const banned = Boolean(flags.bannedUntil);
+  const loading = !flags.booted && !banned;
+  ui.bannedView.hidden = !banned;
   ui.loadingView.hidden = !loading;
-  ui.startView.hidden = loading || chat.phase !== IDLE;
-  ui.chatView.hidden = loading || chat.phase === IDLE;
+  ui.startView.hidden = banned || loading || chat.phase !== IDLE;
+  ui.chatView.hidden = banned || loading || chat.phase === IDLE;
+}
+
+/** Banned until `until` (ms): the banned view instead of every other, with the end of the ban
+ * in the viewer's own time zone and language. */
+export function showBanned(until) {
+  const when = new Date(Number(until));
+  const time = Number.isFinite(when.getTime())
+    ? when.toLocaleString(document.documentElement.lang || undefined,
+      { dateStyle: 'medium', timeStyle: 'short' })
+    : '';
+  setText(ui.bannedText, 'banned_text', { time });
+  ui.online.hidden = true;  // not "connecting": the link stays down
+  hideBanner();
+  renderView();
 }
 
 /** Shows the chat's state: after every transition (and once at start). */
