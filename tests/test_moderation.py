@@ -111,7 +111,11 @@ async def test_a_report_keeps_the_two_browsers_apart_even_from_a_new_tab(fresh_a
     await b.join()
     room = (await a.next("matched"))["room"]
     assert (await b.next("matched"))["room"] == room
-    assert await a.call("report", {"reason": "spam"}) == {"ok": True}
+    before = int(time.time() * 1000)
+    ack = await a.call("report", {"reason": "spam"})
+    assert ack["ok"] is True
+    # the reporter is told until when (BLOCK_TTL, a day by default, from now)
+    assert before + 86400_000 <= ack["blocked_until"] <= time.time() * 1000 + 86400_000
     assert await a.call("leave") == {"ok": True}
     await b.next("partner_left")
     await b.close()

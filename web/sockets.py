@@ -312,9 +312,10 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.REPORT)
     def on_report(sid, user, data):
         reason = parse_report(data)
-        if not store.report(user, reason, int(time.time() * 1000)):
+        now = int(time.time() * 1000)
+        if not store.report(user, reason, now):
             raise Refused("not_chatting")
-        return {"ok": True}
+        return {"ok": True, "blocked_until": now + settings.block_ttl * 1000}
 
     @handler(ev.PRIVATE_CREATE)
     def on_private_create(sid, user, data):

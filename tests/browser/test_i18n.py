@@ -136,7 +136,9 @@ async def test_two_chinese_strangers_see_only_their_language(people):
     for p, lang in ((a, "zh-TW"), (b, "zh-CN")):
         await check_translated(p, lang)  # ended, with the report dialog open on A
     await a.button("report_submit").click()
-    await expect(a.notice("notice_reported")).to_be_visible()
+    # ... and says until when the two are kept apart (a date and time in the page's language)
+    said = re.compile(".+".join(map(re.escape, a.t("notice_reported_blocked", time="@@").split("@@"))))
+    await expect(a.page.locator("#log .notice", has_text=said)).to_be_visible()
     await check_translated(a, "zh-TW")
 
 

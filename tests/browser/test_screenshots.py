@@ -212,3 +212,21 @@ async def test_screenshots_of_a_ban(people, fresh, browser):
         await ctx.close()
     for name in ("banned-desktop-light", "admin-ban-desktop-light"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+async def test_screenshot_of_a_report_and_its_block(people):
+    """A stranger reported after a chat: the report is recorded and the two are kept apart."""
+    a = await people(worker=0, lang="en", color_scheme="light", **DESKTOP)
+    b = await people(worker=1, lang="en", color_scheme="light", **DESKTOP)
+    await pair(a, b)
+    await converse(a, b, [("b", "hey"), ("b", "check out my crypto channel, 100x guaranteed!!"),
+                          ("a", "no thanks")])
+    await b.button("leave").click()
+    await expect(a.notice("notice_partner_left")).to_be_visible()
+    await a.button("report").click()
+    await a.page.locator("#report-dialog input[value=spam]").check()
+    await a.button("report_submit").click()
+    said = re.compile(".+".join(map(re.escape, a.t("notice_reported_blocked", time="@@").split("@@"))))
+    await expect(a.page.locator("#log .notice", has_text=said)).to_be_visible()
+    await shoot(a, "report-desktop-light.png")
+    assert (SCREENSHOTS / "report-desktop-light.png").stat().st_size > 10_000

@@ -14,7 +14,7 @@ import {
 import { outbox, stopTyping } from './composer.js';
 import { interests } from './interests.js';
 import { isOnline, request } from './connection.js';
-import { stringList } from './util.js';
+import { dateTime, stringList } from './util.js';
 import { noteMatched } from './attention.js';
 
 /** Moves the chat by `event` and shows the new state; returns the change, or null when the
@@ -168,7 +168,9 @@ function sendReport(reason) {
       return;
     }
     flags.reportedRoom = room;
-    addNotice('notice_reported', null, 'good');
+    // the report also keeps the two apart (a block) until `blocked_until`
+    const until = dateTime(res.blocked_until);
+    addNotice(until ? 'notice_reported_blocked' : 'notice_reported', { time: until }, 'good');
     renderControls();
     ensureFocus(chat.phase === CHATTING ? ui.input : ui.findNewBtn);
   });

@@ -45,3 +45,13 @@ export function clockTime(ts) {
 export function stringList(value) {
   return Array.isArray(value) ? value.filter((v) => typeof v === 'string' && v.trim()) : [];
 }
+
+/** A moment (ms) as a date and time in the page's language and the viewer's time zone; '' when
+ * it is not a time. */
+export function dateTime(ms) {
+  const when = new Date(Number(ms));
+  return Number.isFinite(when.getTime())
+    ? when.toLocaleString(document.documentElement.lang || undefined,
+      { dateStyle: 'medium', timeStyle: 'short' })
+    : '';
+}

@@ -7,7 +7,7 @@ import { ui } from './ui.js';
 import { setText, setAttrText, errorKey } from './i18n.js';
 import { addNotice, hidePartnerTyping } from './log.js';
 import { isOnline } from './connection.js';
-import { stringList } from './util.js';
+import { dateTime, stringList } from './util.js';
 
 const NOTICE_HIDE_MS = 6000;
 let composerNoticeTimer = 0;
@@ -28,12 +28,7 @@ function renderView() {
 /** Banned until `until` (ms): the banned view instead of every other, with the end of the ban
  * in the viewer's own time zone and language. */
 export function showBanned(until) {
-  const when = new Date(Number(until));
-  const time = Number.isFinite(when.getTime())
-    ? when.toLocaleString(document.documentElement.lang || undefined,
-      { dateStyle: 'medium', timeStyle: 'short' })
-    : '';
-  setText(ui.bannedText, 'banned_text', { time });
+  setText(ui.bannedText, 'banned_text', { time: dateTime(until) });
   ui.online.hidden = true;  // not "connecting": the link stays down
   hideBanner();
   renderView();
