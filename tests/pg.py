@@ -130,3 +130,11 @@ def postgres():
     yield server
     server.stop()
 
+
+
+def history_database(request, tmp_path_factory, name: str) -> str:
+    """The URL of an empty history database `name` for a fixture parametrized over "sqlite" and
+    "postgresql" (the session's PostgreSQL server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp(name) / 'chat.db'}"
+    return request.getfixturevalue("postgres").create_database(name)

@@ -26,6 +26,7 @@ from sqlalchemy import insert
 from common.history.db import make_engine
 from common.history.migrate import upgrade
 from common.history.models import Message, Report, Room
+from pg import history_database
 from procs import PY, ROOT, RedisServer, WebWorker, base_env, stop_in_background
 
 PASSWORD = "correct horse battery staple 马"
@@ -127,10 +128,7 @@ class Site:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('admin-db') / 'chat.db'}"
-    else:
-        url = request.getfixturevalue("postgres").create_database("admin_test")
+    url = history_database(request, tmp_path_factory, "admin_test")
     redis = RedisServer()
     env = base_env(redis.url, DATABASE_URL=url, ADMIN_PASSWORD=PASSWORD, DISPLAY_TZ="")
     # the worker opens the database on its first admin request only: seed while it starts

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from peer import Peer, close_all
+from pg import history_database
 from procs import TEST_SECRET, RedisServer, WebWorker, base_env
 from sqlalchemy import insert, select
 from test_admin import PASSWORD, csrf_from, signed_in
@@ -55,10 +56,7 @@ def seed(url: str, reported: str = REPORTED) -> int:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def console(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('ban-db') / 'chat.db'}"
-    else:
-        url = request.getfixturevalue("postgres").create_database("ban_test")
+    url = history_database(request, tmp_path_factory, "ban_test")
     redis = RedisServer()
     web = WebWorker(base_env(redis.url, DATABASE_URL=url, ADMIN_PASSWORD=PASSWORD),
                     f"ban-{request.param}")
