@@ -14,14 +14,14 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from common.history.db import utc_from_ms
 from common.limits import CLOSE_REASON_LEN, MAX_REPORT_LEN, ROOM_KINDS
 from common.moderation import HASH_LEN, Identity
-from common.history.models import Message, Report, Room
+from common.history.models import Message, ModerationLog, Report, Room
 
 log = logging.getLogger("archiver.writer")
 
@@ -141,11 +141,17 @@ def _ensure_rooms(conn, engine: Engine, messages: list[dict]) -> None:
 
 
 def purge(engine: Engine, days: int, now: datetime | None = None) -> dict:
-    """Delete rooms (with their messages) and reports older than `days`."""
+    """Delete rooms (with their messages) and reports older than `days`, and the moderation
+    log's entries (with their hashes) older than `days` whose ban ended more than `days` ago:
+    a ban in force, or one that ended lately, keeps its entry."""
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
     with engine.begin() as conn:
         old = select(Room.id).where(Room.opened_at < cutoff)
         m = conn.execute(delete(Message).where(Message.room_id.in_(old))).rowcount
         r = conn.execute(delete(Room).where(Room.opened_at < cutoff)).rowcount
         p = conn.execute(delete(Report).where(Report.created_at < cutoff)).rowcount
-    return {"rooms": r, "messages": m, "reports": p, "cutoff": cutoff.isoformat()}
+        b = conn.execute(delete(ModerationLog).where(
+            ModerationLog.at < cutoff,
+            or_(ModerationLog.until.is_(None), ModerationLog.until < cutoff))).rowcount
+    return {"rooms": r, "messages": m, "reports": p, "moderation_log": b,
+            "cutoff": cutoff.isoformat()}

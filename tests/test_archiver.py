@@ -174,7 +174,11 @@ def test_a_message_whose_room_entry_is_missing_gets_a_placeholder_room():
 
 
 def test_purge_deletes_only_what_is_older_than_retention():
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import insert
+
+    from common.history.models import ModerationLog
 
     url = sqlite_url()
     upgrade(url)
@@ -184,11 +188,25 @@ def test_purge_deletes_only_what_is_older_than_retention():
               for i, (_, f) in enumerate(entries("new")[:4])]
     write_batch(engine, recent)
     now = datetime(2023, 12, 30, tzinfo=timezone.utc)  # old is 46 days old, new 6 days
+    # the moderation log: a ban that ended long ago goes; an old ban still in force, an old ban
+    # that ended lately, and a recent one stay
+    day = timedelta(days=1)
+    log = {"ended long ago": (now - 60 * day, now - 45 * day),
+           "in force": (now - 60 * day, now + 300 * day),
+           "ended lately": (now - 60 * day, now - 10 * day),
+           "recent": (now - 2 * day, now - day)}
+    with engine.begin() as c:
+        for reason, (at, until) in log.items():
+            c.execute(insert(ModerationLog).values(at=at, admin="a", action="ban", until=until,
+                                                   reason=reason))
     counts = purge(engine, 30, now=now)
     assert counts["rooms"] == 1 and counts["messages"] == 1 and counts["reports"] == 1
+    assert counts["moderation_log"] == 1
     with engine.connect() as c:
         assert c.execute(select(Room.id)).scalars().all() == ["new"]
         assert c.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+        assert sorted(c.execute(select(ModerationLog.reason)).scalars()) == \
+            ["ended lately", "in force", "recent"]
 
 
 # Every history stream, on one Redis and on a Redis Cluster ------------------------------------
