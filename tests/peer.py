@@ -5,6 +5,7 @@ import asyncio
 import collections
 import inspect
 import itertools
+import time
 from collections import defaultdict
 
 import aiohttp
@@ -177,3 +178,9 @@ async def exchange(a: Peer, b: Peer, tag: str, sent: set[str] | None = None) -> 
 def partners(rooms: dict[str, list[Peer]]) -> dict[Peer, Peer]:
     """Each peer's partner, from join_and_pair's rooms."""
     return {p: (b if p is a else a) for a, b in rooms.values() for p in (a, b)}
+
+
+def reported(ack: dict) -> bool:
+    """A `report`'s ack of success: ok, and until when the two are kept apart (in the future)."""
+    return (set(ack) == {"ok", "blocked_until"} and ack["ok"] is True
+            and isinstance(ack["blocked_until"], int) and ack["blocked_until"] > time.time() * 1000)
