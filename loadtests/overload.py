@@ -936,11 +936,17 @@ def nginx_log(path: Path, phases: Phases) -> dict:
     times: dict[str, list[float]] = defaultdict(list)
     if not path.exists():
         return {}
-    rx = re.compile(r'\[([^\]]+)\] "(\S+) (\S+) [^"]*" (\d{3}) \d+ ([\d.]+) upstream=(.*)$')
+    # The log names the request's group (`group=$session_upstream`: chat_web for a handshake,
+    # chat_web_<worker> for a request of an open session) and not its query string (a private
+    # room's key must not be logged); an older log had the query string, and its sid.
+    rx = re.compile(r'\[([^\]]+)\] "(\S+) (\S+) [^"]*" (\d{3}) \d+ ([\d.]+) '
+                    r'upstream=(.*?)(?: group=(\S+))?$')
     for line in path.read_text(errors="replace").splitlines():
         m = rx.search(line)
-        if not m or not m.group(3).startswith("/socket.io/") or "sid=" in m.group(3):
+        if not m or not m.group(3).startswith("/socket.io/"):
             continue
+        if (m.group(7) or "").startswith("chat_web_") or "sid=" in m.group(3):
+            continue  # a request of an open session, not a new one
         # logged when the request ends (a WebSocket: when it closes); 1 s resolution
         t = dt.datetime.strptime(m.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp() + 0.5 \
             - float(m.group(5))
