@@ -184,3 +184,14 @@ async def test_a_browser_banned_while_waiting_is_told_and_never_matched(fresh_an
     k = keys_of(fresh_any)
     await wait_for(lambda: fresh_any.client.zscore(k.queue, p.user) is None, 10, "p dequeued")
     assert p.count("matched") == 0 and q.count("matched") == 0
+
+
+def test_an_ipv6_client_is_its_64_and_a_mapped_ipv4_is_the_ipv4():
+    from common.moderation import address_scope
+
+    assert address_scope("2001:db8:1:2::a") == address_scope("2001:db8:1:2:ffff::1") \
+        == "2001:db8:1:2::/64"
+    assert address_scope("2001:db8:1:3::a") != address_scope("2001:db8:1:2::a")
+    assert address_scope("::ffff:198.51.100.4") == address_scope("198.51.100.4") == "198.51.100.4"
+    assert address_scope("fe80::1%eth0") == "fe80::/64" and address_scope("unix") == "unix"
+    assert HASHER.identity(None, "2001:db8::1").addr == HASHER.identity(None, "2001:db8::2").addr

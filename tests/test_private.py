@@ -91,3 +91,29 @@ async def test_guessing_keys_is_throttled_per_user_and_per_address(fresh_any, pe
     assert refused(await other.call("private_join", {"key": key})) == "rate_limited"
     assert host.count("matched") == 0
     assert await guesser.call("typing", {"typing": False}) != {}  # the connection is healthy
+
+
+async def test_guesses_behind_nginx_are_counted_per_client_and_per_ipv6_64(make_stack, peers):
+    """Behind one proxy hop (TRUSTED_PROXIES=1), the address budget is the client's address as
+    nginx put it into X-Forwarded-For, never the forged part before it; an IPv6 client is its
+    /64 (any address of it is theirs to use), so a guesser moving inside it gains nothing."""
+    s = make_stack(workers=1, matchers=0, TRUSTED_PROXIES="1")
+    url = s.urls()[0]
+
+    def via(addr: str, forged: str = "") -> dict:
+        return {"headers": {"X-Forwarded-For": f"{forged}, {addr}" if forged else addr}}
+
+    host = await peers(url, "host", **via("2001:db8:aa:1::1"))
+    key = (await host.call("private_create"))["key"]
+    wrong = [c * PRIVATE_KEY_LEN for c in PRIVATE_KEY_ALPHABET if c * PRIVATE_KEY_LEN != key]
+    guesser = await peers(url, "guesser", **via("2001:db8:bad:1::1"))
+    for k in wrong[:10]:
+        assert refused(await guesser.call("private_join", {"key": k})) == "room_not_found"
+    # a new user, a new address of the same /64, a forged first hop: the same budget
+    moved = await peers(url, "moved", **via("2001:db8:bad:1:ffff::2", forged="192.0.2.1"))
+    assert refused(await moved.call("private_join", {"key": wrong[10]})) == "rate_limited"
+    # another subscriber (another /64, or an IPv4 client) is not held back by it
+    for name, addr in (("neighbour", "2001:db8:bad:2::1"), ("v4", "198.51.100.7")):
+        other = await peers(url, name, **via(addr))
+        assert refused(await other.call("private_join", {"key": wrong[10]})) == "room_not_found"
+    assert host.count("matched") == 0
