@@ -127,3 +127,48 @@ async def test_json_logs_of_a_chat_never_carry_its_text(peers):
     assert any("filter" in o["message"] for o in web)
     assert {o["process"] for o in seen["matcher1"]} == {"chat-matcher"}
     assert {o["process"] for o in seen["archiver1"]} == {"chat-archiver"}
+
+
+async def test_json_logs_never_carry_a_room_key_a_cookie_an_address_or_a_password(peers):
+    """Private rooms, a browser cookie, a client address behind one proxy hop and the admin's
+    sign-in, out and refusals, at INFO: none of their values in any line."""
+    import requests
+
+    addr, bid, password = "198.51.100.77", "5eed" * 8, f"pw-{uuid.uuid4().hex}"
+    s = Stack(workers=1, LOG_FORMAT="json", LOG_LEVEL="INFO", TRUSTED_PROXIES="1",
+              ADMIN_PASSWORD=password)
+    keys = []
+    try:
+        url = s.urls()[0]
+        headers = {"X-Forwarded-For": addr, "Cookie": f"bid={bid}"}
+        host = await peers(url, "host", headers=headers)
+        friend = await peers(url, "friend", headers=headers)
+        made = await host.call("private_create")
+        keys.append(made["key"])
+        wrong = "ABCDEFGH" if made["key"] != "ABCDEFGH" else "HGFEDCBA"
+        keys.append(wrong)
+        assert (await friend.call("private_join", {"key": wrong}))["ok"] is False
+        assert (await friend.call("private_join", {"key": made["key"]}))["ok"]
+        await host.next("matched")
+        http = requests.Session()
+        http.headers["X-Forwarded-For"] = addr
+        http.cookies.set("bid", bid)
+        assert http.get(f"{url}/?room={made['key']}", timeout=10).status_code == 200
+        page = http.get(f"{url}/admin/login", timeout=10).text
+        token = page.split('name="csrf_token"', 1)[1].split('value="', 1)[1].split('"', 1)[0]
+        for pw in ("wrong", password):
+            http.post(f"{url}/admin/login", data={"password": pw, "csrf_token": token},
+                      allow_redirects=False, timeout=10)
+        http.post(f"{url}/admin/logout", data={"csrf_token": "forged"}, timeout=10)
+    finally:
+        stop_all(s.procs())
+        s.redis.stop()
+
+    for p in s.procs():
+        out = p.output()
+        _lines(out)
+        for value in (*keys, bid, addr, password):
+            assert value not in out, f"{p.name} logged {value!r}:\n" + "\n".join(
+                ln for ln in out.splitlines() if value in ln)
+    web = s.procs()[0].output()
+    assert "signed in from address " in web and "wrong password from address " in web
