@@ -50,6 +50,9 @@ async def test_a_third_person_is_refused_and_the_key_ends_with_the_chat(fresh_an
     host, friend, key, room = await host_and_friend(fresh_any, peers)
     third = await peers(fresh_any.urls()[1], "third")
     assert refused(await third.call("private_join", {"key": key})) == "room_full"
+    # the same key typed in full width (an input method's) is the same key
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in key.lower())
+    assert refused(await third.call("private_join", {"key": wide})) == "room_full"
     assert third.count("matched") == 0
     assert await host.call("next") == {"ok": True}  # Next goes to the random queue
     assert (await friend.next("partner_left"))["reason"] == "next"

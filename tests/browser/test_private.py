@@ -35,6 +35,12 @@ async def test_a_friend_opens_the_link_and_they_chat(people):
     await third.page.locator("#private-key-input").fill(key.lower())
     await third.button("private_join").click()
     await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
+    # typed in full width (a Chinese input method's): the same key, the same answer
+    await third.page.locator("#private-error").evaluate("e => { e.textContent = '' }")
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in key)
+    await third.page.locator("#private-key-input").fill(wide)
+    await third.button("private_join").click()
+    await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
     await expect(third.page.locator("#start-view")).to_be_visible()
 
     # a reload resumes the same chat; Next then looks for a random stranger

@@ -13,9 +13,10 @@ import { enterWaiting } from './flow.js';
 
 const COPIED_MS = 2000;
 
-/** A key as typed or pasted (spaces dropped, any case), or null when it cannot be one. */
+/** A key as typed or pasted (spaces dropped, any case or width), or null when it cannot be one. */
 export function normalizeKey(raw) {
-  const key = String(raw ?? '').replace(/\s+/g, '').toUpperCase();
+  // NFKC: a key typed in full width (a Chinese or Japanese input method) is the same key
+  const key = String(raw ?? '').normalize('NFKC').replace(/\s+/g, '').toUpperCase();
   if (key.length !== KEY_LEN) return null;
   for (const c of key) if (!KEY_ALPHABET.includes(c)) return null;
   return key;
