@@ -120,3 +120,34 @@ async def test_guesses_behind_nginx_are_counted_per_client_and_per_ipv6_64(make_
         other = await peers(url, name, **via(addr))
         assert refused(await other.call("private_join", {"key": wrong[10]})) == "room_not_found"
     assert host.count("matched") == 0
+
+
+async def test_two_friends_joining_at_once_one_gets_in_and_the_host_leaving_meanwhile(
+        fresh_any, peers):
+    """Races: two friends send the key at the same moment: exactly one gets the room, the
+    other is told it is full; a host leaving while a friend joins: either the chat happened
+    (and the host's leave ends it for the friend) or the friend is told the key is gone."""
+    import asyncio
+
+    w1, w2 = fresh_any.urls()
+    host = await peers(w1, "host")
+    a, b = await peers(w1, "a"), await peers(w2, "b")
+    key = (await host.call("private_create"))["key"]
+    acks = await asyncio.gather(a.call("private_join", {"key": key}),
+                                b.call("private_join", {"key": key}))
+    assert sorted("ok" if ack["ok"] else refused(ack) for ack in acks) == ["ok", "room_full"], acks
+    winner = a if acks[0]["ok"] else b
+    assert (await winner.next("matched"))["room"] == (await host.next("matched"))["room"]
+    assert (a if winner is b else b).count("matched") == 0
+    await winner.call("leave")
+
+    key = (await host.call("private_create"))["key"]
+    friend = await peers(w2, "friend")
+    left, joined = await asyncio.gather(host.call("leave"),
+                                        friend.call("private_join", {"key": key}))
+    assert left == {"ok": True}
+    if joined["ok"]:
+        assert (await friend.next("partner_left"))["reason"] == "left"
+    else:
+        assert refused(joined) == "room_not_found"
+    assert not fresh_any.client.exists(fresh_any.home_key("private:" + key))
