@@ -52,15 +52,21 @@ def test_warnings_and_a_greenlets_uncaught_exception_are_json_lines_too():
         "warnings.warn('careful')\n"
         "def boom(secret): raise RuntimeError('kaput')\n"
         "gevent.spawn(boom, 'the-args-stay-out').join()\n"
+        "import threading\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker-thread'); t.start(); t.join()\n"
+        "raise LookupError('the end')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the uncaught exception still ends the process
     lines = _lines(done.stderr + done.stdout)
-    assert [o["logger"] for o in lines] == ["py.warnings", "gevent.hub"], lines
+    assert [o["logger"] for o in lines] == ["py.warnings", "gevent.hub", "uncaught",
+                                            "uncaught"], lines
     failed = lines[1]
     assert failed["level"] == "ERROR" and "RuntimeError: kaput" in failed["exc"]
     assert "the-args-stay-out" not in json.dumps(failed)
+    assert "ZeroDivisionError" in lines[2]["exc"] and "worker-thread" in lines[2]["message"]
+    assert lines[3]["level"] == "CRITICAL" and "LookupError: the end" in lines[3]["exc"]
 
 
 def _lines(output: str) -> list[dict]:
