@@ -25,8 +25,10 @@ set lookups per message (tests/test_textfilter.py prints the figure):
   order, whatever spaces or punctuation stand between them in the message ("buy, now").
 - Links (FILTER_LINKS=on): any http:// or https:// URL, anything starting with www., and any
   bare domain of a common top-level domain (example.com, foo.co.uk/x, ex。com); e-mail
-  addresses carry a domain and are refused too. A dot between two words of an unlisted ending
-  ("e.g", "Mr.Smith", "3.14") is not a link.
+  addresses carry a domain and are refused too; Cyrillic/Greek look-alike letters read as Latin
+  ("example.cоm"). A dot between two words of an unlisted ending ("e.g", "Mr.Smith", "3.14") is
+  not a link, nor is a domain spelled with spaces or words ("example . com", "example dot com"):
+  too close to ordinary text to refuse.
 """
 from __future__ import annotations
 
@@ -183,8 +185,8 @@ class TextFilter:
 
     @staticmethod
     def _has_link(norm: str) -> bool:
-        if not norm.isascii():
-            norm = _DOTS.sub(".", norm)
+        if not norm.isascii():  # other dots, and look-alike letters ("example.cоm")
+            norm = _DOTS.sub(".", norm).translate(_LOOKALIKE)
         # every link has "://" or a dot: most messages are passed by a few scans in C
         if ("://" in norm or "www." in norm) and SCHEME.search(norm):
             return True

@@ -76,6 +76,7 @@ def test_ordinary_text_with_marks_and_other_scripts_passes(text):
     "http://example.invalid", "see HTTPS://x.y/z", "www.example", "WWW.foo.bar",
     "example.com", "visit Example.COM/path?q=1", "foo.co.uk", "sub.domain.io", "my-site.xyz",
     "me@example.com", "加我微信abc.cn", "ｅｘａｍｐｌｅ．ｃｏｍ", "example。com", "a.b.c.net.",
+    "example.c\u043em", "ex\u0430mple.\u0441om", "example\ufe0f.com", "exa\u0301mple.com",
 ])
 def test_links_are_refused_when_links_are_on(text):
     assert LINKS_ONLY.check(text) == LINKS
@@ -85,6 +86,7 @@ def test_links_are_refused_when_links_are_on(text):
 @pytest.mark.parametrize("text", [
     "e.g. this", "i.e. that", "Mr.Smith", "3.14", "version 1.2.3", "ok.me too", "no.it is not",
     "the end.So what", "http", "www", "file.txt", "hello. com", "a..com", "dot.com-ish",
+    "Привет. Как дела?", "конец.Да", "Ελλάδα.Ναι",
 ])
 def test_text_with_dots_that_is_no_link_passes(text):
     assert LINKS_ONLY.check(text) is None
