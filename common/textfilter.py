@@ -16,7 +16,8 @@ set lookups per message (tests/test_textfilter.py prints the figure):
   symbols standing for letters ("b4d", "a$$") are not read as letters: too many ordinary words
   and numbers would be refused.
 - A word spelled out one letter at a time ("b a d", "b.a.d", "b-a-d") is read as the word, for
-  words of up to SPELLED_MAX letters: a run of one-letter words is also looked up joined.
+  words of up to SPELLED_MAX letters: a whole run of one-letter words is also looked up joined
+  (a whole run only: "U.S.B." is not "sb").
 - Words of spaced scripts match whole words only: "ass" refuses "ass" and "ASS!" but never
   "class" or "passage". A word is a run of letters, digits and `_` outside the scripts below.
 - Scripts written without spaces (Han, kana, Hangul, Thai, Lao, Khmer, Myanmar) have no word
@@ -155,7 +156,7 @@ class TextFilter:
         self.multi = {first: tuple((n, frozenset(rests)) for n, rests in sorted(by_len.items()))
                       for first, by_len in multi.items()}
         spelled = [t for t in single if 2 <= len(t) <= SPELLED_MAX]
-        self.spelled = tuple(sorted({len(t) for t in spelled}))
+        self.spelled = bool(spelled)
         # the letters those are made of (a token of one is a word of a spaced script, never Han)
         self.spelled_letters = frozenset("".join(spelled))
         self.multi_first = frozenset(multi)
@@ -214,25 +215,24 @@ class TextFilter:
                 for n, rests in self.multi.get(tok, ()):
                     if tuple(toks[i + 1:i + 1 + n]) in rests:
                         return True
-        return bool(self.spelled) and self._has_spelled(toks)
+        return self.spelled and self._has_spelled(toks)
 
     def _has_spelled(self, toks: list[str]) -> bool:
-        """A listed word spelled out letter by letter: inside each run of one-letter words (of
-        the letters listed words are made of), every stretch of a listed word's length, joined."""
+        """A listed word spelled out letter by letter: a whole run of one-letter words, joined.
+        Only a whole run: a stretch inside one would read "U.S.B." as "sb". A one-letter word
+        of a letter no listed word has (or one Han character) spoils its run."""
         run: list[str] = []
+        spoilt = False
         for tok in (*toks, ""):
-            if len(tok) == 1 and tok in self.spelled_letters:
-                run.append(tok)
+            if len(tok) == 1:
+                if tok in self.spelled_letters:
+                    run.append(tok)
+                else:
+                    spoilt = True
                 continue
-            if len(run) >= 2:
-                joined = "".join(run)
-                for n in self.spelled:
-                    if n > len(joined):
-                        break
-                    for i in range(len(joined) - n + 1):
-                        if joined[i:i + n] in self.single:
-                            return True
-            run = []
+            if not spoilt and 2 <= len(run) <= SPELLED_MAX and "".join(run) in self.single:
+                return True
+            run, spoilt = [], False
         return False
 
     # from the settings ---------------------------------------------------------------------------
