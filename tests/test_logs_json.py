@@ -178,3 +178,21 @@ async def test_json_logs_never_carry_a_room_key_a_cookie_an_address_or_a_passwor
                 ln for ln in out.splitlines() if value in ln)
     web = s.procs()[0].output()
     assert "signed in from address " in web and "wrong password from address " in web
+
+
+def test_a_web_worker_that_cannot_start_says_so_in_json_lines_only():
+    """A Redis Cluster that cannot be reached at start: the worker fails to boot and the
+    process ends, every line a JSON object (gunicorn printed the error once more, bare)."""
+    import os
+
+    from procs import PY, base_env, free_port
+
+    env = {**os.environ, **base_env("redis://127.0.0.1:1", LOG_FORMAT="json",
+                                    REDIS_CLUSTER_URL=f"redis://127.0.0.1:{free_port()}",
+                                    PORT=free_port(), WORKER_ID="w1")}
+    done = subprocess.run([PY, "-m", "web"], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    lines = _lines(done.stderr + done.stdout)
+    assert any(o["message"] == "the web app could not start" and "exc" in o for o in lines)
+    assert any("Worker failed to boot" in o["message"] for o in lines), lines
