@@ -71,6 +71,7 @@ _LOOKALIKE = str.maketrans({
     "ѕ": "s", "ԁ": "d", "һ": "h", "ԛ": "q", "ԝ": "w", "ӏ": "l", "к": "k",
     "α": "a", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
     "ı": "i", "ɑ": "a", "ɡ": "g"})
+_LOOKALIKE_CHARS = re.compile("[" + "".join(map(chr, _LOOKALIKE)) + "]")
 SPELLED_MAX = 16  # letters of a word spelled out one at a time that is still recognised
 # Dots that a link could be written with to slip past: NFKC keeps these as they are.
 _DOTS = re.compile("[\u3002\uff61\u2024]")
@@ -201,7 +202,7 @@ class TextFilter:
         toks = tokens(norm)
         if self._has_words(toks):
             return True
-        if not norm.isascii():  # look-alikes: the same words read in Latin
+        if not norm.isascii() and _LOOKALIKE_CHARS.search(norm):  # the words read in Latin
             latin = [lookalike(t) or t for t in toks]
             if latin != toks and self._has_words(latin):
                 return True
