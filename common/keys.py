@@ -38,7 +38,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:who:<user>`          | string | the keyed hashes (common/moderation.py) of the browser id and address of the user's last connection, joined by a bar (either may be empty); expires like `where` |
 | `{p}:block:<ident>`       | zset   | identities this one reported -> when the block ends (ms); `<ident>` is a browser hash, or `u:<user>` without a browser cookie; members are the reported one's browser hash and `u:<user>`; expires with its last entry |
 | `{p}:ban:<hash>`          | string | a banned browser or address hash -> when the ban ends (ms); expires then |
-| `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address (expires; a lockout) |
+| `{p}:admin:fail:<addr>`   | string | failed admin sign-ins from one client address, named by its keyed hash (expires; a lockout) |
 | `{p}:admin:session:<id>`  | string | a signed-in admin session -> its start (ms); deleted on logout |
 | `{p}:filtered:<day>`      | hash   | messages the word and link filter refused on one UTC day (YYYY-MM-DD): `words`, `links` -> count; expires FILTERED_DAYS after the day's first refusal (common/store.py) |
 
@@ -166,7 +166,7 @@ class Keys:
         return self.ban_prefix + digest
 
     def admin(self, name: str) -> str:
-        """Admin console state: `admin:fail:<address>` and `admin:session:<id>` (see above)."""
+        """Admin console state: `admin:fail:<address hash>` and `admin:session:<id>` (see above)."""
         return self._k("admin:" + name)
 
     # a chat's shard -----------------------------------------------------------------------------

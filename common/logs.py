@@ -157,6 +157,27 @@ def _hub_exceptions_as_records() -> None:
     hub.Hub.print_exception = print_exception
 
 
+def _uncaught_exceptions_as_records() -> None:
+    """An exception nothing caught (in the main thread: the process ends; in a thread) is
+    printed by Python as bare traceback lines: one record instead, with the traceback in it."""
+    uncaught = logging.getLogger("uncaught")
+
+    def excepthook(t, v, tb):
+        if issubclass(t, KeyboardInterrupt):
+            return sys.__excepthook__(t, v, tb)
+        uncaught.critical("uncaught %s: the process ends", t.__name__, exc_info=(t, v, tb))
+
+    def thread_excepthook(args):
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        uncaught.error("uncaught %s in %s", args.exc_type.__name__, name,
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "",
                   worker: str = "") -> None:
     """The root logger on stderr, in LOG_FORMAT `fmt` (text or json), with the client noise
@@ -167,6 +188,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", process: str = "",
     if fmt == "json":
         logging.captureWarnings(True)  # warnings.warn() as records, not bare stderr lines
         _hub_exceptions_as_records()
+        _uncaught_exceptions_as_records()
     noise = ClientNoiseFilter()
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_formatter)

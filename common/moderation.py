@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -55,6 +56,21 @@ def client_address(environ: dict, trusted_proxies: int) -> str:
     return str(environ.get("REMOTE_ADDR") or "")[:64]
 
 
+def address_scope(address: str) -> str:
+    """What of an address names one subscriber: an IPv4 address as it is, an IPv6 address's /64
+    (a home or phone gets a whole /64 and may use any address in it: per address, a guesser or
+    a banned visitor would get 2^64 fresh budgets); an IPv4-mapped IPv6 address is its IPv4."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return address  # not an IP (a unix socket's peer): as it is
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 @dataclass(frozen=True)
 class Identity:
     """A visitor's keyed hashes ('' when unknown: no cookie, no address)."""
@@ -88,7 +104,7 @@ class Hasher:
 
     def identity(self, browser_id: str | None, address: str | None) -> Identity:
         return Identity(self._digest("browser", browser_id) if browser_id else "",
-                        self._digest("addr", address) if address else "")
+                        self._digest("addr", address_scope(address)) if address else "")
 
     def of_environ(self, environ: dict, trusted_proxies: int) -> Identity:
         return self.identity(browser_id_of(environ), client_address(environ, trusted_proxies))

@@ -5,8 +5,19 @@ Built once at start-up (TextFilter.from_settings); a check is one tokenising reg
 set lookups per message (tests/test_textfilter.py prints the figure):
 
 - Text and terms are compared after NFKC (full-width letters, ligatures and circled forms become
-  plain ones) and casefold (ß = ss, Σ = σ), with invisible format characters (zero-width space,
-  soft hyphen, …) removed, so "ＢＡＤ", "Bad" and "b\u200bad" are all "bad".
+  plain ones) and casefold (ß = ss, Σ = σ), with every default-ignorable character (zero-width
+  space and joiners, soft hyphen, variation selectors, bidi controls, tag characters, Hangul
+  fillers, …) and the diacritics of Latin, Greek and Cyrillic letters removed, so "ＢＡＤ", "Bad",
+  "b\u200bad", "b\ufe0fad" and "bád" are all "bad" (kana's voicing marks and other scripts'
+  vowel signs are kept: they make another letter, not a decorated one).
+- Within reason, look-alikes: a word whose letters are all Latin or Cyrillic/Greek letters that
+  look Latin ("bаd" with a Cyrillic а, "рау") is also read in Latin; a word with any other
+  Cyrillic or Greek letter is left as it is (Russian and Greek text is not mangled). Digits and
+  symbols standing for letters ("b4d", "a$$") are not read as letters: too many ordinary words
+  and numbers would be refused.
+- A word spelled out one letter at a time ("b a d", "b.a.d", "b-a-d") is read as the word, for
+  words of up to SPELLED_MAX letters: a whole run of one-letter words is also looked up joined
+  (a whole run only: "U.S.B." is not "sb").
 - Words of spaced scripts match whole words only: "ass" refuses "ass" and "ASS!" but never
   "class" or "passage". A word is a run of letters, digits and `_` outside the scripts below.
 - Scripts written without spaces (Han, kana, Hangul, Thai, Lao, Khmer, Myanmar) have no word
@@ -15,8 +26,10 @@ set lookups per message (tests/test_textfilter.py prints the figure):
   order, whatever spaces or punctuation stand between them in the message ("buy, now").
 - Links (FILTER_LINKS=on): any http:// or https:// URL, anything starting with www., and any
   bare domain of a common top-level domain (example.com, foo.co.uk/x, ex。com); e-mail
-  addresses carry a domain and are refused too. A dot between two words of an unlisted ending
-  ("e.g", "Mr.Smith", "3.14") is not a link.
+  addresses carry a domain and are refused too; Cyrillic/Greek look-alike letters read as Latin
+  ("example.cоm"). A dot between two words of an unlisted ending ("e.g", "Mr.Smith", "3.14") is
+  not a link, nor is a domain spelled with spaces or words ("example . com", "example dot com"):
+  too close to ordinary text to refuse.
 """
 from __future__ import annotations
 
@@ -41,9 +54,25 @@ UNSPACED = ("\u0e00-\u0eff"  # Thai, Lao
             "\U00020000-\U0003134f")  # Han, extensions B-G
 # a word of a spaced script (\w without the unspaced scripts), or one unspaced character
 _TOKEN = re.compile(rf"[^\W{UNSPACED}]+|[{UNSPACED}]")
-# Invisible characters that would split a word without showing: soft hyphen, zero-width
-# space/joiners, direction marks, word joiner and invisible operators, BOM, Mongolian separator.
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+# Characters that would split a word without showing: Unicode's Default_Ignorable_Code_Point
+# (soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul fillers, Khmer inherent
+# vowels, Mongolian selectors, zero-width space/joiners, direction marks and embeddings, word
+# joiner and invisible operators, variation selectors, BOM, shorthand format controls, musical
+# formatting, tag characters), and the diacritical marks that Latin, Greek and Cyrillic letters
+# decompose into (NFKD): "bád" is "bad".
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                        "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff"
+                        "\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+                        "\U000e0000-\U000e0fff"
+                        "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+# Cyrillic and Greek letters (after casefold) that look like a Latin one, and Latin variants.
+_LOOKALIKE = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j",
+    "ѕ": "s", "ԁ": "d", "һ": "h", "ԛ": "q", "ԝ": "w", "ӏ": "l", "к": "k",
+    "α": "a", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "ı": "i", "ɑ": "a", "ɡ": "g"})
+_LOOKALIKE_CHARS = re.compile("[" + "".join(map(chr, _LOOKALIKE)) + "]")
+SPELLED_MAX = 16  # letters of a word spelled out one at a time that is still recognised
 # Dots that a link could be written with to slip past: NFKC keeps these as they are.
 _DOTS = re.compile("[\u3002\uff61\u2024]")
 
@@ -65,12 +94,25 @@ BARE_DOMAIN = re.compile(rf"\.(?:{'|'.join(TLDS)})(?![\w-])")
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefolded, invisible format characters removed: the form every check compares."""
+    """NFKC, casefolded, invisible characters and Latin/Greek/Cyrillic diacritics removed: the
+    form every check compares. NFC(NFKD(x)) is NFKC(x); the marks go in between."""
     if text.isascii():  # the common case: NFKC changes nothing
         return text.casefold()
-    if not unicodedata.is_normalized("NFKC", text):  # a quick check, in C; most text is
-        text = unicodedata.normalize("NFKC", text)
-    return _INVISIBLE.sub("", text).casefold()
+    if not unicodedata.is_normalized("NFKD", text):  # quick checks, in C: Han text passes
+        text = unicodedata.normalize("NFKD", text)
+    text = _INVISIBLE.sub("", text)
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    return text.casefold()
+
+
+def lookalike(tok: str) -> str | None:
+    """The Latin reading of a word written with Cyrillic or Greek look-alikes, or None when it
+    has none or has a letter that looks like no Latin one."""
+    if tok.isascii():
+        return None
+    latin = tok.translate(_LOOKALIKE)
+    return latin if latin != tok and latin.isascii() else None
 
 
 def tokens(norm: str) -> list[str]:
@@ -103,13 +145,21 @@ class TextFilter:
                 symbols.add(term)
             elif len(toks) == 1:
                 single.add(toks[0])
-            else:
-                multi.setdefault(toks[0], set()).add(tuple(toks[1:]))
-        self.size = len(single) + sum(map(len, multi.values())) + len(symbols)
+            else:  # first word -> {words after it: set of the rests of that length}
+                multi.setdefault(toks[0], {}).setdefault(len(toks) - 1, set()).add(
+                    tuple(toks[1:]))
+        self.size = (len(single) + sum(len(r) for m in multi.values() for r in m.values())
+                     + len(symbols))
         if self.size > MAX_TERMS:
             raise ValueError(f"more than {MAX_TERMS} terms")
         self.single = frozenset(single)
-        self.multi = {first: tuple(sorted(rests)) for first, rests in multi.items()}
+        # a check costs words x distinct lengths, never words x terms sharing a first word
+        self.multi = {first: tuple((n, frozenset(rests)) for n, rests in sorted(by_len.items()))
+                      for first, by_len in multi.items()}
+        spelled = [t for t in single if 2 <= len(t) <= SPELLED_MAX]
+        self.spelled = bool(spelled)
+        # the letters those are made of (a token of one is a word of a spaced script, never Han)
+        self.spelled_letters = frozenset("".join(spelled))
         self.multi_first = frozenset(multi)
         self.symbols = tuple(sorted(symbols))
         self.links = links
@@ -137,8 +187,8 @@ class TextFilter:
 
     @staticmethod
     def _has_link(norm: str) -> bool:
-        if not norm.isascii():
-            norm = _DOTS.sub(".", norm)
+        if not norm.isascii():  # other dots, and look-alike letters ("example.cоm")
+            norm = _DOTS.sub(".", norm).translate(_LOOKALIKE)
         # every link has "://" or a dot: most messages are passed by a few scans in C
         if ("://" in norm or "www." in norm) and SCHEME.search(norm):
             return True
@@ -150,14 +200,41 @@ class TextFilter:
 
     def _has_term(self, norm: str) -> bool:
         toks = tokens(norm)
+        if self._has_words(toks):
+            return True
+        if not norm.isascii() and _LOOKALIKE_CHARS.search(norm):  # the words read in Latin
+            latin = [lookalike(t) or t for t in toks]
+            if latin != toks and self._has_words(latin):
+                return True
+        return any(symbol in norm for symbol in self.symbols)
+
+    def _has_words(self, toks: list[str]) -> bool:
         if not self.single.isdisjoint(toks):
             return True
         if self.multi and not self.multi_first.isdisjoint(toks):
             for i, tok in enumerate(toks):
-                for rest in self.multi.get(tok, ()):
-                    if tuple(toks[i + 1:i + 1 + len(rest)]) == rest:
+                for n, rests in self.multi.get(tok, ()):
+                    if tuple(toks[i + 1:i + 1 + n]) in rests:
                         return True
-        return any(symbol in norm for symbol in self.symbols)
+        return self.spelled and self._has_spelled(toks)
+
+    def _has_spelled(self, toks: list[str]) -> bool:
+        """A listed word spelled out letter by letter: a whole run of one-letter words, joined.
+        Only a whole run: a stretch inside one would read "U.S.B." as "sb". A one-letter word
+        of a letter no listed word has (or one Han character) spoils its run."""
+        run: list[str] = []
+        spoilt = False
+        for tok in (*toks, ""):
+            if len(tok) == 1:
+                if tok in self.spelled_letters:
+                    run.append(tok)
+                else:
+                    spoilt = True
+                continue
+            if not spoilt and 2 <= len(run) <= SPELLED_MAX and "".join(run) in self.single:
+                return True
+            run, spoilt = [], False
+        return False
 
     # from the settings ---------------------------------------------------------------------------
     @staticmethod

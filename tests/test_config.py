@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import stat
@@ -183,6 +184,7 @@ def clean_env(tmp_path, **extra) -> dict:
 
 ENTRY_CASES = [
     ("web", {"PORT": "abc", "SECRET_KEY": SECRET}, "PORT"),
+    ("archiver", {"PORT": "abc", "SECRET_KEY": SECRET, "LOG_FORMAT": "json"}, "PORT"),
     ("matcher", {"PORT": "abc", "SECRET_KEY": SECRET}, "PORT"),
     ("web", {k: v for k, v in PROD.items() if k != "SECRET_KEY"}, "SECRET_KEY"),
     ("matcher", {k: v for k, v in PROD.items() if k != "SECRET_KEY"}, "SECRET_KEY"),
@@ -198,6 +200,9 @@ def test_entry_point_exits_2_with_one_clear_line(module, env, name, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert name in lines[0] and "configuration error" in lines[0], lines[0]
+    if env.get("LOG_FORMAT") == "json":  # the one line is a JSON object like every other
+        got = json.loads(lines[0])
+        assert got["level"] == "CRITICAL" and got["process"] == f"chat-{module}", got
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     for secret in ("redis-pw-XYZ", "db-pw-XYZ", SECRET):
         assert secret not in proc.stderr

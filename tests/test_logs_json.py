@@ -52,15 +52,21 @@ def test_warnings_and_a_greenlets_uncaught_exception_are_json_lines_too():
         "warnings.warn('careful')\n"
         "def boom(secret): raise RuntimeError('kaput')\n"
         "gevent.spawn(boom, 'the-args-stay-out').join()\n"
+        "import threading\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker-thread'); t.start(); t.join()\n"
+        "raise LookupError('the end')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the uncaught exception still ends the process
     lines = _lines(done.stderr + done.stdout)
-    assert [o["logger"] for o in lines] == ["py.warnings", "gevent.hub"], lines
+    assert [o["logger"] for o in lines] == ["py.warnings", "gevent.hub", "uncaught",
+                                            "uncaught"], lines
     failed = lines[1]
     assert failed["level"] == "ERROR" and "RuntimeError: kaput" in failed["exc"]
     assert "the-args-stay-out" not in json.dumps(failed)
+    assert "ZeroDivisionError" in lines[2]["exc"] and "worker-thread" in lines[2]["message"]
+    assert lines[3]["level"] == "CRITICAL" and "LookupError: the end" in lines[3]["exc"]
 
 
 def _lines(output: str) -> list[dict]:
@@ -127,3 +133,66 @@ async def test_json_logs_of_a_chat_never_carry_its_text(peers):
     assert any("filter" in o["message"] for o in web)
     assert {o["process"] for o in seen["matcher1"]} == {"chat-matcher"}
     assert {o["process"] for o in seen["archiver1"]} == {"chat-archiver"}
+
+
+async def test_json_logs_never_carry_a_room_key_a_cookie_an_address_or_a_password(peers):
+    """Private rooms, a browser cookie, a client address behind one proxy hop and the admin's
+    sign-in, out and refusals, at INFO: none of their values in any line."""
+    import requests
+
+    addr, bid, password = "198.51.100.77", "5eed" * 8, f"pw-{uuid.uuid4().hex}"
+    s = Stack(workers=1, LOG_FORMAT="json", LOG_LEVEL="INFO", TRUSTED_PROXIES="1",
+              ADMIN_PASSWORD=password)
+    keys = []
+    try:
+        url = s.urls()[0]
+        headers = {"X-Forwarded-For": addr, "Cookie": f"bid={bid}"}
+        host = await peers(url, "host", headers=headers)
+        friend = await peers(url, "friend", headers=headers)
+        made = await host.call("private_create")
+        keys.append(made["key"])
+        wrong = "ABCDEFGH" if made["key"] != "ABCDEFGH" else "HGFEDCBA"
+        keys.append(wrong)
+        assert (await friend.call("private_join", {"key": wrong}))["ok"] is False
+        assert (await friend.call("private_join", {"key": made["key"]}))["ok"]
+        await host.next("matched")
+        http = requests.Session()
+        http.headers["X-Forwarded-For"] = addr
+        http.cookies.set("bid", bid)
+        assert http.get(f"{url}/?room={made['key']}", timeout=10).status_code == 200
+        page = http.get(f"{url}/admin/login", timeout=10).text
+        token = page.split('name="csrf_token"', 1)[1].split('value="', 1)[1].split('"', 1)[0]
+        for pw in ("wrong", password):
+            http.post(f"{url}/admin/login", data={"password": pw, "csrf_token": token},
+                      allow_redirects=False, timeout=10)
+        http.post(f"{url}/admin/logout", data={"csrf_token": "forged"}, timeout=10)
+    finally:
+        stop_all(s.procs())
+        s.redis.stop()
+
+    for p in s.procs():
+        out = p.output()
+        _lines(out)
+        for value in (*keys, bid, addr, password):
+            assert value not in out, f"{p.name} logged {value!r}:\n" + "\n".join(
+                ln for ln in out.splitlines() if value in ln)
+    web = s.procs()[0].output()
+    assert "signed in from address " in web and "wrong password from address " in web
+
+
+def test_a_web_worker_that_cannot_start_says_so_in_json_lines_only():
+    """A Redis Cluster that cannot be reached at start: the worker fails to boot and the
+    process ends, every line a JSON object (gunicorn printed the error once more, bare)."""
+    import os
+
+    from procs import PY, base_env, free_port
+
+    env = {**os.environ, **base_env("redis://127.0.0.1:1", LOG_FORMAT="json",
+                                    REDIS_CLUSTER_URL=f"redis://127.0.0.1:{free_port()}",
+                                    PORT=free_port(), WORKER_ID="w1")}
+    done = subprocess.run([PY, "-m", "web"], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    lines = _lines(done.stderr + done.stdout)
+    assert any(o["message"] == "the web app could not start" and "exc" in o for o in lines)
+    assert any("Worker failed to boot" in o["message"] for o in lines), lines

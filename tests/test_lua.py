@@ -1174,6 +1174,19 @@ def test_private_join_refuses_unknown_expired_and_own_keys_alike(on):
     assert on.r.hlen(on.k.partner) == 0
 
 
+def test_private_join_ends_the_key_of_a_host_banned_since(on):
+    from common.moderation import Bans, Identity
+
+    key = made_key(on)
+    on.connected("b")
+    on.r.set(on.k.who("a"), Identity("browser-a", "addr-a").packed())
+    Bans(on.r, on.k).ban(Identity(addr="addr-a"), on.now() + 60_000)  # the host's address
+    assert on.store.private_join("b", key, "addr-b") == ("room_not_found", "")
+    assert not on.r.exists(on.k.private(key)) and on.r.hlen(on.k.hosts) == 0
+    assert on.r.hlen(on.k.partner) == 0
+    assert not on.r.exists(on.k.guess("u:b"))  # the right key of a banned host costs nothing
+
+
 def test_private_join_throttles_wrong_keys_per_user_and_per_address(on):
     burst = on.store.s.private_guess_burst
     on.connected("b", "c")

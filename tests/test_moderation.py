@@ -172,6 +172,26 @@ async def test_a_browser_banned_while_connected_is_refused_at_join(fresh_any, br
     assert (await p.call("leave")) == {"ok": True}
 
 
+async def test_a_banned_browser_can_neither_make_join_nor_host_a_private_room(fresh_any, browsers):
+    """A ban reaches the private rooms too: a banned connection (banned after it connected)
+    cannot make a room or join one, and the room it made before is closed to its friend."""
+    cookie, h = browser()
+    p = await browsers("p", cookie)
+    friend = await browsers("friend", browser()[0], worker=1)
+    made = await p.call("private_create")
+    assert made["ok"], made
+    until = int(time.time() * 1000) + 60_000
+    Bans(fresh_any.client, keys_of(fresh_any)).ban(Identity(browser=h), until)
+    joined = await friend.call("private_join", {"key": made["key"]})
+    assert joined["ok"] is False and joined["error"]["code"] == "room_not_found", joined
+    assert await p.call("private_create") == {"ok": False, "error": ev.banned(until)}
+    theirs = await friend.call("private_create")
+    assert await p.call("private_join", {"key": theirs["key"]}) == {
+        "ok": False, "error": ev.banned(until)}
+    assert p.count("matched") == friend.count("matched") == 0
+    assert (await p.call("leave")) == {"ok": True}  # the connection stays healthy
+
+
 async def test_a_browser_banned_while_waiting_is_told_and_never_matched(fresh_any, browsers):
     cookie, h = browser()
     p = await browsers("p", cookie)
@@ -184,3 +204,14 @@ async def test_a_browser_banned_while_waiting_is_told_and_never_matched(fresh_an
     k = keys_of(fresh_any)
     await wait_for(lambda: fresh_any.client.zscore(k.queue, p.user) is None, 10, "p dequeued")
     assert p.count("matched") == 0 and q.count("matched") == 0
+
+
+def test_an_ipv6_client_is_its_64_and_a_mapped_ipv4_is_the_ipv4():
+    from common.moderation import address_scope
+
+    assert address_scope("2001:db8:1:2::a") == address_scope("2001:db8:1:2:ffff::1") \
+        == "2001:db8:1:2::/64"
+    assert address_scope("2001:db8:1:3::a") != address_scope("2001:db8:1:2::a")
+    assert address_scope("::ffff:198.51.100.4") == address_scope("198.51.100.4") == "198.51.100.4"
+    assert address_scope("fe80::1%eth0") == "fe80::/64" and address_scope("unix") == "unix"
+    assert HASHER.identity(None, "2001:db8::1").addr == HASHER.identity(None, "2001:db8::2").addr

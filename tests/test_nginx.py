@@ -488,3 +488,21 @@ async def test_polling_chatter_keeps_its_session_while_its_worker_refuses_newcom
     finally:
         await close_all([chatter, *others])
         s.stop()
+
+
+def test_nginx_access_log_keeps_no_room_key_and_no_client_address(stack):
+    """A private room's link `/?room=KEY` opened through nginx: its access line says that the
+    page was served, without the key (the query string) and without the client's address."""
+    key = "QZ7XW3KP"
+    status, _ = _get(f"{stack.url}/?room={key}")
+    assert status == 200
+    log = stack.nginx_dir / "logs" / "access.log"
+
+    def page_line():  # the log is written in buffers flushed every second
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [ln for ln in lines if '"GET / HTTP/1.1" 200' in ln]
+
+    lines = wait_until(page_line, 15, "the page's line in nginx's access log")
+    text = log.read_text()
+    assert key not in text and "room=" not in text, lines
+    assert not any(ln.startswith("127.0.0.1") for ln in text.splitlines()), lines

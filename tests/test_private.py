@@ -50,6 +50,9 @@ async def test_a_third_person_is_refused_and_the_key_ends_with_the_chat(fresh_an
     host, friend, key, room = await host_and_friend(fresh_any, peers)
     third = await peers(fresh_any.urls()[1], "third")
     assert refused(await third.call("private_join", {"key": key})) == "room_full"
+    # the same key typed in full width (an input method's) is the same key
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in key.lower())
+    assert refused(await third.call("private_join", {"key": wide})) == "room_full"
     assert third.count("matched") == 0
     assert await host.call("next") == {"ok": True}  # Next goes to the random queue
     assert (await friend.next("partner_left"))["reason"] == "next"
@@ -91,3 +94,60 @@ async def test_guessing_keys_is_throttled_per_user_and_per_address(fresh_any, pe
     assert refused(await other.call("private_join", {"key": key})) == "rate_limited"
     assert host.count("matched") == 0
     assert await guesser.call("typing", {"typing": False}) != {}  # the connection is healthy
+
+
+async def test_guesses_behind_nginx_are_counted_per_client_and_per_ipv6_64(make_stack, peers):
+    """Behind one proxy hop (TRUSTED_PROXIES=1), the address budget is the client's address as
+    nginx put it into X-Forwarded-For, never the forged part before it; an IPv6 client is its
+    /64 (any address of it is theirs to use), so a guesser moving inside it gains nothing."""
+    s = make_stack(workers=1, matchers=0, TRUSTED_PROXIES="1")
+    url = s.urls()[0]
+
+    def via(addr: str, forged: str = "") -> dict:
+        return {"headers": {"X-Forwarded-For": f"{forged}, {addr}" if forged else addr}}
+
+    host = await peers(url, "host", **via("2001:db8:aa:1::1"))
+    key = (await host.call("private_create"))["key"]
+    wrong = [c * PRIVATE_KEY_LEN for c in PRIVATE_KEY_ALPHABET if c * PRIVATE_KEY_LEN != key]
+    guesser = await peers(url, "guesser", **via("2001:db8:bad:1::1"))
+    for k in wrong[:10]:
+        assert refused(await guesser.call("private_join", {"key": k})) == "room_not_found"
+    # a new user, a new address of the same /64, a forged first hop: the same budget
+    moved = await peers(url, "moved", **via("2001:db8:bad:1:ffff::2", forged="192.0.2.1"))
+    assert refused(await moved.call("private_join", {"key": wrong[10]})) == "rate_limited"
+    # another subscriber (another /64, or an IPv4 client) is not held back by it
+    for name, addr in (("neighbour", "2001:db8:bad:2::1"), ("v4", "198.51.100.7")):
+        other = await peers(url, name, **via(addr))
+        assert refused(await other.call("private_join", {"key": wrong[10]})) == "room_not_found"
+    assert host.count("matched") == 0
+
+
+async def test_two_friends_joining_at_once_one_gets_in_and_the_host_leaving_meanwhile(
+        fresh_any, peers):
+    """Races: two friends send the key at the same moment: exactly one gets the room, the
+    other is told it is full; a host leaving while a friend joins: either the chat happened
+    (and the host's leave ends it for the friend) or the friend is told the key is gone."""
+    import asyncio
+
+    w1, w2 = fresh_any.urls()
+    host = await peers(w1, "host")
+    a, b = await peers(w1, "a"), await peers(w2, "b")
+    key = (await host.call("private_create"))["key"]
+    acks = await asyncio.gather(a.call("private_join", {"key": key}),
+                                b.call("private_join", {"key": key}))
+    assert sorted("ok" if ack["ok"] else refused(ack) for ack in acks) == ["ok", "room_full"], acks
+    winner = a if acks[0]["ok"] else b
+    assert (await winner.next("matched"))["room"] == (await host.next("matched"))["room"]
+    assert (a if winner is b else b).count("matched") == 0
+    await winner.call("leave")
+
+    key = (await host.call("private_create"))["key"]
+    friend = await peers(w2, "friend")
+    left, joined = await asyncio.gather(host.call("leave"),
+                                        friend.call("private_join", {"key": key}))
+    assert left == {"ok": True}
+    if joined["ok"]:
+        assert (await friend.next("partner_left"))["reason"] == "left"
+    else:
+        assert refused(joined) == "room_not_found"
+    assert not fresh_any.client.exists(fresh_any.home_key("private:" + key))

@@ -50,9 +50,40 @@ def test_a_term_inside_another_word_or_a_near_miss_passes(text):
 
 
 @pytest.mark.parametrize("text", [
+    # invisible characters of every kind inside the word (Default_Ignorable_Code_Point)
+    "a\ufe0fss", "a\U000e0073ss", "a\u034fss", "a\u061css", "a\u202ess", "a\u3164ss",
+    "a\uffa0ss", "a\u180bss", "a\U0001d173ss", "a\u2066ss",
+    "ａ\ufe0fｓｓ",  # full width and a variation selector
+    "áss", "a\u0301ss", "ÁSS", "ȁs̈s",  # Latin diacritics, composed or not
+    "\u0430ss", "a\u0455\u0455", "\u03b1ss",  # Cyrillic and Greek look-alikes
+    "a s s", "A.S.S", "a-s-s!", "so a s s then",  # spelled out letter by letter
+    "bu\u0443 n\u043ew",  # look-alikes in a term of two words
+])
+def test_invisible_marks_lookalikes_and_spelling_out_do_not_hide_a_term(text):
+    assert F.check(text) == WORDS
+
+
+@pytest.mark.parametrize("text", [
+    "a b c", "I saw a cat", "Plan A: s", "e.g. s a", "U.S.A.", "café crème", "naïve",
+    "Россия", "сор", "Ελλάδα", "ĉu vi", "這是一個測試", "がくせい", "ばが",
+    "a\u0301", "1 2 3 s",
+])
+def test_ordinary_text_with_marks_and_other_scripts_passes(text):
+    assert F.check(text) is None
+
+
+def test_a_short_term_spelled_out_is_refused_but_not_inside_an_abbreviation():
+    f = TextFilter(["sb", "fuck"])
+    assert f.check("s b") == WORDS and f.check("F U C K") == WORDS and f.check("f.u.c.k") == WORDS
+    for text in ("a U.S.B. cable", "x s b", "s b c", "P.S. b", "s b 2"):
+        assert f.check(text) is None, text
+
+
+@pytest.mark.parametrize("text", [
     "http://example.invalid", "see HTTPS://x.y/z", "www.example", "WWW.foo.bar",
     "example.com", "visit Example.COM/path?q=1", "foo.co.uk", "sub.domain.io", "my-site.xyz",
     "me@example.com", "加我微信abc.cn", "ｅｘａｍｐｌｅ．ｃｏｍ", "example。com", "a.b.c.net.",
+    "example.c\u043em", "ex\u0430mple.\u0441om", "example\ufe0f.com", "exa\u0301mple.com",
 ])
 def test_links_are_refused_when_links_are_on(text):
     assert LINKS_ONLY.check(text) == LINKS
@@ -62,6 +93,7 @@ def test_links_are_refused_when_links_are_on(text):
 @pytest.mark.parametrize("text", [
     "e.g. this", "i.e. that", "Mr.Smith", "3.14", "version 1.2.3", "ok.me too", "no.it is not",
     "the end.So what", "http", "www", "file.txt", "hello. com", "a..com", "dot.com-ish",
+    "Привет. Как дела?", "конец.Да", "Ελλάδα.Ναι",
 ])
 def test_text_with_dots_that_is_no_link_passes(text):
     assert LINKS_ONLY.check(text) is None
@@ -123,10 +155,18 @@ def test_cost_per_message_is_small(capsys):
     for text in texts:
         assert f.check(text) is None
     n = 2000
-    for text in texts:
+    # the worst a client can send: every word the first of 5,000 listed two-word terms, a
+    # 500-letter spelling-out run against terms of every length, look-alikes everywhere
+    worst = TextFilter([f"buy thing{i}" for i in range(5000)] + ["z" + "q" * n for n in range(1, 16)])
+    worst_texts = ["buy " * 125, "q " * 250, "\u0430 \u0455 " * 125, "a\u0301" * 250,
+                   "\ufdfa" * 499 + "\u0430"]  # NFKD makes U+FDFA 18 characters
+    for text in worst_texts:
+        assert worst.check(text) is None
+    for f, text in [*((f, t) for t in texts), *((worst, t) for t in worst_texts)]:
         t0 = time.perf_counter()
         for _ in range(n):
             f.check(text)
         per = (time.perf_counter() - t0) / n
         with capsys.disabled():
-            print(f"\nfilter check, {len(text)} chars, 5501 terms + links: {per * 1e6:.1f} µs")
+            print(f"\nfilter check, {len(text)} chars {text[:6]!r}…, {f.describe()}: "
+                  f"{per * 1e6:.1f} µs")

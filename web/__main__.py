@@ -55,10 +55,20 @@ class WebServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        from gunicorn.arbiter import Arbiter
+
         from web.app import create_app
 
+        try:
+            app = create_app(self.settings)
+        except Exception:
+            # gunicorn would log this and then print the exception's text to stderr as a bare
+            # line (not LOG_FORMAT=json); logged here once, the worker then fails to boot as
+            # it would have (the master stops: "Worker failed to boot").
+            log.exception("the web app could not start")
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
         # Body limits in front of every route; the wrapper keeps `.extensions` reachable.
-        return guard.wrap(create_app(self.settings), self.settings)
+        return guard.wrap(app, self.settings)
 
 
 # The collector's thresholds. With the defaults (700, 10, 10) a worker holding 1000 chatting

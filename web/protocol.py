@@ -5,6 +5,7 @@ message, where a few isinstance() calls cost less than building a model object.
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from common.limits import (MAX_ID_LEN, MAX_INTEREST_LEN, MAX_INTERESTS, MAX_REPORT_LEN,
@@ -105,14 +106,14 @@ def parse_report(data: Any) -> str:
 
 def parse_private_join(data: Any) -> str:
     """The room key of `private_join {key}`, upper-cased: exactly PRIVATE_KEY_LEN characters of
-    the key alphabet (a key someone typed in lower case is the same key). Surrounding spaces
-    (a paste) are dropped."""
+    the key alphabet (a key someone typed in lower case, or in full width with a Chinese or
+    Japanese input method, is the same key). Surrounding spaces (a paste) are dropped."""
     if not isinstance(data, dict):
         raise Refused("bad_payload")
     key = data.get("key")
     if not isinstance(key, str) or len(key) > 4 * PRIVATE_KEY_LEN:
         raise Refused("bad_payload")
-    key = key.strip().upper()
+    key = unicodedata.normalize("NFKC", key).strip().upper()  # an IME's full-width ＡＢ２ too
     if len(key) != PRIVATE_KEY_LEN or any(c not in PRIVATE_KEY_ALPHABET for c in key):
         raise Refused("bad_payload")
     return key

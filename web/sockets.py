@@ -258,13 +258,20 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             log.warning("disconnect of %s: redis unavailable (%s); retrying", user, exc)
             socketio.start_background_task(disconnect_until_done, user, sid, conns.draining)
 
-    @handler(ev.JOIN)
-    def on_join(sid, user, data):
-        interests = parse_join(data)
+    def ban_of(sid: str):
+        """A failed ack for a connection banned since it connected (refused at connect, it
+        could still ask for a chat: random, or private with a friend), else None."""
         until = bans.until(idents.get(sid, Identity()))
         if until:
             metrics.REFUSALS.labels("banned").inc()
             return {"ok": False, "error": ev.banned(until)}
+        return None
+
+    @handler(ev.JOIN)
+    def on_join(sid, user, data):
+        interests = parse_join(data)
+        if banned := ban_of(sid):
+            return banned
         state, online = store.join(user, interests)
         if state == "chatting":
             raise Refused("already_chatting")
@@ -320,6 +327,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.PRIVATE_CREATE)
     def on_private_create(sid, user, data):
         parse_empty(data)
+        if banned := ban_of(sid):
+            return banned
         state, key, expires = store.private_create(user, new_key)
         if state == "chatting":
             raise Refused("already_chatting")
@@ -328,6 +337,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.PRIVATE_JOIN)
     def on_private_join(sid, user, data):
         key = parse_private_join(data)
+        if banned := ban_of(sid):
+            return banned
         # the address's keyed hash, made at connect (common/moderation.py); guesses from
         # behind one address share its budget
         addr = idents.get(sid, Identity()).addr or "unknown"

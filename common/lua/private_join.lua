@@ -5,7 +5,8 @@
 -- Guessing is throttled: every attempt needs a token in both buckets (the user's and their
 -- address's), and a key that leads nowhere costs one from each. Unknown, expired, used-up and
 -- the user's own keys all answer 'room_not_found', so a guesser learns nothing from the code;
--- a key whose room is open already answers 'room_full' (a third person).
+-- a key whose room is open already answers 'room_full' (a third person). The key of a host
+-- banned since they made it (lib/moderation.lua) ends: 'room_not_found'.
 -- Returns {'ok', room, intent JSON} or {code}: 'already_chatting', 'rate_limited',
 -- 'room_not_found', 'room_full'.
 -- KEYS (all in the home slot):
@@ -43,6 +44,10 @@ if host and used then
   return {'room_full'}
 end
 local deadline = host and tonumber(redis.call('ZSCORE', alive, host))
+if host and host ~= user and banned_until(who_of(host), now) > 0 then
+  drop_private(hosts, host)  -- banned since they made it (another tab, the address): it ends
+  return {'room_not_found'}
+end
 if not host or host == user or not deadline or deadline <= now
     or redis.call('HEXISTS', partner_key, host) == 1 then
   if host ~= user then  -- a wrong key costs; the host's own key (a reload of the link) not

@@ -210,7 +210,7 @@ class Opener:
 
     async def open(self, url: str, lang: str = "en", *, wait_online: bool = True, prepare=None,
                    path: str = "", **options) -> Stranger:
-        """`path`: after the page's "/", e.g. "?room=KEY" (a link someone shared)."""
+        """`path`: after the page's "/", e.g. "#room=KEY" (a link someone shared)."""
         opts = {**DESKTOP, "locale": {"en": "en-US"}.get(lang, lang), **options}
         context = await self.browser.new_context(**opts)
         page = await context.new_page()

@@ -18,9 +18,10 @@ async def test_a_friend_opens_the_link_and_they_chat(people):
     await expect(host.page.locator("#private-key")).to_have_text(KEY)
     key = await host.page.locator("#private-key").text_content()
     link = await host.page.locator("#private-link").input_value()
-    assert link.endswith("/?room=" + key), link
+    # the key after '#': a fragment is never sent, so no server, proxy or log sees it
+    assert link.endswith("/#room=" + key), link
 
-    friend = await people(worker=1, path="?room=" + key)
+    friend = await people(worker=1, path="#room=" + key)
     await expect(friend.notice("notice_matched_private")).to_be_visible()
     await expect(host.notice("notice_matched_private")).to_be_visible()
     await expect(host.page.locator("#private-share")).to_be_hidden()
@@ -30,9 +31,19 @@ async def test_a_friend_opens_the_link_and_they_chat(people):
     await friend.send("hi, it's me")
     await host.sees("hi, it's me")
 
-    # a third person with the key is told the room is full
-    third = await people(worker=0)
+    # a third person with the key is told the room is full: by a link of the first form
+    # (/?room=KEY, still understood), and typing it
+    third = await people(worker=0, path="?room=" + key)
+    await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
+    assert "room=" not in third.page.url
+    await third.page.locator("#private-error").evaluate("e => { e.textContent = '' }")
     await third.page.locator("#private-key-input").fill(key.lower())
+    await third.button("private_join").click()
+    await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
+    # typed in full width (a Chinese input method's): the same key, the same answer
+    await third.page.locator("#private-error").evaluate("e => { e.textContent = '' }")
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in key)
+    await third.page.locator("#private-key-input").fill(wide)
     await third.button("private_join").click()
     await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
     await expect(third.page.locator("#start-view")).to_be_visible()
@@ -56,3 +67,16 @@ async def test_a_mistyped_or_unknown_key_says_so_on_the_start_card(people):
     await guest.button("private_join").click()
     await expect(guest.page.locator("#private-error")).to_have_text(guest.t("error_room_not_found"))
     await expect(guest.page.locator("#start-view")).to_be_visible()
+
+
+async def test_a_link_opened_in_a_tab_already_on_the_page_joins(people):
+    """Only the fragment changes (no reload): the page still takes the key and joins."""
+    host = await people(worker=0)
+    await host.button("private_create").click()
+    await expect(host.page.locator("#private-key")).to_have_text(KEY)
+    key = await host.page.locator("#private-key").text_content()
+    friend = await people(worker=1)
+    await friend.page.evaluate("k => { window.location.hash = 'room=' + k }", key)
+    await expect(friend.notice("notice_matched_private")).to_be_visible()
+    await expect(host.notice("notice_matched_private")).to_be_visible()
+    assert "room=" not in friend.page.url

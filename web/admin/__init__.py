@@ -55,7 +55,7 @@ def init_app(app: Flask, settings: config.Settings) -> None:
     )
     csrf.init_app(app)
     app.extensions["admin"] = {"settings": settings, "store": store,
-                               "guard": Guard(store.r, store.k), "engine": None,
+                               "guard": Guard(store.r, store.k, settings.secret_key), "engine": None,
                                "series_cache": {}, "static_version": _static_version(app),
                                "product": _product_name()}
     app.register_blueprint(bp)

@@ -2,8 +2,10 @@
 sign-in lockout.
 
 Five wrong passwords from one address lock it out for 15 minutes (web/admin/auth.py); the count
-is a Redis string per address, `{<REDIS_PREFIX>}:admin:fail:<address>` (common/keys.py). This
-deletes those strings, of the ADDRESSes given or of every address, and says what it deleted.
+is a Redis string per address, `{<REDIS_PREFIX>}:admin:fail:<address hash>` (common/keys.py: the
+keyed hash with SECRET_KEY, so this needs the workers' SECRET_KEY). This deletes those strings, of
+the ADDRESSes given or of every address (named then by the start of their hash, the address
+itself being kept nowhere), and says what it deleted.
 
 Whom it is for: a developer who mistyped the password five times (development), and an operator
 with shell access to a machine or pod that has the deployment's environment (production: it
@@ -49,17 +51,20 @@ def unlock(addresses: list[str]) -> int:
 
     from .auth import FAIL_LIMIT, Guard
 
-    guard = Guard(connect(settings), keys_of(settings))
+    guard = Guard(connect(settings), keys_of(settings), settings.secret_key)
     where = settings.redis_cluster_url or settings.redis_url
     try:
         counted = guard.failures()
-        targets = addresses or sorted(counted)
+        # addresses are counted by their keyed hash only: one given is named as given, the
+        # others by the start of their hash
+        targets = ([(a, guard.tag(a)) for a in addresses] if addresses
+                   else [(f"address {t[:12]}", t) for t in sorted(counted)])
         if not targets:
             print(f"no address has failed sign-ins (Redis {where}): nothing to unlock")
             return 0
-        for who in targets:
-            count, ttl = counted.get(who, (0, 0))
-            if not guard.unlock(who):
+        for who, tag in targets:
+            count, ttl = counted.get(tag, (0, 0))
+            if not guard.unlock(tag):
                 print(f"{who}: no failed sign-ins, not locked out")
             elif count >= FAIL_LIMIT:
                 print(f"{who}: unlocked ({count} failed sign-ins; the lockout had "

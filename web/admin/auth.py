@@ -6,7 +6,9 @@ web worker through Redis.
 - Lockout: FAIL_LIMIT wrong passwords from one client address within FAIL_WINDOW lock that
   address out for LOCK_SECONDS from the last of them; while locked, even the right password is
   refused. The count is one Redis string per address (SET NX EX + INCR in one MULTI), so it holds
-  across workers and restarts of a worker. `python -m web.admin unlock [ADDRESS ...]` (make
+  across workers and restarts of a worker; the address is named there by its keyed hash
+  (common/moderation.py: never in clear; an IPv6 client is its /64, so moving inside it does
+  not buy more guesses). `python -m web.admin unlock [ADDRESS ...]` (make
   admin-unlock) deletes those strings: the way out for a developer who locked themself out, and
   for an operator with shell access (web/admin/__main__.py).
 - Sessions: the signed Flask cookie carries only a random session id; the id lives in Redis with
@@ -22,6 +24,7 @@ import time
 import redis
 
 from common.keys import Keys
+from common.moderation import Hasher
 
 FAIL_LIMIT = 5
 FAIL_WINDOW = 15 * 60
@@ -37,13 +40,21 @@ def password_ok(given: str | None, expected: str | None) -> bool:
 
 
 class Guard:
-    def __init__(self, client: redis.Redis, keys: Keys):
+    def __init__(self, client: redis.Redis, keys: Keys, secret_key: str):
         self.r = client
         self.k = keys
+        self._hasher = Hasher(secret_key)
 
     # lockout -----------------------------------------------------------------------------------
+    def tag(self, address: str) -> str:
+        """The keyed hash a client address is counted under."""
+        return self._hasher.identity(None, address or "unknown").addr
+
     def _fail_key(self, who: str) -> str:
-        return self.k.admin("fail:" + who)
+        return self._tag_key(self.tag(who))
+
+    def _tag_key(self, tag: str) -> str:
+        return self.k.admin("fail:" + tag)
 
     def locked_for(self, who: str) -> int:
         """Seconds this address stays locked out, 0 when it may try."""
@@ -71,8 +82,8 @@ class Guard:
         self.r.delete(self._fail_key(who))
 
     def failures(self) -> dict[str, tuple[int, int]]:
-        """Every address with failed sign-ins counted: address -> (count, seconds left)."""
-        prefix = self._fail_key("")
+        """Every address with failed sign-ins counted: its tag -> (count, seconds left)."""
+        prefix = self._tag_key("")
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
         found = {}
         for key in self.r.scan_iter(match=pattern, count=500):
@@ -84,10 +95,10 @@ class Guard:
                 found[key[len(prefix):]] = (int(count), max(int(ttl), 0))
         return found
 
-    def unlock(self, who: str) -> bool:
-        """Forget the failed sign-ins of one address (lifting its lockout); False: there were
-        none."""
-        return bool(self.r.delete(self._fail_key(who)))
+    def unlock(self, tag: str) -> bool:
+        """Forget the failed sign-ins of one address, by its tag (lifting its lockout); False:
+        there were none."""
+        return bool(self.r.delete(self._tag_key(tag)))
 
     # sessions ----------------------------------------------------------------------------------
     def _session_key(self, sid: str) -> str:

@@ -22,6 +22,7 @@ from wtforms import HiddenField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from common.limits import ROOM_KINDS
+from common.moderation import Hasher
 from common.textfilter import REASONS
 
 from . import export, queries
@@ -64,6 +65,12 @@ def _engine():
 
 def _client_address() -> str:
     return request.remote_addr or "unknown"
+
+
+def _client_tag() -> str:
+    """The client's address as a log line names it: its keyed hash, cut short (an address is
+    never logged in clear; the same address gives the same tag, so lines can be followed)."""
+    return "address " + Hasher(_settings().secret_key).identity(None, _client_address()).addr[:12]
 
 
 MAX_NEXT = 2000  # longer is not a console URL anyone typed
@@ -124,7 +131,7 @@ def _template_globals():
 
 @bp.errorhandler(CSRFError)
 def _csrf_error(exc: CSRFError):
-    log.info("refused a POST to %s from %s: %s", request.path, _client_address(),
+    log.info("refused a POST to %s from %s: %s", request.path, _client_tag(),
              exc.description)
     return render_template("admin/error.html", title="Form expired or invalid",
                            message="The form could not be verified (missing or invalid security "
@@ -167,7 +174,7 @@ def login():
     who = _client_address()
     locked = guard.locked_for(who)
     if locked:
-        log.warning("sign-in refused from %s: locked out for %ss", who, locked)
+        log.warning("sign-in refused from %s: locked out for %ss", _client_tag(), locked)
         return _locked(form, locked)
     if not form.validate():
         return render_template("admin/login.html", form=form, error="Enter the password."), 400
@@ -176,10 +183,10 @@ def login():
         target = _safe_next(form.next.data)
         session.clear()
         session["admin_sid"] = guard.start_session()
-        log.info("signed in from %s", who)
+        log.info("signed in from %s", _client_tag())
         return redirect(target)
     count = guard.failed(who)
-    log.warning("wrong password from %s (%d of %d)", who, count, FAIL_LIMIT)
+    log.warning("wrong password from %s (%d of %d)", _client_tag(), count, FAIL_LIMIT)
     if count >= FAIL_LIMIT:
         return _locked(form, LOCK_SECONDS)
     return render_template("admin/login.html", form=form, error="Wrong password."), 401
@@ -199,7 +206,7 @@ def _locked(form: LoginForm, seconds: int):
 def logout():
     _guard().end_session(session.get("admin_sid"))
     session.clear()
-    log.info("signed out from %s", _client_address())
+    log.info("signed out from %s", _client_tag())
     flash("You are signed out.")
     return redirect(url_for("admin.login"))
 
@@ -374,7 +381,7 @@ def _export(fmt: str):
         stream = export.json_stream(_engine(), kind, flt, g.zone)
         content_type = "application/json; charset=utf-8"
     log.info("export of %s as %s (%s) to %s", kind, fmt,
-             "everything" if flt.empty else "a filter", _client_address())
+             "everything" if flt.empty else "a filter", _client_tag())
     # content_type, not mimetype: werkzeug appends "; charset=utf-8" to a text/* mimetype, and
     # "text/csv; charset=utf-8" became "text/csv; charset=utf-8; charset=utf-8"
     resp = Response(stream, content_type=content_type, direct_passthrough=True)

@@ -1,6 +1,6 @@
 /* private.js — private rooms: "Private chat" makes a key (private_create) and waits for the
  * friend in the waiting state with the key and its link on screen; a key typed on the start
- * card, or a link /?room=KEY opened, joins (private_join). The chat that follows is the same
+ * card, or a link /#room=KEY opened, joins (private_join). The chat that follows is the same
  * chat (its `matched` comes like any other); after it, Next looks for a random stranger as
  * usual. The key's alphabet and length come from the server (ui.js, common/limits.py). */
 import { chat, IDLE, ENDED } from './state.js';
@@ -13,9 +13,10 @@ import { enterWaiting } from './flow.js';
 
 const COPIED_MS = 2000;
 
-/** A key as typed or pasted (spaces dropped, any case), or null when it cannot be one. */
+/** A key as typed or pasted (spaces dropped, any case or width), or null when it cannot be one. */
 export function normalizeKey(raw) {
-  const key = String(raw ?? '').replace(/\s+/g, '').toUpperCase();
+  // NFKC: a key typed in full width (a Chinese or Japanese input method) is the same key
+  const key = String(raw ?? '').normalize('NFKC').replace(/\s+/g, '').toUpperCase();
   if (key.length !== KEY_LEN) return null;
   for (const c of key) if (!KEY_ALPHABET.includes(c)) return null;
   return key;
@@ -62,15 +63,21 @@ export function joinRoom(raw) {
   });
 }
 
-/** A link /?room=KEY opened: its key waits for the connection (hello), and the address bar
- * loses it at once, so a reload does not join again and the key is not left in the history. */
+/** A link /#room=KEY opened (or /?room=KEY, the first links' form; the fragment is never sent
+ * to the server, so no log sees the key): its key waits for the connection (hello), and the
+ * address bar loses it at once, so a reload does not join again and the key is not left in the
+ * history. */
 export function takeRoomFromUrl() {
   const params = new URLSearchParams(window.location.search);
-  if (!params.has('room')) return;
-  flags.pendingRoom = params.get('room');
+  const fragment = new URLSearchParams(window.location.hash.replace(/^#/, ''));
+  if (!params.has('room') && !fragment.has('room')) return;
+  flags.pendingRoom = fragment.has('room') ? fragment.get('room') : params.get('room');
   params.delete('room');
+  fragment.delete('room');
   const rest = params.toString();
-  window.history.replaceState(null, '', window.location.pathname + (rest ? `?${rest}` : '') + window.location.hash);
+  const restHash = fragment.toString();
+  window.history.replaceState(null, '', window.location.pathname + (rest ? `?${rest}` : '') +
+    (restHash ? `#${restHash}` : ''));
 }
 
 /** After hello: join the room of the link opened, unless a resumed chat is on screen. */
@@ -97,6 +104,11 @@ function copyLink() {
 }
 
 export function bindPrivate() {
+  // a /#room=KEY link opened in a tab already showing the page changes only the fragment
+  window.addEventListener('hashchange', () => {
+    takeRoomFromUrl();
+    if (flags.pendingRoom !== null && isOnline()) joinPendingRoom();
+  });
   ui.privateCreateBtn.addEventListener('click', createRoom);
   ui.privateForm.addEventListener('submit', (event) => {
     event.preventDefault();

@@ -53,7 +53,8 @@ function renderPrivate() {
   ui.privateShare.hidden = key === null;
   if (key === null) return;
   ui.privateKey.textContent = key;
-  ui.privateLink.value = `${window.location.origin}/?room=${encodeURIComponent(key)}`;
+  // the key after '#': a fragment never leaves the browser (no server, proxy or log sees it)
+  ui.privateLink.value = `${window.location.origin}/#room=${encodeURIComponent(key)}`;
 }
 
 // ---------------------------------------------------------------- the waiting line
