@@ -506,3 +506,27 @@ def test_nginx_access_log_keeps_no_room_key_and_no_client_address(stack):
     text = log.read_text()
     assert key not in text and "room=" not in text, lines
     assert not any(ln.startswith("127.0.0.1") for ln in text.splitlines()), lines
+
+
+def test_nginx_access_log_tells_new_sessions_from_open_ones_without_their_sid(stack):
+    """With no query string in the log, `group=` says what the sid said: a handshake went to
+    chat_web, a request of the open session to its worker's own group (loadtests/overload.py
+    counts new sessions by it); the sid itself is not logged."""
+    status, body = _get(f"{stack.url}/socket.io/?EIO=4&transport=polling")
+    assert status == 200, body
+    sid = json.loads(body[1:])["sid"]
+    status, _ = _get(f"{stack.url}/socket.io/?EIO=4&transport=polling&sid={sid}", data=b"1")
+    assert status == 200
+    log = stack.nginx_dir / "logs" / "access.log"
+
+    def io_lines():
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [ln for ln in lines if '"POST /socket.io/ ' in ln or '"GET /socket.io/ ' in ln]
+
+    lines = wait_until(lambda: len(io_lines()) >= 2 and io_lines(), 15, "both lines")
+    worker = sid.split(".")[0]
+    assert any(ln.startswith("[") and '"GET /socket.io/ ' in ln and ln.endswith(" group=chat_web")
+               for ln in lines), lines
+    assert any('"POST /socket.io/ ' in ln and ln.endswith(f" group=chat_web_{worker}")
+               for ln in lines), lines
+    assert sid not in log.read_text()
