@@ -18,10 +18,9 @@ async def test_a_friend_opens_the_link_and_they_chat(people):
     await expect(host.page.locator("#private-key")).to_have_text(KEY)
     key = await host.page.locator("#private-key").text_content()
     link = await host.page.locator("#private-link").input_value()
-    # the key after '#': a fragment is never sent, so no server, proxy or log sees it
-    assert link.endswith("/#room=" + key), link
+    assert link.endswith("/?room=" + key), link
 
-    friend = await people(worker=1, path="#room=" + key)
+    friend = await people(worker=1, path="?room=" + key)
     await expect(friend.notice("notice_matched_private")).to_be_visible()
     await expect(host.notice("notice_matched_private")).to_be_visible()
     await expect(host.page.locator("#private-share")).to_be_hidden()
@@ -31,9 +30,9 @@ async def test_a_friend_opens_the_link_and_they_chat(people):
     await friend.send("hi, it's me")
     await host.sees("hi, it's me")
 
-    # a third person with the key is told the room is full: by a link of the first form
-    # (/?room=KEY, still understood), and typing it
-    third = await people(worker=0, path="?room=" + key)
+    # a third person with the key is told the room is full: by a link with the key in the
+    # fragment (/#room=KEY, never sent to a server), and typing it
+    third = await people(worker=0, path="#room=" + key)
     await expect(third.page.locator("#private-error")).to_have_text(third.t("error_room_full"))
     assert "room=" not in third.page.url
     await third.page.locator("#private-error").evaluate("e => { e.textContent = '' }")

@@ -14,7 +14,7 @@ export const flags = {
   replaced: false,        // another tab took this chat over: stay off until "Use here"
   drainUntil: 0,          // the worker asked us to move: until then, a quiet reconnect is under way
   drainTries: 0,          // immediate retries spent on that move
-  pendingRoom: null,      // the key of a /#room=KEY link, joined once connected
+  pendingRoom: null,      // the key of a /?room=KEY link, joined once connected
   netOffline: navigator.onLine === false,  // the browser says there is no network
   bannedUntil: 0,         // banned (ms since the epoch): the banned view, no connection, no start
 };

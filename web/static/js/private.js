@@ -1,8 +1,8 @@
 /* private.js — private rooms: "Private chat" makes a key (private_create) and waits for the
  * friend in the waiting state with the key and its link on screen; a key typed on the start
- * card, or a link /#room=KEY opened, joins (private_join). The chat that follows is the same
- * chat (its `matched` comes like any other); after it, Next looks for a random stranger as
- * usual. The key's alphabet and length come from the server (ui.js, common/limits.py). */
+ * card, or a link /?room=KEY (or /#room=KEY) opened, joins (private_join). The chat that
+ * follows is the same chat (its `matched` comes like any other); after it, Next looks for a
+ * random stranger as usual. The key's alphabet and length come from the server (ui.js, common/limits.py). */
 import { chat, IDLE, ENDED } from './state.js';
 import { flags } from './flags.js';
 import { ui, KEY_ALPHABET, KEY_LEN } from './ui.js';
@@ -63,10 +63,9 @@ export function joinRoom(raw) {
   });
 }
 
-/** A link /#room=KEY opened (or /?room=KEY, the first links' form; the fragment is never sent
- * to the server, so no log sees the key): its key waits for the connection (hello), and the
- * address bar loses it at once, so a reload does not join again and the key is not left in the
- * history. */
+/** A link /?room=KEY opened (or /#room=KEY: a fragment is never sent to the server): its key
+ * waits for the connection (hello), and the address bar loses it at once, so a reload does not
+ * join again and the key is not left in the history. */
 export function takeRoomFromUrl() {
   const params = new URLSearchParams(window.location.search);
   const fragment = new URLSearchParams(window.location.hash.replace(/^#/, ''));

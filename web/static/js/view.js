@@ -53,8 +53,10 @@ function renderPrivate() {
   ui.privateShare.hidden = key === null;
   if (key === null) return;
   ui.privateKey.textContent = key;
-  // the key after '#': a fragment never leaves the browser (no server, proxy or log sees it)
-  ui.privateLink.value = `${window.location.origin}/#room=${encodeURIComponent(key)}`;
+  // the link's form people expect (/?room=KEY); nginx logs no query string, and the page
+  // takes the key out of its address bar at once. /#room=KEY (a fragment, never sent to a
+  // server) joins as well, for whoever prefers to share it so.
+  ui.privateLink.value = `${window.location.origin}/?room=${encodeURIComponent(key)}`;
 }
 
 // ---------------------------------------------------------------- the waiting line
