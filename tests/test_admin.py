@@ -393,7 +393,7 @@ def test_a_locked_out_address_is_unlocked_from_the_shell(site):
     post_login(client("127.0.0.5"), base, "typo")
     out = unlock()
     assert re.search(r"^address [0-9a-f]{12}: forgot 1 failed sign-in \(not locked out yet\)$",
-                     out, re.M) and "127.0.0.5" not in out, out
+                     out, re.MULTILINE) and "127.0.0.5" not in out, out
     assert site.redis.client.keys("*admin:fail:*") == []
     assert unlock() == f"no address has failed sign-ins (Redis {site.redis.url}): nothing to unlock\n"
 
