@@ -43,7 +43,9 @@ class Matcher(Daemon):
     def __init__(self, settings: Settings):
         super().__init__()
         self.s = settings
-        self.store = Store(redis_connect(settings), settings)
+        # connected in step(): a cluster client fails at once while no node answers, and Redis
+        # may come up after the matcher (the loop retries with its back-off)
+        self.store: Store | None = None
         self._next_stats = 0.0
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host)
@@ -54,6 +56,8 @@ class Matcher(Daemon):
     def step(self) -> None:
         """One pass: pair until the queue is done, reap, and now and then broadcast the counts."""
         began = time.perf_counter()
+        if self.store is None:
+            self.store = Store(redis_connect(self.s), self.s)
         while True:
             made = self.store.match(on_pair=self._observe_wait)
             MATCHES.inc(made)

@@ -5,7 +5,7 @@ import asyncio
 from collections import Counter
 
 from peer import Peer, pair
-from procs import MatcherProc
+from procs import MatcherProc, base_env, free_port, wait_until
 
 
 async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_stack, backend):
@@ -65,3 +65,19 @@ async def test_matcher_stops_cleanly_on_sigterm(make_stack):
     assert "matcher stopped" in s.matchers[0].output()
     await a.close()
     await b.close()
+
+
+def test_matcher_started_before_its_redis_cluster_waits_for_it():
+    """A Redis Cluster that does not answer yet (a deployment's start-up order): the matcher
+    retries with its back-off, as the archiver does, instead of exiting at its start; SIGTERM
+    still stops it with 0."""
+    nowhere = f"redis://127.0.0.1:{free_port()}"
+    m = MatcherProc(base_env(nowhere, REDIS_CLUSTER_URL=nowhere))
+    try:
+        wait_until(lambda: "redis unavailable" in m.output() or not m.alive(), 20,
+                   "the matcher to say the cluster is unavailable")
+        assert m.alive(), m.output()
+        assert "retrying in" in m.output()
+        assert m.stop(timeout=10) == 0, m.output()
+    finally:
+        m.stop()
