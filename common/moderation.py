@@ -121,10 +121,23 @@ class Bans:
         """When the latest ban on this browser or address ends (ms), 0 when there is none."""
         if not ident.hashes:
             return 0
-        values = self.r.mget([self.k.ban(h) for h in ident.hashes])
+        return self._latest(self.r.mget([self.k.ban(h) for h in ident.hashes]))
+
+    @staticmethod
+    def _latest(values) -> int:
         now = int(time.time() * 1000)
         ends = [int(v) for v in values if v and v.isdigit() and int(v) > now]
         return max(ends, default=0)
+
+    def admit(self, user: str, ident: Identity, ttl: int) -> int:
+        """At connect, in one round trip: store who `user` is for moderation (`who:<user>`,
+        which match.lua, reports and the history read) and return `until` of their browser and
+        address. (A banned visitor's entry is refused with them and expires unread.)"""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.k.who(user), ident.packed(), ex=ttl)
+        for h in ident.hashes:
+            pipe.get(self.k.ban(h))
+        return self._latest(pipe.execute()[1:])
 
     def ban(self, ident: Identity, until_ms: int) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -140,7 +153,3 @@ class Bans:
         for h in ident.hashes:
             pipe.delete(self.k.ban(h))
         return sum(pipe.execute())
-
-    def remember(self, user: str, ident: Identity, ttl: int) -> None:
-        """Who `user` is for moderation (match.lua, reports and the history read it)."""
-        self.r.set(self.k.who(user), ident.packed(), ex=ttl)

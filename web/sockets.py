@@ -203,20 +203,19 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             raise sio_errors.ConnectionRefusedError(ev.ERRORS["rate_limited"],
                                                     ev.error("rate_limited"))
         ident = hasher.of_environ(environ, settings.trusted_proxies)
-        try:
-            until = bans.until(ident)
+        user = known or tokens.new_user()
+        try:  # who they are, before presence (match.lua reads it), and any ban: one round trip
+            until = bans.admit(user, ident, WHERE_TTL)
         except RedisError:
             until = 0  # store.connect below meets the same outage and says so
         if until:
             metrics.REFUSALS.labels("banned").inc()
             raise sio_errors.ConnectionRefusedError(ev.ERRORS["banned"], ev.banned(until))
-        user = known or tokens.new_user()
         idents[sid] = ident
         conns.add(sid, user)
         server.enter_room(sid, user_room(user), namespace="/")
         code = None  # an error to tell after the hello, which always comes, once
         try:
-            bans.remember(user, ident, WHERE_TTL)  # before presence: match.lua reads it
             # presence, and the takeover of this user's older connections (one live tab)
             online, replaced = store.connect(user, sid, settings.worker_id)
             if replaced:
