@@ -67,6 +67,8 @@ class MessageResult:
     seq: int
     ts: int
     room: str
+    partner: str = ""  # with ok: who it is for
+    here: bool = False  # with ok: the caller delivers it (message.lua); nothing was published
 
 
 class Store:
@@ -175,18 +177,30 @@ class Store:
         """The user's chat now (the home slot's pointer), or None."""
         return self.r.hget(self.k.room, user)
 
-    def message(self, user: str, msg_id: str, text: str, room: str | None = None) -> MessageResult:
+    def message(self, user: str, msg_id: str, text: str, room: str | None = None,
+                here: tuple[str, int] | None = None) -> MessageResult:
         """Store a message and emit it to the partner, in one atomic step in the chat's shard.
-        `room`: the caller's idea of the user's chat (else the home slot is asked)."""
+        `room`: the caller's idea of the user's chat (else the home slot is asked). `here`:
+        (the partner the caller expects, the highest seq its worker delivered to them in this
+        room) when the caller can deliver to them itself (message.lua says whether it must)."""
         room = room or self.room_of(user)
         if not room:
             return MessageResult("not_chatting", 0, 0, "")
         k = self.k
+        expect, delivered = here or ("", 0)
         res = self._run(
             "message", [k.chat(room), k.dedupe(room, user), k.sent(room), k.history_of(k.room_tag(room))],
             [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
-             HISTORY_MAXLEN, room])
-        return MessageResult(res[0], int(res[1]), int(res[2]), res[3])
+             HISTORY_MAXLEN, room, self.s.worker_id if here else "", expect, delivered])
+        return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4], bool(res[5]))
+
+    def publish_to_sid(self, room: str, sid: str, event: str, data: dict) -> None:
+        """To connection `sid` of this worker, on the channel of `room`'s shard: after every
+        event that shard's scripts published to this worker before."""
+        body = json.dumps({"method": "emit", "event": event, "data": [data], "namespace": "/",
+                           "room": sid}, ensure_ascii=False)
+        publish = self.r.spublish if self.s.redis_cluster_url else self.r.publish
+        publish(self.k.room_tag(room) + WORKER_CHANNEL_INFIX + self.s.worker_id, body)
 
     def typing(self, user: str, typing: bool, room: str | None = None) -> bool:
         """Tell the partner; False when the user is not chatting (in `room`, if given)."""

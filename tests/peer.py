@@ -27,6 +27,7 @@ class Peer:
             # drops cookies for an IP address (127.0.0.1), which a browser keeps
             self.sio.eio.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.events: dict[str, list] = defaultdict(list)
+        self.order: list[tuple[str, object]] = []  # every event as it came, in order
         self._taken: dict[str, int] = defaultdict(int)
         self._changed = asyncio.Event()
         self.token: str | None = None
@@ -36,6 +37,7 @@ class Peer:
         @self.sio.on("*")
         async def record(event, data=None):
             self.events[event].append(data)
+            self.order.append((event, data))
             if event == "hello":
                 self.token, self.user, self.worker = data["token"], data["user"], data["worker"]
             self._changed.set()

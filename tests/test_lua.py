@@ -314,6 +314,34 @@ def test_message_is_emitted_to_the_partner_in_the_same_step(store, r, emitted):
     }]
 
 
+def test_message_is_left_to_the_callers_worker_only_when_nothing_can_overtake_it(store, r, emitted):
+    """`here`: the caller's worker delivers the message itself only when the partner's one
+    route is that worker, the partner is the one it expected, and it has delivered everything
+    published to them (`pub:<partner>` <= delivered); else it is published as always."""
+    room = pair_up(store, r, "a", "b")
+    me = store.s.worker_id
+    r.hset(K.chat(room), "route:b", json.dumps([me]))
+    emitted()  # drop the pairing's
+
+    def send(i, here):
+        m = store.message("a", f"a{i}", f"text {i}", room, here=here)
+        assert (m.status, m.seq, m.partner) == ("ok", i, "b")
+        return m.here, [e["data"][0]["seq"] for e in emitted() if e["event"] == "message"]
+
+    assert send(1, ("b", 0)) == (True, [])  # left to the caller: nothing published
+    assert send(2, None) == (False, [2])  # a caller that cannot: published, as before
+    assert send(3, ("b", 1)) == (False, [3])  # 2 was published and not delivered yet
+    assert send(4, ("b", 3)) == (True, [])  # everything published was delivered
+    assert send(5, ("c", 3)) == (False, [5])  # not the partner it expected
+    r.hset(K.chat(room), "route:b", json.dumps([me, "w9"]))  # b on two workers: both get it
+    assert send(6, ("b", 5)) == (False, [6, 6])
+    r.hset(K.chat(room), "route:b", json.dumps(["w9"]))
+    assert send(7, ("b", 6)) == (False, [7])
+    # stored and numbered the same either way: resume and history see every one
+    assert [json.loads(x)["seq"] for x in r.lrange(K.sent(room), 0, -1)] == list(range(1, 8))
+    assert [h["seq"] for h in history(r, "message")] == [str(i) for i in range(1, 8)]
+
+
 def test_a_resent_id_is_a_dup_with_the_first_seq_and_ts(store, r):
     room = pair_up(store, r, "a", "b")
     first = store.message("a", "m1", "hello")

@@ -37,6 +37,9 @@ log = logging.getLogger("web.listener")
 # not take all of its Redis pool at once; failed ones are retried after RETRY_FIRST … RETRY_MAX
 # (the subscriber's own back-off).
 REPLAY_CONCURRENCY = 8
+# Events after which a connection knows its chat: from then on a message of that chat may reach
+# it by the same worker's own hand (Listener.ready), and `partner_left` ends that.
+OPENING_EVENTS = frozenset((ev.MATCHED, ev.RESUMED, ev.PARTNER_LEFT))
 # Keys of the `seen` map beyond the local connections that trigger a pruning pass.
 SEEN_SLACK = 1024
 # A broadcast (`stats`, to every connection of the worker) goes out this many connections at a
@@ -83,8 +86,12 @@ class ChatQueue(socketio.PubSubManager):
     def _handle_emit(self, message):
         if message.get("room") is None and message.get("callback") is None:
             return self._broadcast(message)
-        if self.listener is not None and message.get("event") == ev.MESSAGE:
-            self.listener.track(message)
+        if self.listener is not None:
+            event = message.get("event")
+            if event == ev.MESSAGE:
+                self.listener.track(message)
+            elif event in OPENING_EVENTS:
+                self.listener.note_opening(message)
         return super()._handle_emit(message)
 
     def _broadcast(self, message) -> None:
@@ -129,6 +136,9 @@ class Listener:
         self.worker_channels = frozenset(self.manager.worker_channels)
         # sid -> (room, highest seq of a partner `message` this worker delivered to it)
         self.seen: dict[str, tuple[str, int]] = {}
+        # sid -> the room it has been sent `matched` or `resumed` (chatting) of, through the
+        # queue: everything published to it before that has reached it
+        self.opened: dict[str, str] = {}
         self.confirmed: dict[str, int] = {}  # worker channel -> SUBSCRIBE confirmations seen
         self.replays = 0  # snapshots sent after a gap
         self._wake = Event()
@@ -136,18 +146,25 @@ class Listener:
         self._unfinished: dict[str, str] = {}  # sid -> user not yet sent its snapshot
 
     def track(self, message: dict) -> None:
-        """Remember the partner message's seq for each local connection of its user."""
+        """Remember the partner message's seq for each local connection of its user (or for
+        the one connection it was sent to)."""
         try:
             to = message["room"]
             data = message["data"][0]
             room, seq = data["room"], data["seq"]
         except (KeyError, IndexError, TypeError):
             return
-        if not isinstance(to, str) or not to.startswith(USER_ROOM_PREFIX):
+        if not isinstance(to, str):
             return
+        self.delivered(self.sids_of(to), room, seq)
+
+    def sids_of(self, to: str) -> list[str]:
+        """The local connections of a user room (`u:<user>`) or of one sid."""
         sids = self.manager.rooms.get("/", {}).get(to)
-        if not sids:
-            return  # nobody of that user here
+        return list(sids) if sids else []
+
+    def delivered(self, sids, room: str, seq: int) -> None:
+        """These connections were sent the partner's message `seq` of `room`."""
         # Per connection, not per user: a user's new connection has been sent nothing yet, and
         # its own resume may be the snapshot that fell into a gap.
         seen = self.seen
@@ -156,8 +173,57 @@ class Listener:
             if prev is None or prev[0] != room or prev[1] < seq:
                 seen[sid] = (room, seq)
         if len(seen) > 2 * len(self.conns) + SEEN_SLACK:
-            local = {sid for sid, _ in self.conns.items()}
-            self.seen = {sid: v for sid, v in seen.items() if sid in local}
+            self._prune()
+
+    def _prune(self) -> None:
+        local = {sid for sid, _ in self.conns.items()}
+        self.seen = {sid: v for sid, v in self.seen.items() if sid in local}
+        self.opened = {sid: v for sid, v in self.opened.items() if sid in local}
+
+    def note_opening(self, message: dict) -> None:
+        """`matched`/`resumed` tell connections their chat (and a snapshot what they have of
+        it); `partner_left` that it is over."""
+        try:
+            to, data = message["room"], message["data"][0]
+            room = data.get("room")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return
+        if not isinstance(to, str):
+            return
+        sids = self.sids_of(to)
+        event = message.get("event")
+        for sid in sids:
+            if event == ev.PARTNER_LEFT or not isinstance(room, str) or (
+                    event == ev.RESUMED and data.get("state") != "chatting"):
+                self.opened.pop(sid, None)
+            else:
+                self.opened[sid] = room
+        if event == ev.RESUMED and isinstance(room, str):
+            got = [m.get("seq", 0) for m in data.get("history") or ()
+                   if isinstance(m, dict) and not m.get("mine")]
+            if got:
+                self.delivered(sids, room, max(got))
+        if len(self.opened) > 2 * len(self.conns) + SEEN_SLACK:
+            self._prune()
+
+    def ready(self, user: str, room: str) -> tuple[list[str], int] | None:
+        """`user`'s connections here, and the highest seq of `room` all of them were sent,
+        when each of them has been told it is in `room` (else None: a message for them must go
+        through the queue, behind whatever is still on its way to them)."""
+        sids = self.sids_of(USER_ROOM_PREFIX + user)
+        if not sids:
+            return None
+        low = None
+        for sid in sids:
+            if self.opened.get(sid) != room:
+                return None
+            seen = self.seen.get(sid)
+            got = seen[1] if seen is not None and seen[0] == room else 0
+            low = got if low is None else min(low, got)
+        return sids, low
+
+    def forget(self, sid: str) -> None:
+        self.opened.pop(sid, None)
 
     def subscribed(self, channel: str) -> None:
         """Redis confirmed a subscription: what is published on it from now on reaches us."""

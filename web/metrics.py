@@ -31,6 +31,11 @@ MESSAGES = Counter(
     "chat_messages",
     "Chat messages accepted by this worker: stored, numbered and published to the partner by "
     "message.lua (a resend of an id already stored is not counted again)")
+MESSAGES_HERE = Counter(
+    "chat_messages_here",
+    "Of chat_messages, those this worker delivered to the partner itself, without the queue: "
+    "the partner's connections were on this worker and had been sent everything published "
+    "to them (message.lua)")
 REFUSALS = Counter(
     "chat_refusals",
     "Client events this worker refused (a failed ack or an `error` event), by the refusal's "

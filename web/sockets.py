@@ -94,6 +94,46 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     hasher = Hasher(settings.secret_key)
     bans = Bans(store.r, store.k)
     idents: dict[str, Identity] = {}
+    # sid -> (room, partner) as message.lua last named them: whom to look for on this worker
+    partners: dict[str, tuple[str, str]] = {}
+
+    def listener():
+        return server.manager.listener  # installed after the handlers (web/listener.py)
+
+    def partner_here(sid: str, room: str):
+        """(partner, their connections here, the highest seq of `room` all were sent) when the
+        partner's connections are all on this worker and know they are in `room`, else None."""
+        known = partners.get(sid)
+        if known is None or known[0] != room or listener().opened.get(sid) != room:
+            return None
+        ready = listener().ready(known[1], room)
+        return None if ready is None else (known[1], *ready)
+
+    def message_here(sid: str, user: str, msg_id: str, text: str, room: str):
+        """store.message, delivered by this worker itself when message.lua says it may: the
+        partner's connections were here and had been sent all that was published to them, so
+        this emit cannot overtake anything. A connection of theirs that arrived during the
+        call has not been told its chat yet: it gets the message through the queue, after its
+        `resumed` (a snapshot taken after this message holds it; one before, not)."""
+        here = partner_here(sid, room)
+        res = store.message(user, msg_id, text, room, here=here[::2] if here else None)
+        if res.status != "ok":
+            return res
+        partners[sid] = (res.room, res.partner)
+        if res.here:
+            payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts,
+                       "seq": res.seq}
+            told = set(here[1])
+            sent = []
+            for to in listener().sids_of(user_room(res.partner)):
+                if to in told:
+                    send_self(to, ev.MESSAGE, payload)
+                    sent.append(to)
+                else:
+                    store.publish_to_sid(res.room, to, ev.MESSAGE, payload)
+            listener().delivered(sent, res.room, res.seq)
+            metrics.MESSAGES_HERE.inc()
+        return res
 
     def in_chat(sid: str, user: str, step, done):
         """`step(room)` in the user's chat; None when they are not chatting."""
@@ -247,6 +287,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def on_disconnect(sid, reason=None):
         rooms.pop(sid, None)
         idents.pop(sid, None)
+        partners.pop(sid, None)
+        listener().forget(sid)
         user, _last_here = conns.remove(sid)
         if user is None:
             return
@@ -282,7 +324,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         received = time.perf_counter()
         msg_id, text = parse_message(data, settings.max_message_len)
         screen(user, text)
-        res = in_chat(sid, user, lambda room: store.message(user, msg_id, text, room),
+        res = in_chat(sid, user, lambda room: message_here(sid, user, msg_id, text, room),
                       lambda res: res.status != "not_chatting")  # stores, emits to the partner
         if res is not None:
             metrics.DELIVERY.observe(time.perf_counter() - received)
@@ -295,6 +337,12 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.TYPING)
     def on_typing(sid, user, data):
         typing = parse_typing(data)
+        room = rooms.get(sid)
+        here = partner_here(sid, room) if room else None
+        if here is not None:  # a hint, not stored: no need to ask Redis who the partner is
+            for to in here[1]:
+                send_self(to, ev.TYPING, {"typing": typing, "room": room})
+            return {"ok": True}
         if not in_chat(sid, user, lambda room: store.typing(user, typing, room), bool):
             raise Refused("not_chatting")
         return {"ok": True}
@@ -302,6 +350,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def end(sid, user, data, reason: str, requeue: bool):
         parse_empty(data)
         rooms.pop(sid, None)
+        partners.pop(sid, None)
+        listener().forget(sid)
         store.end_chat(user, reason, requeue)  # tells the partner (close.lua)
         if requeue:
             send_self(sid, ev.WAITING, {"online": store.online()})

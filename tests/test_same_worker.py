@@ -1,0 +1,111 @@
+"""Two users on one web worker: the worker delivers their messages and typing itself, without the
+trip through the Redis queue (message.lua's `here`), and nothing of the queue's guarantees goes:
+order, exactly once, and a partner's new connection still hears its `resumed` before anything
+that its snapshot does not hold. Real worker processes, on one Redis and on the Redis Cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from peer import Peer, pair, wait_for
+from test_metrics import scrape, value
+
+
+def delivered_here(worker) -> float:
+    return value(scrape(worker.url + "/metrics"), "chat_messages_here_total")
+
+
+async def test_partners_on_one_worker_chat_in_order_exactly_once_without_the_queue(fresh_any):
+    w1 = fresh_any.webs[0]
+    a, b = Peer(w1.url, "A"), Peer(w1.url, "B")
+    for p in (a, b):
+        await p.connect()
+    room = await pair(a, b)
+    before = delivered_here(w1)
+    for i in range(10):
+        assert await a.call("typing", {"typing": True}) == {"ok": True}
+        assert (await a.send(f"a{i}", f"from A {i}"))["ok"]
+        assert (await b.send(f"b{i}", f"from B {i}"))["ok"]
+    await b.next("message", where=lambda m: m["id"] == "a9")
+    await a.next("message", where=lambda m: m["id"] == "b9")
+    assert [m["id"] for m in b.events["message"]] == [f"a{i}" for i in range(10)]
+    assert [m["id"] for m in a.events["message"]] == [f"b{i}" for i in range(10)]
+    seqs = [m["seq"] for m in b.events["message"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 10
+    assert b.count("typing") == 10 and all(t == {"typing": True, "room": room}
+                                           for t in b.events["typing"])
+    # the first message each way went through the queue (the worker learns who the partner
+    # is from it); every later one by the worker's own hand
+    assert delivered_here(w1) - before == 18
+    for p in (a, b):
+        await p.close()
+
+
+async def test_partners_on_two_workers_still_go_through_the_queue(fresh_any):
+    w1, w2 = fresh_any.webs[0], fresh_any.webs[1]
+    a, b = Peer(w1.url, "A"), Peer(w2.url, "B")
+    for p in (a, b):
+        await p.connect()
+    await pair(a, b)
+    before = delivered_here(w1), delivered_here(w2)
+    for i in range(5):
+        assert (await a.send(f"a{i}", f"from A {i}"))["ok"]
+        assert (await b.send(f"b{i}", f"from B {i}"))["ok"]
+    await b.next("message", where=lambda m: m["id"] == "a4")
+    await a.next("message", where=lambda m: m["id"] == "b4")
+    assert (delivered_here(w1), delivered_here(w2)) == before
+    for p in (a, b):
+        await p.close()
+
+
+FAST = {"MESSAGE_RATE": "2000", "MESSAGE_BURST": "2000", "PACKET_RATE": "2000",
+        "PACKET_BURST": "2000"}  # A may stream as fast as acks come back
+
+
+async def test_a_partner_reloading_mid_stream_misses_nothing(make_stack, backend):
+    """B's page reloads (a new connection, same token, same worker) three times while A sends
+    one message after another: whatever reaches a new connection before its `resumed` is in
+    that snapshot (a fresh page drops it), and after it each message it lacks comes once, in
+    order."""
+    w1 = make_stack(workers=1, **backend, **FAST).webs[0]
+    a, b = Peer(w1.url, "A"), Peer(w1.url, "B")
+    for p in (a, b):
+        await p.connect()
+    room = await pair(a, b)
+    await a.send("warm", "warm up")  # the worker now delivers A's messages to B itself
+    await b.next("message")
+    total, acked = 300, []
+
+    async def stream():
+        for i in range(total):
+            ack = await a.send(f"s{i}", f"stream {i}")
+            assert ack["ok"], ack
+            acked.append(ack["seq"])
+
+    sender = asyncio.create_task(stream())
+    reloads = []
+    for n in range(3):
+        await wait_for(lambda: len(acked) > (n + 1) * 40, 20, "A's stream to go on")
+        again = Peer(w1.url, f"B reload {n}")
+        await again.connect(token=b.token, since=0)
+        reloads.append(again)
+    await sender
+    assert len(acked) == total
+    for page in reloads[-1:]:  # the last one stays: it must end with every message
+        await page.next("message", where=lambda m: m["seq"] == total + 1, timeout=15)
+    for page in reloads:
+        order = list(page.order)
+        resumed_at = next(i for i, (e, _) in enumerate(order) if e == "resumed")
+        snapshot = order[resumed_at][1]
+        assert snapshot["state"] == "chatting" and snapshot["room"] == room
+        held = {m["seq"] for m in snapshot["history"] if not m["mine"]}
+        early = [d["seq"] for e, d in order[:resumed_at] if e == "message"]
+        assert set(early) <= held, (page.name, early, sorted(held))
+        # after it: what the snapshot lacked, in order, once each (a page skips a seq it has)
+        late = [d["seq"] for e, d in order[resumed_at + 1:] if e == "message"
+                and d["seq"] not in held]
+        assert late == sorted(set(late)) and all(s > max(held) for s in late), page.name
+        if page is reloads[-1]:
+            assert held | set(late) == set(range(1, total + 2))  # every one of A's messages
+    for p in (a, b, *reloads):
+        await p.close()
