@@ -83,12 +83,34 @@ def _kind(value: str | None) -> str:
     return value if value in ROOM_KINDS else "random"
 
 
-def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
+class KnownRooms:
+    """Room ids this process has seen in SQL (written, or found by _ensure_rooms): a message of
+    such a room needs no look-up. A room deleted behind our back (a purge) makes an insert fail
+    on its foreign key; the caller then forgets them all (clear) and the retry looks again.
+    Bounded: past `most` ids it starts over."""
+
+    def __init__(self, most: int = 50_000):
+        self.most = most
+        self.ids: set[str] = set()
+
+    def add(self, ids) -> None:
+        if len(self.ids) > self.most:
+            self.ids.clear()
+        self.ids.update(ids)
+
+    def clear(self) -> None:
+        self.ids.clear()
+
+
+def write_batch(engine: Engine, entries: list[tuple[str, dict]],
+                known: KnownRooms | None = None) -> dict:
     """Write one batch in one transaction; returns counts by kind. `entries` are (id, fields),
-    the id as report_id() makes it."""
+    the id as report_id() makes it. `known`: rooms that need no look-up before their messages
+    (kept up to date after the commit)."""
     rooms, messages, closes, reports = rows_from_entries(entries)
     # one row per room and statement: PostgreSQL refuses an upsert that meets a row twice
     rooms, closes = _first_per_id(rooms), _first_per_id(closes)
+    seen: set[str] = set()
     with engine.begin() as conn:
         if rooms:
             opened = _insert(engine, Room)
@@ -98,7 +120,9 @@ def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
                                                 "user2_addr")}),
                 rooms)
         if messages:
-            _ensure_rooms(conn, engine, messages)
+            opened_ids = {r["id"] for r in rooms}
+            seen = _ensure_rooms(conn, engine, messages, lambda room: room in opened_ids or (
+                known is not None and room in known.ids))
             conn.execute(_insert(engine, Message).on_conflict_do_nothing(), messages)
         if closes:
             closing = _insert(engine, Room)
@@ -109,6 +133,10 @@ def write_batch(engine: Engine, entries: list[tuple[str, dict]]) -> dict:
                   "opened_at": c["closed_at"]} for c in closes])
         if reports:
             conn.execute(_insert(engine, Report).on_conflict_do_nothing(), reports)
+    if known is not None:  # committed: these rows exist now
+        known.add(seen)
+        known.add(r["id"] for r in rooms)
+        known.add(c["id"] for c in closes)
     return {"rooms": len(rooms), "messages": len(messages), "closes": len(closes),
             "reports": len(reports)}
 
@@ -120,15 +148,18 @@ def _first_per_id(rows: list[dict]) -> list[dict]:
     return list(first.values())
 
 
-def _ensure_rooms(conn, engine: Engine, messages: list[dict]) -> None:
+def _ensure_rooms(conn, engine: Engine, messages: list[dict], known) -> set[str]:
     """A message whose room row is missing (its `opened` entry was trimmed from the stream, or
     is in another archiver's batch not committed yet) gets a placeholder room rather than
-    failing its batch forever on the foreign key."""
-    wanted = {m["room_id"] for m in messages}
+    failing its batch forever on the foreign key. Rooms for which `known(room)` is true are not
+    looked up. The rooms looked up or made."""
+    wanted = {room for room in {m["room_id"] for m in messages} if not known(room)}
+    if not wanted:
+        return wanted
     have = set(conn.execute(select(Room.id).where(Room.id.in_(wanted))).scalars())
     missing = wanted - have
     if not missing:
-        return
+        return wanted
     first = {}
     for m in messages:
         if m["room_id"] in missing:
@@ -138,6 +169,7 @@ def _ensure_rooms(conn, engine: Engine, messages: list[dict]) -> None:
     conn.execute(_insert(engine, Room).on_conflict_do_nothing(), [
         {"id": rid, "user1": m["sender"], "user2": "", "interests": [],
          "opened_at": m["sent_at"]} for rid, m in first.items()])
+    return wanted
 
 
 def purge(engine: Engine, days: int, now: datetime | None = None) -> dict:

@@ -23,7 +23,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:partner`             | hash   | user -> partner user, while chatting (always both directions) |
 | `{p}:room`                | hash   | user -> room id, while chatting: the pointer to the chat's shard |
 | `{p}:last`                | hash   | user -> last partner (so Next does not rematch them at once) |
-| `{p}:wake`                | list   | pushed on every join; the matcher blocks on it to wake up |
+| `{p}:wake`                | list   | pushed when a join leaves 2+ users waiting; the matcher blocks on it to wake up |
 | `{p}:away`                | zset   | user whose last connection closed -> their presence deadline (ms); out of the online count until they return or are reaped |
 | `{p}:parked`              | hash   | away user -> their place in the queue (ms), given back if they return within the grace |
 | `{p}:workers`             | zset   | web worker id -> heartbeat deadline (ms); connections on a worker past it are dead |

@@ -12,6 +12,7 @@ the only shard are the same tag; the steps are the same.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +60,14 @@ def lua_prelude(keys: Keys, cluster: bool) -> str:
             f"local EV = {{{names}}}\n"
             f"local REASON_DISCONNECTED = {lua_string(ev.REASON_DISCONNECTED)}\n"
             + "".join(p.read_text() for p in sorted((LUA_DIR / "lib").glob("*.lua"))))
+
+
+def room_ids(n: int) -> list[str]:
+    """`n` fresh random room ids (128 bits, 32 hex digits each) from one read of the system's
+    random source: the matcher offers a batch of them with every pass, and one uuid4 each was
+    most of its own CPU."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
 @dataclass
@@ -280,11 +289,16 @@ class Store:
 
     def finish_pending(self, older_than_ms: int = STALE_INTENT_MS) -> int:
         """Carry out the intents left in the home slot at least `older_than_ms` ago (by a
-        process killed between the two halves, or by reap.lua for the matcher); how many."""
+        process killed between the two halves, or by reap.lua for the matcher); how many.
+        Both intent hashes are read in one round trip (the same slot)."""
         k, done = self.k, 0
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(k.opening)
+        pipe.hgetall(k.closing)
+        opening, closing = pipe.execute()
         now = int(time.time() * 1000)
-        for key, finish in ((k.opening, self.open_room), (k.closing, self.close_room)):
-            for room, intent in self.r.hgetall(key).items():
+        for intents, finish in ((opening, self.open_room), (closing, self.close_room)):
+            for room, intent in intents.items():
                 try:
                     at = int(json.loads(intent).get("at", 0))
                 except (ValueError, AttributeError):
@@ -295,16 +309,18 @@ class Store:
         return done
 
     # the matcher's side ----------------------------------------------------------------------
-    def match(self, on_pair=None) -> int:
+    def match(self, on_pair=None, pairs: int | None = None) -> int:
         """Pair waiting users (match.lua, home slot) and open their rooms (open.lua, shards);
         `on_pair(intent)` sees each pairing's intent (users, time of pairing `at`, and each
-        one's place in the queue `sa`/`sb`, all Redis's clock in ms)."""
+        one's place in the queue `sa`/`sb`, all Redis's clock in ms). At most `pairs` pairs
+        (default and most: MATCH_BATCH / 2): one fresh room id each, sent with the script."""
         k = self.k
-        rooms = [uuid.uuid4().hex for _ in range(self.s.match_batch // 2)]
+        most = self.s.match_batch // 2
+        n = most if pairs is None else max(1, min(pairs, most))
         made = self._run(
             "match",
             [k.queue, k.prefs, k.partner, k.room, k.last, k.alive, k.workers, k.opening],
-            [int(self.s.interest_wait * 1000), self.s.match_batch, *rooms],
+            [int(self.s.interest_wait * 1000), self.s.match_batch, *room_ids(n)],
         )
         for i in range(0, len(made), 2):
             self.open_room(made[i], made[i + 1])

@@ -1,5 +1,10 @@
 """The matcher's loop: wake on a join (or every tick), pair, reap; one step at a time.
 
+A join wakes a pass that only pairs. Reaping and the intents a killed process left are due once
+per TICK, whatever wakes the pass: under a stream of joins they cost a few round trips a second,
+not a few per join, and they are never later than on an idle matcher (at most TICK after due).
+Pairings are logged at most once per LOG_EVERY, with their count.
+
 Pairing and reaping publish their own `matched` / `partner_left` from their Lua scripts, in the
 same atomic step as the change: nothing is left to emit if this process dies.
 
@@ -20,6 +25,8 @@ from common.redisconn import connect as redis_connect
 from common.store import Store
 
 TICK = 0.25  # seconds between passes when nobody joins: interest waits and reaping need them
+LOG_EVERY = 1.0  # seconds between two "matched" lines at most (the first one at once)
+FIRST_PAIRS = 8  # room ids a pass offers first; x4 while a call uses them all (to MATCH_BATCH/2)
 
 # Prometheus (METRICS_PORT): this process's own, in prometheus_client's default registry.
 MATCHES = Counter("chat_matches", "Pairs this matcher made")
@@ -47,36 +54,59 @@ class Matcher(Daemon):
         # may come up after the matcher (the loop retries with its back-off)
         self.store: Store | None = None
         self._next_stats = 0.0
+        self._next_tick = 0.0  # when reaping and stale intents are due
+        self._next_log = 0.0  # when the pairs made since the last "matched" line may be logged
+        self._unlogged = 0
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host)
 
     def started(self) -> str:
         return f"matcher started: {self.s.describe()}"
 
+    def stopped(self) -> str:
+        if self._unlogged:
+            self.log.info("matched %d pair(s)", self._unlogged)
+        return "matcher stopped"
+
     def step(self) -> None:
-        """One pass: pair until the queue is done, reap, and now and then broadcast the counts."""
+        """One pass: pair until the queue is done; when due, reap and finish stale intents; now
+        and then broadcast the counts."""
         began = time.perf_counter()
         if self.store is None:
             self.store = Store(redis_connect(self.s), self.s)
-        while True:
-            made = self.store.match(on_pair=self._observe_wait)
-            MATCHES.inc(made)
-            if made:
-                self.log.info("matched %d pair(s)", made)
-            if made < self.s.match_batch // 2:
-                break
-        gone = self.store.reap()
-        REAPED.inc(gone)
-        if gone:
-            self.log.info("reaped %d user(s) gone past the grace period", gone)
-        left = self.store.finish_pending()
-        if left:
-            self.log.warning("carried out %d pairing/parting step(s) a killed process left", left)
+        self._unlogged += self._pair()
         now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            gone = self.store.reap()
+            REAPED.inc(gone)
+            if gone:
+                self.log.info("reaped %d user(s) gone past the grace period", gone)
+            left = self.store.finish_pending()
+            if left:
+                self.log.warning("carried out %d pairing/parting step(s) a killed process left",
+                                 left)
+        if self._unlogged and now >= self._next_log:
+            self.log.info("matched %d pair(s)", self._unlogged)
+            self._unlogged, self._next_log = 0, now + LOG_EVERY
         if now >= self._next_stats:
             self._next_stats = now + self.s.stats_interval
             self.store.broadcast(ev.STATS, self.store.counts())
         PASS.observe(time.perf_counter() - began)
+
+    def _pair(self) -> int:
+        """Pair until the queue is done: a call that used every room id it was given may have
+        left pairs, so another follows with more ids (most passes pair one or none, and need
+        few); a call that used fewer was done with the waiting users it looked at."""
+        most = self.s.match_batch // 2
+        offered, total = min(FIRST_PAIRS, most), 0
+        while True:
+            made = self.store.match(on_pair=self._observe_wait, pairs=offered)
+            MATCHES.inc(made)
+            total += made
+            if made < offered:
+                return total
+            offered = min(offered * 4, most)
 
     @staticmethod
     def _observe_wait(intent: dict) -> None:

@@ -7,10 +7,11 @@ import tempfile
 from collections import Counter
 
 from redis.cluster import RedisCluster
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from archiver.daemon import GROUP
-from archiver.writer import purge, report_id, write_batch
+from archiver.writer import KnownRooms, purge, report_id, write_batch
 from common.config import load
 from common.history.db import as_utc, make_engine
 from common.keys import CLUSTER_SHARDS
@@ -171,6 +172,28 @@ def test_a_message_whose_room_entry_is_missing_gets_a_placeholder_room():
     with engine.connect() as c:
         assert c.execute(select(Room.id)).scalars().all() == ["r9"]
         assert c.execute(select(func.count()).select_from(Message)).scalar_one() == 1
+
+
+def test_rooms_the_archiver_knows_are_trusted_until_a_failure_makes_it_look_again():
+    url = sqlite_url()
+    upgrade(url)
+    engine = make_engine(url)
+    known = KnownRooms()
+    write_batch(engine, entries("r1"), known)
+    assert known.ids == {"r1"}
+    later = ("7-0", {"type": "message", "room": "r1", "user": "u2", "id": "m2", "seq": "2",
+                     "text": "still there?", "ts": "1700000004000"})
+    with engine.begin() as c:  # a purge deletes the room behind the archiver's back
+        c.execute(delete(Message))
+        c.execute(delete(Room))
+    with pytest.raises(IntegrityError):  # trusted: no look-up, the foreign key refuses
+        write_batch(engine, [later], known)
+    known.clear()  # what the daemon does after any failure
+    write_batch(engine, [later], known)
+    with engine.connect() as c:
+        assert c.execute(select(Room.id)).scalars().all() == ["r1"]  # a placeholder
+        assert c.execute(select(Message.client_id)).scalars().all() == ["m2"]
+    assert known.ids == {"r1"}
 
 
 def test_purge_deletes_only_what_is_older_than_retention():

@@ -206,7 +206,9 @@ def test_join_queues_the_user_and_wakes_the_matcher(store, r):
     assert t0 <= r.zscore(K.queue, "a") <= t1
     assert t0 + TTL_MS <= r.zscore(K.alive, "a") <= t1 + TTL_MS  # joining is a sign of life
     assert json.loads(r.hget(K.prefs, "a")) == ["cats", "music"]
-    assert r.lrange(K.wake, 0, -1) == ["1"]
+    assert r.llen(K.wake) == 0  # alone in the queue: nobody to pair with, the matcher sleeps on
+    assert store.join("other", None)[0] == "waiting"
+    assert r.lrange(K.wake, 0, -1) == ["1"]  # two wait: the matcher wakes
 
 
 def test_join_is_idempotent_and_keeps_the_first_enqueue_time(store, r):
@@ -221,6 +223,9 @@ def test_join_is_idempotent_and_keeps_the_first_enqueue_time(store, r):
     assert store.join("a", [])[0] == "waiting"
     assert json.loads(r.hget(K.prefs, "a")) == []
     assert r.zcard(K.queue) == 1
+    assert r.llen(K.wake) == 0  # one user waits: no wake-up
+    for _ in range(3):
+        store.join("b", None)
     assert r.llen(K.wake) == 1  # the wake list never grows past one token
 
 
@@ -238,6 +243,7 @@ def test_join_refuses_a_user_who_is_chatting(store, r):
 def test_end_chat_with_next_clears_both_sides_remembers_and_requeues(store, r):
     room = pair_up(store, r, "a", "b")
     store.message("a", "m1", "hello")
+    store.join("w", None)  # someone waits: a's return to the queue wakes the matcher
     r.delete(K.wake)
     t0 = now_ms(r)
     assert store.end_chat("a", "next", True) == ("b", room)
@@ -1016,6 +1022,9 @@ def test_join_script(on):
     assert on.store.join("a", ["music"]) == ("waiting", 1)
     assert on.r.zscore(on.k.queue, "a") is not None
     assert json.loads(on.r.hget(on.k.prefs, "a")) == ["music"]
+    assert on.r.llen(on.k.wake) == 0  # alone: nobody to pair with yet
+    on.connected("b")
+    on.store.join("b", None)
     assert on.r.lrange(on.k.wake, 0, -1) == ["1"]
 
 

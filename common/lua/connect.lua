@@ -43,7 +43,7 @@ if since then  -- parked when their last connection closed (away, or drained)
   redis.call('HDEL', parked, user)
   if redis.call('HEXISTS', partner_key, user) == 0 then
     redis.call('ZADD', queue, 'NX', since, user)
-    wake_matcher(wake)
+    wake_matcher(wake, queue)
   end
 end
 local back_in = was_away and redis.call('HGET', room_key, user) or ''

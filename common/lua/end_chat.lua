@@ -26,7 +26,7 @@ if partner then
 end
 if requeue then
   redis.call('ZADD', queue, 'NX', now, user)
-  wake_matcher(wake)
+  wake_matcher(wake, queue)
 else
   redis.call('ZREM', queue, user)
 end

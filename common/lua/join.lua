@@ -1,4 +1,5 @@
--- Put a user on the wait list (idempotent), remember their interests, wake the matcher. A
+-- Put a user on the wait list (idempotent), remember their interests, wake the matcher (when two
+-- or more wait: lib/room.lua). A
 -- private room they made and nobody joined yet ends: one way to meet someone at a time.
 -- Returns {'chatting'} when the user already has a partner, else {'waiting', online}.
 -- KEYS (all in the home slot):
@@ -24,5 +25,5 @@ if interests ~= '' then
   redis.call('HSET', prefs, user, interests)
 end
 redis.call('ZADD', queue, 'NX', now, user)
-wake_matcher(wake)
+wake_matcher(wake, queue)
 return {'waiting', online_count(alive, away, now)}

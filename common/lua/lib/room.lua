@@ -1,9 +1,13 @@
 -- Pieces of the chat's life that several scripts share.
 
--- Wake the matcher (it blocks on this list between passes); one pending wake-up is enough.
-local function wake_matcher(wake_key)
-  redis.call('LPUSH', wake_key, '1')
-  redis.call('LTRIM', wake_key, 0, 0)
+-- Wake the matcher (it blocks on this list between passes) once someone just joined the wait
+-- list and at least two users wait: one alone cannot be paired, and the matcher's tick (interest
+-- waits, bans, reaping) comes anyway. One pending wake-up is enough.
+local function wake_matcher(wake_key, queue_key)
+  if redis.call('ZCARD', queue_key) >= 2 then
+    redis.call('LPUSH', wake_key, '1')
+    redis.call('LTRIM', wake_key, 0, 0)
+  end
 end
 
 -- Pair `a` and `b` in `room` in the home slot (match.lua, private_join.lua): each one's partner
