@@ -119,7 +119,10 @@ def local_nginx_conf(prefix: Path, workers: list[tuple[str, str]], port: int,
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx(
         workers=workers, listen=f"{host}:{port}", static_root=str(Path(static_root).resolve()),
-        pid=str(prefix / "nginx.pid"), error_log="stderr",
+        # errors to a file like the access log, not through honcho: past capacity nginx logs
+        # every connection it refuses ("no live upstreams", ~260 lines/s in make overload), and
+        # relaying them took honcho ~10 % of a core beside the users still chatting
+        pid=str(prefix / "nginx.pid"), error_log=str(prefix / "logs" / "error.log"),
         access_log=f"{prefix / 'logs' / 'access.log'} chat buffer=64k flush=1s",
         temp_dir=str(prefix / "temp"), daemon_off=True, limits=limits))
     return conf
@@ -255,7 +258,7 @@ def run(args) -> int:
     lines = [f"  Chat:  {url}   ({workers} web workers behind nginx; Ctrl-C stops everything)",
              f"  Admin: {url}admin/   (password: ADMIN_PASSWORD, else "
              f"{config.INSTANCE_DIR / 'admin_password'})",
-             f"  nginx: {conf}"]
+             f"  nginx: {conf}   (logs: {conf.parent / 'logs'})"]
     threading.Thread(target=_banner_when_ready, args=(port, web_ports, lines),
                      daemon=True).start()
     try:
