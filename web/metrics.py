@@ -52,8 +52,9 @@ DELIVERY = Histogram(
     "chat_delivery_seconds",
     "Server side of a message's delivery: seconds from this worker receiving a `message` event "
     "to its Redis script (message.lua: store, number, publish to the partner's workers) "
-    "returning. Not included: the client's network, the pub/sub hop to the partner's worker "
-    "and its write to the partner's socket",
+    "returning (for a partner on this worker: and its emit to them). Not included: the "
+    "client's network, the pub/sub hop to the partner's worker and its write to the partner's "
+    "socket",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 REDIS_ERRORS = Counter(
     "chat_redis_errors",
