@@ -116,7 +116,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         call has not been told its chat yet: it gets the message through the queue, after its
         `resumed` (a snapshot taken after this message holds it; one before, not)."""
         here = partner_here(sid, room)
-        res = store.message(user, msg_id, text, room, here=here[::2] if here else None)
+        res = store.message(user, msg_id, text, room,
+                            here=(here[0], here[2]) if here else None)  # (partner, delivered)
         if res.status != "ok":
             return res
         partners[sid] = (res.room, res.partner)
