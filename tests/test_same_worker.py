@@ -6,9 +6,18 @@ that its snapshot does not hold. Real worker processes, on one Redis and on the 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import threading
 
 from peer import Peer, pair, wait_for
+from procs import RedisServer
 from test_metrics import scrape, value
+
+from common import events as ev
+from common.config import load
+from common.keys import WORKER_CHANNEL_INFIX, user_room
+from common.store import Store
 
 
 def delivered_here(worker) -> float:
@@ -109,3 +118,130 @@ async def test_a_partner_reloading_mid_stream_misses_nothing(make_stack, backend
             assert held | set(late) == set(range(1, total + 2))  # every one of A's messages
     for p in (a, b, *reloads):
         await p.close()
+
+
+class ReplyGate:
+    """A TCP proxy in front of Redis that can hold Redis's replies to a web worker's commands
+    (not what its pub/sub listener reads): a script has run, its caller has not heard yet."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.lsock.getsockname()[1]}/0"
+        self.lock = threading.Lock()
+        self.holding = False
+        self.links: list[dict] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # Redis stopped: the stack is going down
+                client.close()
+                continue
+            link = {"client": client, "server": server, "pubsub": False, "held": []}
+            with self.lock:
+                self.links.append(link)
+            threading.Thread(target=self._up, args=(link,), daemon=True).start()
+            threading.Thread(target=self._down, args=(link,), daemon=True).start()
+
+    def _up(self, link):
+        while data := self._recv(link["client"]):
+            if b"SUBSCRIBE" in data.upper():
+                link["pubsub"] = True
+            if not self._send(link["server"], data):
+                break
+        link["server"].close()
+
+    def _down(self, link):
+        while data := self._recv(link["server"]):
+            with self.lock:
+                if self.holding and not link["pubsub"]:
+                    link["held"].append(data)
+                    continue
+            if not self._send(link["client"], data):
+                break
+        link["client"].close()
+
+    @staticmethod
+    def _recv(sock) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    @staticmethod
+    def _send(sock, data: bytes) -> bool:
+        try:
+            sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def hold(self):
+        with self.lock:
+            self.holding = True
+
+    def release(self):
+        with self.lock:
+            self.holding = False
+            for link in self.links:
+                for data in link["held"]:
+                    self._send(link["client"], data)
+                link["held"].clear()
+
+    def close(self):
+        self.lsock.close()
+        with self.lock:
+            for link in self.links:
+                for s in (link["client"], link["server"]):
+                    s.close()
+
+
+async def test_a_chat_ended_while_a_message_is_on_its_way_ends_after_it(make_stack):
+    """A's message is stored (message.lua said: deliver it yourself); before A's worker hears
+    back, another process ends the chat (an admin's ban, A's tab on another worker) and its
+    `partner_left` reaches the worker. B must still see the message, then the end: a page that
+    has ended the chat drops what comes after. The queue path gives that order by itself."""
+    redis = RedisServer()
+    gate = ReplyGate(redis.port)
+    try:
+        stack = make_stack(workers=1, redis=redis, REDIS_URL=gate.url)
+        w1 = stack.webs[0]
+        a, b, c = Peer(w1.url, "A"), Peer(w1.url, "B"), Peer(w1.url, "C")
+        for p in (a, b, c):
+            await p.connect()
+        room = await pair(a, b)
+        await a.send("warm", "warm up")  # the worker now delivers A's messages to B itself
+        await b.next("message")
+        store = Store(redis.client, load(stack.env))
+        gate.hold()
+        last = asyncio.create_task(a.send("last", "said before the chat ended"))
+        await wait_for(lambda: redis.client.hget(store.k.chat(room), "seq") == "2", 10,
+                       "A's message to be stored")
+        store.end_chat(a.user, ev.REASON_LEFT, requeue=False)  # partner_left to B's worker
+        # a probe published after it on the worker's channel: once C has it, the worker's
+        # listener has handled the partner_left too
+        probe = {"method": "emit", "event": "probe", "data": [{}], "namespace": "/",
+                 "room": user_room(c.user)}
+        redis.client.publish(store.k.room_tag(room) + WORKER_CHANNEL_INFIX + w1.worker_id,
+                             json.dumps(probe))
+        await c.next("probe")
+        gate.release()
+        assert (await last)["ok"]
+        await b.next("partner_left")
+        await b.next("message", where=lambda m: m["id"] == "last")
+        seen = [e if e != "message" else d["id"] for e, d in b.order
+                if e in ("message", "partner_left")]
+        assert seen == ["warm", "last", "partner_left"], seen
+        for p in (a, b, c):
+            await p.close()
+    finally:
+        gate.release()
+        gate.close()
+        redis.stop()

@@ -86,6 +86,8 @@ class ChatQueue(socketio.PubSubManager):
     def _handle_emit(self, message):
         if message.get("room") is None and message.get("callback") is None:
             return self._broadcast(message)
+        if self.listener is not None and self.listener.holds(message, message.get("room")):
+            return None
         if self.listener is not None:
             event = message.get("event")
             if event == ev.MESSAGE:
@@ -93,6 +95,11 @@ class ChatQueue(socketio.PubSubManager):
             elif event in OPENING_EVENTS:
                 self.listener.note_opening(message)
         return super()._handle_emit(message)
+
+    def _handle_disconnect(self, message):
+        if self.listener is not None and self.listener.holds(message, message.get("sid")):
+            return None
+        return super()._handle_disconnect(message)
 
     def _broadcast(self, message) -> None:
         """Hand a broadcast to the pacer: the latest one of each event wins (the counts of a
@@ -144,6 +151,10 @@ class Listener:
         self._wake = Event()
         self._before_gap: dict[str, tuple[str, int]] = {}
         self._unfinished: dict[str, str] = {}  # sid -> user not yet sent its snapshot
+        # user room -> this worker's own deliveries to it waiting for message.lua's answer,
+        # and the queue's events for that user that came meanwhile (Listener.hold)
+        self._sending: dict[str, int] = {}
+        self._held: dict[str, list[dict]] = {}
 
     def track(self, message: dict) -> None:
         """Remember the partner message's seq for each local connection of its user (or for
@@ -224,6 +235,41 @@ class Listener:
 
     def forget(self, sid: str) -> None:
         self.opened.pop(sid, None)
+
+    def hold(self, to: str) -> None:
+        """A message for user room `to` may be emitted by this worker itself once message.lua
+        answers: until then (release), the queue's events for that user wait here. Published
+        after the script, a `partner_left` would otherwise overtake the message, and a page
+        that has ended the chat drops it (the queue path keeps the scripts' order)."""
+        self._sending[to] = self._sending.get(to, 0) + 1
+
+    def release(self, to: str) -> None:
+        """The delivery for `to` is done: what the queue brought meanwhile goes out, in order."""
+        left = self._sending.get(to, 0) - 1
+        if left > 0:
+            self._sending[to] = left
+            return
+        self._sending.pop(to, None)
+        for message in self._held.pop(to, ()):
+            try:
+                if message.get("method") == "disconnect":
+                    self.manager._handle_disconnect(message)
+                else:
+                    self.manager._handle_emit(message)
+            except Exception:
+                log.exception("a held queue event for %s failed", to)
+
+    def holds(self, message: dict, to) -> bool:
+        """Keep `message` (to a user room or one sid) while a delivery to its user is pending."""
+        if not self._sending or not isinstance(to, str):
+            return False
+        if not to.startswith(USER_ROOM_PREFIX):
+            user = self.conns.user_of(to)
+            to = USER_ROOM_PREFIX + user if user else None
+        if to not in self._sending:
+            return False
+        self._held.setdefault(to, []).append(message)
+        return True
 
     def subscribed(self, channel: str) -> None:
         """Redis confirmed a subscription: what is published on it from now on reaches us."""

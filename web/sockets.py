@@ -116,25 +116,34 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         call has not been told its chat yet: it gets the message through the queue, after its
         `resumed` (a snapshot taken after this message holds it; one before, not)."""
         here = partner_here(sid, room)
-        res = store.message(user, msg_id, text, room,
-                            here=(here[0], here[2]) if here else None)  # (partner, delivered)
-        if res.status != "ok":
+        # while the script runs, the queue's events for the partner wait (Listener.hold): one
+        # published after the script (the chat ended by someone else) must not overtake this
+        to = user_room(here[0]) if here else None
+        if to:
+            listener().hold(to)
+        try:
+            res = store.message(user, msg_id, text, room,
+                                here=(here[0], here[2]) if here else None)  # (partner, delivered)
+            if res.status != "ok":
+                return res
+            partners[sid] = (res.room, res.partner)
+            if res.here:
+                payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts,
+                           "seq": res.seq}
+                told = set(here[1])
+                sent = []
+                for to_sid in listener().sids_of(user_room(res.partner)):
+                    if to_sid in told:
+                        send_self(to_sid, ev.MESSAGE, payload)
+                        sent.append(to_sid)
+                    else:
+                        store.publish_to_sid(res.room, to_sid, ev.MESSAGE, payload)
+                listener().delivered(sent, res.room, res.seq)
+                metrics.MESSAGES_HERE.inc()
             return res
-        partners[sid] = (res.room, res.partner)
-        if res.here:
-            payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts,
-                       "seq": res.seq}
-            told = set(here[1])
-            sent = []
-            for to in listener().sids_of(user_room(res.partner)):
-                if to in told:
-                    send_self(to, ev.MESSAGE, payload)
-                    sent.append(to)
-                else:
-                    store.publish_to_sid(res.room, to, ev.MESSAGE, payload)
-            listener().delivered(sent, res.room, res.seq)
-            metrics.MESSAGES_HERE.inc()
-        return res
+        finally:
+            if to:
+                listener().release(to)
 
     def in_chat(sid: str, user: str, step, done):
         """`step(room)` in the user's chat; None when they are not chatting."""
