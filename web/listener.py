@@ -204,7 +204,11 @@ class Listener:
         sids = self.sids_of(to)
         event = message.get("event")
         for sid in sids:
-            if event == ev.PARTNER_LEFT or not isinstance(room, str) or (
+            if event == ev.PARTNER_LEFT:
+                # a late one of an older chat leaves the connection's new chat as it is
+                if not isinstance(room, str) or self.opened.get(sid) == room:
+                    self.opened.pop(sid, None)
+            elif not isinstance(room, str) or (
                     event == ev.RESUMED and data.get("state") != "chatting"):
                 self.opened.pop(sid, None)
             else:

@@ -126,7 +126,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
                                 here=(here[0], here[2]) if here else None)  # (partner, delivered)
             if res.status != "ok":
                 return res
-            partners[sid] = (res.room, res.partner)
+            if conns.user_of(sid) == user:  # not closed meanwhile: on_disconnect forgot it
+                partners[sid] = (res.room, res.partner)
             if res.here:
                 payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts,
                            "seq": res.seq}
