@@ -90,5 +90,6 @@ def test_loadtest_smoke_product_and_baseline_relay(loadtest_run):
     assert report["baseline"]["cluster"]["delivered"] > 0, report["baseline"]["cluster"]
     assert report["kind"] == "product" and report["cluster"]["delivered"] > 0, report["cluster"]
     assert report["comparison"]["p99_delivery_ratio"] > 0, report["comparison"]
+    assert report["comparison"]["cpu_per_generator_cpu_ratio"] > 0, report["comparison"]
     summary_md = (out / "summary.md").read_text()
     assert "baseline (relay.py)" in summary_md and "product / baseline" in summary_md, summary_md
