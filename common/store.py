@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +63,8 @@ def lua_prelude(keys: Keys, cluster: bool) -> str:
 
 def room_ids(n: int) -> list[str]:
     """`n` fresh random room ids (128 bits, 32 hex digits each) from one read of the system's
-    random source: the matcher offers a batch of them with every pass, and one uuid4 each was
-    most of its own CPU."""
+    random source: the matcher offers a batch of them with every pass (one uuid4 each was most
+    of its own CPU); a private room takes one."""
     raw = os.urandom(16 * n).hex()
     return [raw[i:i + 32] for i in range(0, 32 * n, 32)]
 
@@ -170,7 +169,7 @@ class Store:
         says `matched` to both): ('ok', room) or (error code, ''). `address_id`: the keyed
         hash of the client's address, whose wrong keys are counted with the user's."""
         k = self.k
-        room = uuid.uuid4().hex
+        room = room_ids(1)[0]
         res = self._run(
             "private_join",
             [k.private(key), k.hosts, k.partner, k.room, k.queue, k.alive, k.workers, k.opening,
@@ -206,10 +205,7 @@ class Store:
     def publish_to_sid(self, room: str, sid: str, event: str, data: dict) -> None:
         """To connection `sid` of this worker, on the channel of `room`'s shard: after every
         event that shard's scripts published to this worker before."""
-        body = json.dumps({"method": "emit", "event": event, "data": [data], "namespace": "/",
-                           "room": sid}, ensure_ascii=False)
-        publish = self.r.spublish if self.s.redis_cluster_url else self.r.publish
-        publish(self.k.room_tag(room) + WORKER_CHANNEL_INFIX + self.s.worker_id, body)
+        self._emit_on(self.k.room_tag(room), [self.s.worker_id], sid, event, data)
 
     def typing(self, user: str, typing: bool, room: str | None = None) -> bool:
         """Tell the partner; False when the user is not chatting (in `room`, if given)."""
@@ -352,13 +348,18 @@ class Store:
     def emit_to(self, user: str, event: str, data) -> int:
         """To every connection of `user`, directed like the scripts' events (on the home tag's
         channel of each worker in their `where`); for emitters outside the chat's scripts."""
-        body = json.dumps({"method": "emit", "event": event, "data": [data], "namespace": "/",
-                           "room": USER_ROOM_PREFIX + user}, ensure_ascii=False)
-        publish = self.r.spublish if self.s.redis_cluster_url else self.r.publish
         workers = set(self.r.hvals(self.k.where(user)))
-        for worker in workers:
-            publish(self.k.home + WORKER_CHANNEL_INFIX + worker, body)
+        self._emit_on(self.k.home, workers, USER_ROOM_PREFIX + user, event, data)
         return len(workers)
+
+    def _emit_on(self, tag: str, workers, to: str, event: str, data) -> None:
+        """python-socketio's emit to room `to`, on the channel of `tag` of each of `workers`
+        (what lib/emit.lua publishes from inside the scripts)."""
+        body = json.dumps({"method": "emit", "event": event, "data": [data], "namespace": "/",
+                           "room": to}, ensure_ascii=False)
+        publish = self.r.spublish if self.s.redis_cluster_url else self.r.publish
+        for worker in workers:
+            publish(tag + WORKER_CHANNEL_INFIX + worker, body)
 
     def counts(self) -> dict:
         """Online, waiting and chatting users now."""
