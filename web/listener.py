@@ -86,14 +86,15 @@ class ChatQueue(socketio.PubSubManager):
     def _handle_emit(self, message):
         if message.get("room") is None and message.get("callback") is None:
             return self._broadcast(message)
-        if self.listener is not None and self.listener.holds(message, message.get("room")):
-            return None
-        if self.listener is not None:
+        listener = self.listener
+        if listener is not None:
+            if listener.holds(message, message.get("room")):
+                return None
             event = message.get("event")
             if event == ev.MESSAGE:
-                self.listener.track(message)
+                listener.track(message)
             elif event in OPENING_EVENTS:
-                self.listener.note_opening(message)
+                listener.note_opening(message)
         return super()._handle_emit(message)
 
     def _handle_disconnect(self, message):

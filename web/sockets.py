@@ -129,22 +129,25 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
             if conns.user_of(sid) == user:  # not closed meanwhile: on_disconnect forgot it
                 partners[sid] = (res.room, res.partner)
             if res.here:
-                payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts,
-                           "seq": res.seq}
-                told = set(here[1])
-                sent = []
-                for to_sid in listener().sids_of(user_room(res.partner)):
-                    if to_sid in told:
-                        send_self(to_sid, ev.MESSAGE, payload)
-                        sent.append(to_sid)
-                    else:
-                        store.publish_to_sid(res.room, to_sid, ev.MESSAGE, payload)
-                listener().delivered(sent, res.room, res.seq)
-                metrics.MESSAGES_HERE.inc()
+                deliver_here(res, msg_id, text, told=set(here[1]))
             return res
         finally:
             if to:
                 listener().release(to)
+
+    def deliver_here(res, msg_id: str, text: str, told: set[str]) -> None:
+        """The message to the partner's connections that were checked (`told`) by this
+        worker's hand, and through the queue to any that came during the script."""
+        payload = {"id": msg_id, "room": res.room, "text": text, "ts": res.ts, "seq": res.seq}
+        sent = []
+        for to_sid in listener().sids_of(user_room(res.partner)):
+            if to_sid in told:
+                send_self(to_sid, ev.MESSAGE, payload)
+                sent.append(to_sid)
+            else:
+                store.publish_to_sid(res.room, to_sid, ev.MESSAGE, payload)
+        listener().delivered(sent, res.room, res.seq)
+        metrics.MESSAGES_HERE.inc()
 
     def in_chat(sid: str, user: str, step, done):
         """`step(room)` in the user's chat; None when they are not chatting."""
