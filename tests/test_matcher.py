@@ -9,8 +9,11 @@ from procs import MatcherProc, base_env, free_port, wait_until
 
 
 async def test_two_matchers_and_200_users_at_once_make_exactly_100_pairs(make_stack, backend):
-    # 200 clients from one address: the worker's own per-address cap is for `make run` alone
-    s = make_stack(workers=2, matchers=2, MAX_CONNS_PER_ADDR=0, **backend)
+    # 200 clients from one address: the worker's own per-address cap is for `make run` alone.
+    # One pair per script call (MATCH_BATCH=2): a matcher then needs a hundred calls for the
+    # crowd, and the other one, woken by the joins meanwhile, pairs beside it (with the default
+    # batch the first one woken could pair everyone in three calls before the other looked)
+    s = make_stack(workers=2, matchers=2, MAX_CONNS_PER_ADDR=0, MATCH_BATCH=2, **backend)
     urls = s.urls()
     peers = [Peer(urls[i % 2], f"u{i}") for i in range(200)]
     await asyncio.gather(*(p.connect(timeout=30) for p in peers))
