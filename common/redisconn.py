@@ -1,6 +1,8 @@
 """Redis clients: one Redis (REDIS_URL) or a Redis Cluster (REDIS_CLUSTER_URL), one way each."""
 from __future__ import annotations
 
+import socket
+
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
@@ -11,6 +13,51 @@ from .keys import CLUSTER_SHARDS, Keys
 
 POOL_MAX = 100  # Redis connections per process (per node of a cluster)
 POOL_WAIT = 10.0  # seconds a command may wait for a free one (one Redis)
+
+
+class PeekCheck:
+    """A connection whose "is anything unread waiting?" is one non-blocking MSG_PEEK.
+
+    redis-py asks that each time its pool hands a connection out (a reply left unread would
+    answer the next command), with `select.poll`; under gevent that is a poll object and a
+    watcher on the event loop for every command: ~2.5 % of a web worker's CPU at 1000 users
+    (py-spy, loadtests/RESULTS.md). Where the OS socket is non-blocking (gevent's, i.e. the web
+    worker's) one `recv(MSG_PEEK | MSG_DONTWAIT)` answers the same question; elsewhere (a socket
+    with a timeout would wait in that recv) and with a timeout, redis-py's own check runs.
+    """
+
+    def can_read(self, timeout: float = 0) -> bool:
+        reader = getattr(self._parser, "_reader", None)  # hiredis's; None: the Python parser
+        if timeout or self._sock is None or reader is None:
+            return super().can_read(timeout)
+        if reader.has_data():
+            return True
+        answer = pending(self._sock)
+        return super().can_read(timeout) if answer is None else answer
+
+
+def pending(sock) -> bool | None:
+    """Whether `sock` has bytes to read, from one peek; None when it cannot be peeked without
+    waiting. A socket the server closed raises redis-py's ConnectionError, as its check does."""
+    raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the OS one
+    if raw.gettimeout() != 0.0:
+        return None
+    try:
+        data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while checking the connection: {exc}") from exc
+    if not data:
+        raise redis.ConnectionError("Connection closed by server.")
+    return True
+
+
+def peeking(cls: type) -> type:
+    """`cls` with PeekCheck, unless TLS (bytes on the OS socket are not the reader's data)."""
+    if issubclass(cls, redis.SSLConnection) or issubclass(cls, PeekCheck):
+        return cls
+    return type(f"Peeking{cls.__name__}", (PeekCheck, cls), {})
 
 
 def redis_client(url: str, **kwargs) -> redis.Redis:
@@ -27,6 +74,7 @@ def redis_client(url: str, **kwargs) -> redis.Redis:
     kwargs.setdefault("retry_on_timeout", True)
     pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=POOL_MAX,
                                                  timeout=POOL_WAIT, **kwargs)
+    pool.connection_class = peeking(pool.connection_class)
     return redis.Redis(connection_pool=pool)
 
 

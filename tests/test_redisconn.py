@@ -1,0 +1,93 @@
+"""common/redisconn.py's connection check (PeekCheck): the pool must still notice a connection
+with an unread reply or one the server closed, now by a peek instead of redis-py's poll.
+
+The peek only runs on non-blocking OS sockets, i.e. under gevent as in the web worker: the
+client's half runs in a child process monkey-patched like it, against a real Redis.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import textwrap
+
+import gevent.socket
+import pytest
+import redis
+from procs import PY, ROOT, RedisServer
+
+from common.redisconn import PeekCheck, peeking, pending
+
+
+@pytest.fixture
+def gevent_pair():
+    a, b = gevent.socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_pending_tells_nothing_data_and_closed_apart(gevent_pair):
+    a, b = gevent_pair
+    assert pending(a) is False
+    b.sendall(b"+OK\r\n")
+    assert pending(a) is True
+    assert pending(a) is True, "a peek must leave the bytes for the reader"
+    assert a.recv(16) == b"+OK\r\n"
+    b.close()
+    with pytest.raises(redis.ConnectionError):
+        pending(a)
+
+
+def test_pending_declines_a_socket_that_would_wait():
+    a, b = socket.socketpair()
+    try:
+        a.settimeout(5)
+        assert pending(a) is None  # redis-py's own check runs instead of a recv that waits
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("cls", [redis.Connection, redis.UnixDomainSocketConnection])
+def test_plain_connections_peek_and_tls_ones_do_not(cls):
+    once = peeking(cls)
+    assert issubclass(once, PeekCheck) and issubclass(once, cls)
+    assert peeking(once) is once
+    assert peeking(redis.SSLConnection) is redis.SSLConnection
+
+
+CHILD = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import sys, time
+    from common.redisconn import PeekCheck, redis_client
+    r = redis_client(sys.argv[1])
+    pool = r.connection_pool
+    assert isinstance(pool.get_connection(), PeekCheck)
+    r.set("k", "v")
+    # a reply left unread on a pooled connection: the next command must not read it
+    c = pool.get_connection()
+    c.send_command("SET", "k", "left-unread")
+    deadline = time.monotonic() + 5
+    while not c.can_read() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("unread seen:", c.can_read())
+    pool.release(c)
+    print("after unread:", r.get("k"))
+    # the server closes every connection: the next command reconnects
+    other = redis_client(sys.argv[1])
+    other.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    print("after kill:", r.get("k"))
+""")
+
+
+def test_a_worker_like_client_recovers_from_unread_and_closed_connections():
+    server = RedisServer()
+    try:
+        out = subprocess.run([PY, "-c", CHILD, server.url], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines == ["unread seen: True", "after unread: left-unread",
+                         "after kill: left-unread"], out.stdout + out.stderr
+    finally:
+        server.stop()
