@@ -13,6 +13,7 @@ from .keys import CLUSTER_SHARDS, Keys
 
 POOL_MAX = 100  # Redis connections per process (per node of a cluster)
 POOL_WAIT = 10.0  # seconds a command may wait for a free one (one Redis)
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # once: an enum's `|` costs a call each time
 
 
 class PeekCheck:
@@ -43,7 +44,7 @@ def pending(sock) -> bool | None:
     if raw.gettimeout() != 0.0:
         return None
     try:
-        data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data = raw.recv(1, _PEEK)
     except BlockingIOError:
         return False
     except OSError as exc:
