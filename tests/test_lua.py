@@ -533,6 +533,29 @@ def test_stale_intents_are_carried_out_by_whoever_finds_them(store, r, emitted):
     assert r.hgetall(K.closing) == {} and len(history(r, "closed")) == 1
 
 
+def test_a_chat_ended_before_its_room_was_opened_is_opened_then_closed_in_order(store, r, emitted):
+    """A leave between the home slot's pairing and open.lua (a private join's or the matcher's
+    second half still to come): close.lua finds no room and leaves the end there; open.lua then
+    opens and closes it in one step, so the partner hears `matched` and then `partner_left`
+    instead of a `matched` nobody ever ends."""
+    room = half_match(store, r, "a", "b")
+    intent = r.hget(K.opening, room)
+    assert store.end_chat("a", "left", False) == ("b", room)
+    assert [e for e in emitted() if e["event"] in ("matched", "partner_left")] == []
+    assert store.open_room(room, intent) is True
+    told = [(e["event"], e["room"], e["data"][0]) for e in emitted()
+            if e["event"] in ("matched", "partner_left")]
+    assert [(event, to) for event, to, _ in told] == [
+        ("matched", "u:a"), ("matched", "u:b"), ("partner_left", "u:b")]
+    assert told[2][2] == {"reason": "left", "room": room}
+    assert store.message("b", "b1", "anyone?", room).status == "not_chatting"
+    assert store.open_room(room, intent) is False  # once only
+    assert store.close_room(room, json.dumps({"user": "a", "reason": "left", "at": 1})) is False
+    assert [e for e in emitted() if e["event"] in ("matched", "partner_left")] == []
+    assert len(history(r, "opened")) == 1 and len(history(r, "closed")) == 1
+    assert 0 < r.ttl(K.chat(room)) <= SENT_TTL
+
+
 # -- typing.lua ---------------------------------------------------------------------------------
 def test_typing_goes_to_the_partner_with_the_room_and_not_without_a_chat(store, r, emitted):
     room = pair_up(store, r, "a", "b")

@@ -2,6 +2,7 @@
 -- first opens the room, later calls change nothing): the chat hash, `opened` in the history, and
 -- `matched` to both users on their routes.
 -- Returns 1 when this call opened it, 0 when it was open (or closed) already.
+-- A chat ended before this (close.lua's `ended`) is opened and then closed in the same step.
 -- KEYS (all in the room's shard):
 local chat = KEYS[1]     -- chat:<room>
 local history = KEYS[2]  -- the shard's history stream
@@ -14,8 +15,17 @@ local history_maxlen = ARGV[3]        -- each history stream's cap, about
 local ttl = tonumber(ARGV[4])
 local tag = tag_of(chat)
 
+-- A chat whose end came first (close.lua left `ended`, the close intent) is opened and closed
+-- here at once; one that holds its users is open already.
+local ended = nil
 if redis.call('EXISTS', chat) == 1 then
-  return 0
+  if redis.call('HEXISTS', chat, 'a') == 1 then
+    return 0
+  end
+  ended = redis.call('HGET', chat, 'ended')
+  if not ended then
+    return 0
+  end
 end
 local a, b = intent.a, intent.b
 local interests = json_list(intent.interests)
@@ -23,7 +33,9 @@ local ra, rb = json_list(intent.ra), json_list(intent.rb)
 local kind = intent.kind or 'random'  -- an intent left by a matcher of before private rooms
 redis.call('HSET', chat, 'a', a, 'b', b, 'seq', 0, 'interests', interests, 'kind', kind,
   'opened', tostring(intent.at), 'route:' .. a, ra, 'route:' .. b, rb)
-redis.call('EXPIRE', chat, ttl)
+if not ended then
+  redis.call('EXPIRE', chat, ttl)
+end
 -- who1/who2: each user's keyed hashes (browser|address), which a ban from the admin needs
 append_history(history, history_maxlen, 'type', 'opened', 'room', room, 'user1', a, 'user2', b,
   'interests', interests, 'kind', kind, 'ts', tostring(intent.at), 'who1', intent.wa or '|',
@@ -34,4 +46,8 @@ local data = '{"room":' .. cjson.encode(room) .. ',"interests":' .. interests ..
   .. cjson.encode(kind) .. ',"at":' .. string.format('%d', intent.at) .. '}'
 emit_route_json(tag, ra, EV.matched, a, data)
 emit_route_json(tag, rb, EV.matched, b, data)
+if ended then
+  redis.call('HDEL', chat, 'ended')  -- its TTL stays close.lua's
+  close_chat(chat, history, history_maxlen, room, cjson.decode(ended))
+end
 return 1

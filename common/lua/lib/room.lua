@@ -70,3 +70,21 @@ end
 local function emit_in_chat(chat, user, event, payload)
   emit_route(tag_of(chat), redis.call('HGET', chat, 'route:' .. user), event, user, payload)
 end
+
+-- Mark a chat closed in its shard and tell it (close.lua, and open.lua for a chat ended before
+-- it was opened): `closed` in the history, `partner_left {reason, room}` to the partner of
+-- `intent.user`, and to that user too when `intent.both`. intent: {user, reason, both, at}.
+local function close_chat(chat, history, history_maxlen, room, intent)
+  local user = intent.user
+  local partner = other_of(chat, user)
+  redis.call('HSET', chat, 'closed', tostring(intent.at))
+  append_history(history, history_maxlen, 'type', 'closed', 'room', room, 'user', user,
+    'reason', intent.reason, 'ts', tostring(intent.at))
+  local left = {reason = intent.reason, room = room}
+  if partner then
+    emit_in_chat(chat, partner, EV.partner_left, left)
+  end
+  if intent.both then
+    emit_in_chat(chat, user, EV.partner_left, left)
+  end
+end
