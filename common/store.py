@@ -6,8 +6,10 @@ the wait list, who is chatting with whom) or a chat's shard (its messages). A st
 both is two scripts, made safe by an intent: the home slot's script records what the shard must
 do (`opening`, `closing`), the shard's script is idempotent, and the intent is deleted once
 done; whoever finds an intent left by a process killed in between carries it out
-(finish_pending, and a resume that meets a room not open yet). On one Redis the home slot and
-the only shard are the same tag; the steps are the same.
+(finish_pending, and a resume that meets a room not open yet). A chat ended between the two
+halves of its opening leaves its end in the shard (close.lua), and open.lua then opens and
+closes it in one step: `matched`, then `partner_left`. On one Redis the home slot and the only
+shard are the same tag; the steps are the same.
 """
 from __future__ import annotations
 
