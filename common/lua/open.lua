@@ -15,17 +15,11 @@ local history_maxlen = ARGV[3]        -- each history stream's cap, about
 local ttl = tonumber(ARGV[4])
 local tag = tag_of(chat)
 
--- A chat whose end came first (close.lua left `ended`, the close intent) is opened and closed
--- here at once; one that holds its users is open already.
-local ended = nil
-if redis.call('EXISTS', chat) == 1 then
-  if redis.call('HEXISTS', chat, 'a') == 1 then
-    return 0
-  end
-  ended = redis.call('HGET', chat, 'ended')
-  if not ended then
-    return 0
-  end
+-- A chat whose end came first (close.lua left `ended`, the close intent, and nothing else) is
+-- opened and closed here at once; any other chat hash is open or closed already.
+local ended = redis.call('HGET', chat, 'ended')
+if not ended and redis.call('EXISTS', chat) == 1 then
+  return 0
 end
 local a, b = intent.a, intent.b
 local interests = json_list(intent.interests)
