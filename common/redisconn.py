@@ -12,7 +12,7 @@ from .config import Settings
 from .keys import CLUSTER_SHARDS, Keys
 
 POOL_MAX = 100  # Redis connections per process (per node of a cluster)
-POOL_WAIT = 10.0  # seconds a command may wait for a free one (one Redis)
+POOL_WAIT = 10.0  # seconds a command may wait for a free one
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # once: an enum's `|` costs a call each time
 
 
@@ -82,14 +82,18 @@ def redis_client(url: str, **kwargs) -> redis.Redis:
 def cluster_client(url: str, **kwargs) -> RedisCluster:
     """A Redis Cluster client from one seed node (redis-py finds the others).
 
-    Not a blocking pool: redis-py's cluster client takes an exhausted one for a failed node and
-    retries for seconds. A node that fails is given up on after two quick retries (redis-py's
+    Each node's pool is bounded and blocking, like redis_client's: with redis-py's default pool
+    a burst of more than POOL_MAX commands in flight on one node (a hundred users connecting to
+    a worker at once) failed at once with "Too many connections", and those users were told
+    `unavailable`. A node that fails is given up on after two quick retries (redis-py's
     default, ten with up to 1 s each, held a request 4 - 6 s), so a worker answers `unavailable`
     and the client resumes, as on one Redis.
     """
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("max_connections", POOL_MAX)
+    kwargs.setdefault("connection_pool_class", redis.BlockingConnectionPool)
+    kwargs.setdefault("timeout", POOL_WAIT)  # the blocking pool's wait for a free connection
     kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2))
     return RedisCluster.from_url(url, decode_responses=True, **kwargs)
 

@@ -1,8 +1,9 @@
-"""common/redisconn.py's connection check (PeekCheck): the pool must still notice a connection
-with an unread reply or one the server closed, now by a peek instead of redis-py's poll.
+"""common/redisconn.py: the connection check (PeekCheck) must still notice a connection with an
+unread reply or one the server closed, now by a peek instead of redis-py's poll; and a burst of
+commands past the pool's size waits for a connection, on one Redis and on a Redis Cluster.
 
 The peek only runs on non-blocking OS sockets, i.e. under gevent as in the web worker: the
-client's half runs in a child process monkey-patched like it, against a real Redis.
+clients run in child processes monkey-patched like it, against a real Redis and cluster.
 """
 from __future__ import annotations
 
@@ -91,3 +92,40 @@ def test_a_worker_like_client_recovers_from_unread_and_closed_connections():
                          "after kill: left-unread"], out.stdout + out.stderr
     finally:
         server.stop()
+
+
+BURST = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import collections, sys, gevent
+    from common.redisconn import POOL_MAX, cluster_client, redis_client
+    r = (cluster_client if sys.argv[2] == "cluster" else redis_client)(sys.argv[1])
+    failed = collections.Counter()
+    def one():
+        try:  # holds a connection for 0.3 s, on one node of a cluster (one hash tag)
+            r.blpop("{redisconn-test}nothing", timeout=0.3)
+        except Exception as exc:
+            failed[type(exc).__name__] += 1
+    gevent.joinall([gevent.spawn(one) for _ in range(POOL_MAX + 50)])
+    print(dict(failed))
+""")
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(kind, request):
+    """POOL_MAX + 50 commands in flight at once, as when a hundred users connect to a worker
+    together: every one is served (the cluster's pool used to refuse 50 of them at once with
+    "Too many connections", and those users were told `unavailable`)."""
+    own = None
+    if kind == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        own = RedisServer()
+        url = own.url
+    try:
+        out = subprocess.run([PY, "-c", BURST, url, kind], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        if own is not None:
+            own.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{}", out.stdout + out.stderr
