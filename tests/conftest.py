@@ -230,6 +230,7 @@ def make_stack():
         made.append(s)
         return s
 
+    build.made = made  # for the failure report's logs
     yield build
     for s in made:
         s.stop(background=True)
@@ -246,6 +247,8 @@ def pytest_runtest_makereport(item, call):
             if isinstance(s, Stack):
                 rep.sections.append(("process logs", s.logs()))
                 break
+        for s in getattr(item.funcargs.get("make_stack"), "made", ()):
+            rep.sections.append(("process logs", s.logs()))
 
 
 @pytest.fixture
