@@ -122,14 +122,18 @@ async def test_a_report_keeps_the_two_browsers_apart_even_from_a_new_tab(fresh_a
 
     b2 = await browsers("b2", cb)  # the reported browser again, in a new tab: a new user
     assert b2.user != b.user
+    r = fresh_any.client
+    k = keys_of(fresh_any)
     await a.join()
+    # users who joined in the same millisecond are looked at in the order of their ids: let the
+    # clock (Redis's, on this machine) pass a's, so that a is the oldest
+    since = r.zscore(k.queue, a.user)
+    await wait_for(lambda: time.time() * 1000 >= since + 2, 1, "the next millisecond")
     await b2.join()  # nobody else waits: they must not be paired
     c = await browsers("c", browser()[0], worker=1)
     await c.join()
     # the matcher looks at the oldest first: a (kept from b2) is paired with c
     assert (await c.next("matched"))["room"] == (await a.next("matched"))["room"]
-    r = fresh_any.client
-    k = keys_of(fresh_any)
     assert r.zscore(k.queue, b2.user) is not None and b2.count("matched") == 0
     # the block is on the reporter's browser, for both the browser and the user id
     assert set(r.zrange(k.block_prefix + ha, 0, -1)) == {hb, "u:" + b.user}
