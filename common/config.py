@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Read at import (tests point it elsewhere); documented in SETTINGS like the others.
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR") or ROOT / "instance")
 README = ROOT / "README.md"
+UNIX_PATH_MAX = 107  # bytes of a Unix socket's path (Linux's sun_path, less its NUL)
 
 
 class ConfigError(ValueError):
@@ -187,6 +188,14 @@ def _max_below_worker_connections(name: str, value: int, reading: Reading) -> No
                           f"({value} >= {reading['worker_connections']})")
 
 
+def _unix_socket_path(name: str, value: str, reading: Reading) -> None:
+    # sun_path holds 107 bytes and a NUL; gunicorn binds `unix:` + the path
+    if len(os.fsencode(value)) > UNIX_PATH_MAX:
+        raise ConfigError(f"{name} must be at most {UNIX_PATH_MAX} bytes long, got {value!r}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(value))):
+        raise ConfigError(f"{name}: the folder of {value!r} does not exist")
+
+
 def _key_prefix(name: str, value: str, reading: Reading) -> None:
     if not value.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"{name} must be letters, digits, - or _, got {value!r}")
@@ -222,6 +231,10 @@ SETTINGS: tuple[Setting, ...] = (
       "`production` refuses defaults for secrets and URLs", choices=("development", "production")),
     S("HOST", "host", "text", "127.0.0.1", "where a web worker listens"),
     S("PORT", "port", "int", "5000", None, 1, 65535),
+    S("UNIX_SOCKET", "unix_socket", "text", None,
+      "a Unix socket path a web worker listens on as well, for an nginx on the same machine "
+      "(`python -m stack cluster` uses one per worker: cheaper than loopback TCP)",
+      check=_unix_socket_path),
     S("REDIS_URL", "redis_url", "url", "redis://127.0.0.1:6379/0",
       "shared state and the Socket.IO queue", choices=("redis", "rediss", "unix"),
       shown="`redis://127.0.0.1:6379/0` (`make run`: a private Redis)",

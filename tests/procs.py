@@ -180,11 +180,15 @@ def base_env(redis_url: str, **extra) -> dict:
 
 
 class WebWorker(Proc):
-    def __init__(self, env: dict, worker_id: str, port: int | None = None):
+    def __init__(self, env: dict, worker_id: str, port: int | None = None,
+                 unix_socket: str | None = None):
+        """`unix_socket`: a path it listens on besides its port (UNIX_SOCKET), for nginx."""
         self.port = port or free_port()
         self.worker_id = worker_id
+        self.unix_socket = unix_socket
         super().__init__(f"web-{worker_id}", [PY, "-m", "web"],
-                         {**env, "PORT": str(self.port), "WORKER_ID": worker_id})
+                         {**env, "PORT": str(self.port), "WORKER_ID": worker_id,
+                          **({"UNIX_SOCKET": unix_socket} if unix_socket else {})})
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:

@@ -135,6 +135,8 @@ BAD = [
     ("INTEREST_WAIT", "-1"), ("MESSAGE_RATE", "fast"), ("MESSAGE_BURST", "0"),
     ("CONTROL_BURST", "1.5"), ("MAX_FRAME_BYTES", "100"), ("LOG_LEVEL", "loud"),
     ("REDIS_PREFIX", "a b"), ("REDIS_PREFIX", "{chat}"), ("MATCH_BATCH", "1"),
+    ("UNIX_SOCKET", "/tmp/" + "s" * 103 + ".sock"),  # past the 107 bytes of a socket's path
+    ("UNIX_SOCKET", "/no-such-folder-here/web1.sock"),
 ]
 
 
@@ -147,6 +149,12 @@ def test_a_database_url_that_cannot_be_opened_is_refused_at_start():
     # "sqlite:" without "//" passes the scheme check but SQLAlchemy cannot parse it: the process
     # would start and fail later, on first use, instead of stopping with one clear line.
     refused(dev(DATABASE_URL="sqlite:chat.db"), "DATABASE_URL")
+
+
+def test_a_unix_socket_in_an_existing_folder_is_accepted(tmp_path):
+    path = str(tmp_path / "web1.sock")
+    assert load(dev(UNIX_SOCKET=path)).unix_socket == path
+    assert load(dev()).unix_socket is None
 
 
 @pytest.mark.parametrize("port", ["1", "65535"])

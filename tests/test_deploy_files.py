@@ -33,6 +33,9 @@ K8S = ROOT / "deploy" / "k8s"
 DEPLOYED = ("common", "web", "matcher", "archiver")
 # variables only a web worker reads: its address and its name
 WEB_ONLY = {"HOST", "PORT", "WORKER_ID"}
+# for an nginx on the web worker's own machine (`python -m stack cluster`); containers and pods
+# reach each other over TCP, and their files leave it unset
+SAME_MACHINE_ONLY = {"UNIX_SOCKET"}
 SECRETS = {"SECRET_KEY", "ADMIN_PASSWORD", "DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_URL"}
 # Python's own variables, set in the image
 PYTHON_VARS = re.compile(r"^(PYTHON[A-Z_]*|PATH|PIP_[A-Z_]+)$")
@@ -397,7 +400,7 @@ def test_the_code_reads_what_config_declares():
 
 def test_every_variable_is_set_in_compose_where_it_matters_and_nothing_else(compose):
     read = variables_the_code_reads()
-    shared = read - WEB_ONLY
+    shared = read - WEB_ONLY - SAME_MACHINE_ONLY
     for name, s in app_services(compose).items():
         env = set(s["environment"])
         assert not env - read, f"{name} sets what no code reads: {sorted(env - read)}"
@@ -412,7 +415,7 @@ def test_every_variable_is_set_in_compose_where_it_matters_and_nothing_else(comp
 
 def test_every_variable_is_set_in_kubernetes_where_it_matters_and_nothing_else(k8s):
     read = variables_the_code_reads()
-    shared = read - WEB_ONLY
+    shared = read - WEB_ONLY - SAME_MACHINE_ONLY
     from_config = set(by_kind(k8s, "ConfigMap")["chat-config"]["data"])
     from_secret = set(by_kind(k8s, "Secret")["chat-secrets"]["stringData"])
     assert not from_config & from_secret

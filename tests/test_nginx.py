@@ -11,6 +11,7 @@ import collections
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -27,7 +28,7 @@ from peer import (Peer, close_all, connect_all, exchange, join_and_pair, partner
 from procs import Fatal, Proc, free_port, wait_until
 
 from stack.cluster import (NGINX_MISSING, find_nginx, local_nginx_conf, nginx_command,
-                           nginx_limits)
+                           nginx_limits, socket_dir)
 
 GRACE = 8.0  # RESUME_GRACE of these stacks: room for a worker's clients to reconnect,
 #               even on a busy machine
@@ -38,7 +39,10 @@ class NginxStack(Stack):
 
     def __init__(self, workers: int = 3, **env):
         self.nginx = None
-        super().__init__(workers=workers, RESUME_GRACE=GRACE, **env)
+        # nginx reaches the workers on Unix sockets, as in `python -m stack cluster`
+        # (docker-compose.yml's nginx uses TCP: `make compose-test`)
+        self.sockets = socket_dir()
+        super().__init__(workers=workers, RESUME_GRACE=GRACE, sockets=self.sockets, **env)
         try:
             nginx = find_nginx()
             assert nginx, NGINX_MISSING
@@ -47,7 +51,7 @@ class NginxStack(Stack):
             # These tests run up to 90 clients from 127.0.0.1: no per-address cap here
             # (test_nginx_enforces_the_transport_limits checks the cap on an nginx of its own).
             conf = local_nginx_conf(
-                self.nginx_dir, [(w.worker_id, f"127.0.0.1:{w.port}") for w in self.webs],
+                self.nginx_dir, [(w.worker_id, f"unix:{w.unix_socket}") for w in self.webs],
                 self.port, limits=nginx_limits(max_conns_per_addr=0, session_rate_per_min=0))
             self.nginx = Proc("nginx", nginx_command(nginx, conf))
             self.url = f"http://127.0.0.1:{self.port}"
@@ -72,6 +76,7 @@ class NginxStack(Stack):
         for p in super().procs():  # all at once (each web worker takes about a second)
             p.signal(signal.SIGTERM)
         super().stop()
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def web(self, worker_id: str):
         return next(w for w in self.webs if w.worker_id == worker_id)
@@ -484,7 +489,7 @@ async def test_polling_chatter_keeps_its_session_while_its_worker_refuses_newcom
         assert late.sio.eio.sid.startswith(b.worker_id + "."), late.sio.eio.sid
         assert await late.call("join", {}) == {"ok": True}
         assert late.count("hello") == 1
-        assert "Traceback" not in s.logs()
+        assert "Traceback" not in s.logs(), s.logs()
     finally:
         await close_all([chatter, *others])
         s.stop()

@@ -27,7 +27,11 @@ class WebServer(BaseApplication):
     def load_config(self):
         s = self.settings
         for key, value in {
-            "bind": f"{s.host}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}",
+            # TCP always (health checks, tools, nginx elsewhere); a Unix socket besides for an
+            # nginx on this machine: a frame written to it costs the worker ~1 us of system time
+            # against ~6 us over loopback TCP, and the worker writes several per message
+            "bind": [f"{s.host}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}",
+                     *([f"unix:{s.unix_socket}"] if s.unix_socket else [])],
             # Socket.IO needs one worker per process (long-polling cannot be made sticky inside
             # gunicorn); scale with more processes behind nginx.
             "workers": 1,

@@ -477,6 +477,18 @@ class _NothingToDiscard:
 # ------------------------------------------------------------------------------ server, worker
 
 
+class _NoRegistry(dict):
+    """gevent-websocket's `server.clients`, which keeps each WebSocket under its client address
+    and nothing here reads: on a Unix socket every address is '' (the second WebSocket's end
+    failed with KeyError), and over TCP it is one more object per connection. Keeps nothing."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def __delitem__(self, key) -> None:
+        pass
+
+
 class GuardedServer(PyWSGIServer):
     """gunicorn's pywsgi server with a per-address connection cap and our logging.
 
@@ -488,6 +500,7 @@ class GuardedServer(PyWSGIServer):
     def __init__(self, *args, **kwargs):
         kwargs["error_log"] = logging.getLogger("gevent.pywsgi")
         super().__init__(*args, **kwargs)
+        self.clients = _NoRegistry()
         settings = settings_of(self.application)
         self.header_timeout = settings.header_timeout
         self.max_frame_bytes = settings.max_frame_bytes
