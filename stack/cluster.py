@@ -252,7 +252,7 @@ def run(args) -> int:
     redis = None
     if not env.get("REDIS_URL") and not env.get("REDIS_CLUSTER_URL"):
         # started before the others and stopped after them, as in `stack run`
-        redis = LocalRedis(base / "redis", preferred_port=6389)
+        redis = LocalRedis(base / "redis", preferred_port=6389, unix_socket=sockets / "redis.sock")
         if not redis.started("cluster"):
             shutil.rmtree(sockets, ignore_errors=True)
             return 1

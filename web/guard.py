@@ -239,6 +239,23 @@ class FrameTooBig(Exception):
     """
 
 
+def frame_writer(sock):
+    """A frame's bytes onto gevent's `sock`: one send, then sendall for what did not fit.
+
+    Why not sendall alone (gevent-websocket's writer): gevent's sendall asks the kernel for the
+    socket's send buffer size (getsockopt) on every call to size its chunks, one more system
+    call per frame (2.4 % of a worker's samples at 1000 users), for frames of a few hundred
+    bytes that one send takes whole."""
+    send, sendall = sock.send, sock.sendall
+
+    def write(data: bytes) -> None:
+        sent = send(data)
+        if sent < len(data):
+            sendall(memoryview(data)[sent:])
+
+    return write
+
+
 class GuardedWebSocket(WebSocket):
     """gevent-websocket 0.10.1's WebSocket with a size check between a frame's header and its
     payload.
@@ -410,6 +427,7 @@ class GuardedHandler(WebSocketHandler):
         ws = getattr(self, "websocket", None)
         if ws is not None and type(ws) is WebSocket:
             ws.__class__ = GuardedWebSocket
+            ws.raw_write = frame_writer(self.socket)
         return result
 
     def run_application(self):
