@@ -1,0 +1,71 @@
+"""Probes from outside, where the other hostile-client tests did not look: Engine.IO's own packet
+types, text that a database cannot hold, and a few races a user can cause."""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from conftest import Stack
+from test_packets import DEFAULTS, Pair, Raw, check_error, tracebacks
+
+
+@pytest.fixture(scope="module")
+def one():
+    """One web worker with the default budgets, and a matcher for the normal pair."""
+    s = Stack(workers=1, matchers=1)
+    yield s
+    s.stop(background=True)
+
+
+@pytest.fixture
+def clean_one(one):
+    one.redis.client.flushall()
+    yield one
+    assert one.webs[0].alive(), one.webs[0].output()[-4000:]
+    found = tracebacks(one)
+    assert not found, "tracebacks in the worker's log:\n" + "\n-----\n".join(found[:3])
+
+
+# Engine.IO packets that never become a Socket.IO packet: PING (a v4 client never sends one
+# outside the upgrade probe), PONG, UPGRADE (each answered with a NOOP) and NOOP.
+ENGINEIO_FLOODS = {"ping": "2", "pong": "3", "upgrade": "5", "noop": "6"}
+
+
+async def test_a_flood_of_engineio_packets_costs_the_packet_budget(clean_one):
+    """Before: 100,000 of any of these on one WebSocket were read, and UPGRADE answered, without
+    costing anything; the packet gate only saw Engine.IO MESSAGEs. Now each costs from the
+    connection's budget and the flood is closed with `rate_limited`, like any other."""
+    url = clean_one.webs[0].url
+    normal = await Pair(url, "eio").start()
+    async with aiohttp.ClientSession() as session:
+        for kind, raw in ENGINEIO_FLOODS.items():
+            attacker = await Raw(url, session, f"flood-{kind}").open()
+            sent = 0
+            while sent < 20_000 and await attacker.send(raw):
+                sent += 1
+                if sent % 200 == 0:
+                    await asyncio.sleep(0)  # let the reader see the close
+            await attacker.wait_closed()
+            assert sent < 20_000, f"a flood of Engine.IO {kind} packets was never closed"
+            codes = [e["code"] for e in attacker.errors()]
+            assert codes and codes[-1] == "rate_limited", (kind, codes)
+            check_error(attacker.errors()[-1], "rate_limited")
+            await attacker.close()
+    await normal.finish()
+
+
+async def test_pongs_at_the_ping_pace_cost_nothing_that_matters(clean_one):
+    """An honest client's PONGs and its one UPGRADE are packets too, but well within budget:
+    a connection that answers a burst's worth of them can still chat."""
+    url = clean_one.webs[0].url
+    async with aiohttp.ClientSession() as session:
+        raw = await Raw(url, session, "honest").open()
+        for _ in range(DEFAULTS.packet_burst // 4):
+            assert await raw.send("3")
+        assert await raw.send('421["typing",{"typing":true}]')
+        ack = await raw.ack(1)
+        check_error(ack[0]["error"], "not_chatting")
+        assert not raw.closed.is_set()
+        await raw.close()
+
