@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 from conftest import Stack
+from peer import pair, wait_for
 from test_packets import DEFAULTS, Pair, Raw, check_error, tracebacks
 
 
@@ -69,3 +70,44 @@ async def test_pongs_at_the_ping_pace_cost_nothing_that_matters(clean_one):
         assert not raw.closed.is_set()
         await raw.close()
 
+
+# -- text that the history's database cannot hold -----------------------------------------------
+NUL_CASES = [  # (event, payload, code): a NUL in every text field a client sends
+    ("message", {"id": "nul-1", "text": "a\x00b"}, "bad_payload"),
+    ("message", {"id": "n\x00l", "text": "hi"}, "bad_id"),
+    ("join", {"interests": ["mu\x00sic"]}, "bad_payload"),
+    ("report", {"reason": "sp\x00am"}, "bad_payload"),
+]
+
+
+async def test_a_nul_in_any_text_field_is_refused_and_history_goes_on(make_stack, postgres, peers):
+    """PostgreSQL cannot store a NUL character in text. Before, a message "a\\x00b" was acked
+    and delivered, and its history entry failed the archiver's batch on every retry: no message
+    of anyone reached SQL after it. Now every text field with a NUL is refused with a code, and
+    the chat and its history go on."""
+    from sqlalchemy import select
+
+    from common.history.db import make_engine
+    from common.history.models import Message
+
+    url = postgres.create_database("probe_nul")
+    s = make_stack(workers=1, archivers=1, DATABASE_URL=url)
+    a, b = await peers(s.urls()[0], "nul-a"), await peers(s.urls()[0], "nul-b")
+    await pair(a, b)
+    for event, payload, code in NUL_CASES:
+        ack = await a.call(event, payload)
+        assert ack["ok"] is False, (event, payload, ack)
+        check_error(ack["error"], code)
+    ack = await a.send("after-nul", "still here")
+    assert ack["ok"], ack
+    got = await b.next("message")
+    assert got["id"] == "after-nul", got  # the first message b sees: nothing with a NUL came
+    engine = make_engine(url)
+
+    def archived():
+        with engine.connect() as c:
+            return c.execute(select(Message.client_id, Message.text)).all()
+
+    rows = await wait_for(archived, 30, "the message after the NUL in SQL", step=0.2)
+    assert [tuple(r) for r in rows] == [("after-nul", "still here")], rows
+    engine.dispose()
