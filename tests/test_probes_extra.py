@@ -71,6 +71,35 @@ async def test_pongs_at_the_ping_pace_cost_nothing_that_matters(clean_one):
         await raw.close()
 
 
+
+async def test_a_flood_of_websocket_pings_is_closed_with_1008(clean_one):
+    """WebSocket ping frames are answered by gevent-websocket below Engine.IO: before, 100,000
+    of them on one connection were each answered with a pong and nothing was closed. Now pings
+    and pongs have the packet budget of their own: a few pass (the connection still chats),
+    a flood is closed with 1008 (policy violation)."""
+    url = clean_one.webs[0].url
+    normal = await Pair(url, "wsping").start()
+    async with aiohttp.ClientSession() as session:
+        attacker = await Raw(url, session, "pinger").open()
+        for _ in range(DEFAULTS.packet_burst // 4):  # what a keep-alive may send: fine
+            await attacker.ws.ping(b"x")
+        assert await attacker.send('421["typing",{"typing":true}]')
+        check_error((await attacker.ack(1))[0]["error"], "not_chatting")
+        sent = 0
+        while sent < 20_000 and not attacker.closed.is_set():
+            try:
+                await attacker.ws.ping(b"x")
+            except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                break
+            sent += 1
+            if sent % 200 == 0:
+                await asyncio.sleep(0)
+        await attacker.wait_closed()
+        assert sent < 20_000, "a flood of WebSocket pings was never closed"
+        assert attacker.ws.close_code == 1008, attacker.close_reason
+        await attacker.close()
+    await normal.finish()
+
 # -- text that the history's database cannot hold -----------------------------------------------
 NUL_CASES = [  # (event, payload, code): a NUL in every text field a client sends
     ("message", {"id": "nul-1", "text": "a\x00b"}, "bad_payload"),

@@ -40,12 +40,13 @@ from common import config
 from common.limits import ROUTABLE_WORKER_ID
 
 from .drain import close_session
-from .ratelimit import KeyedBuckets
+from .ratelimit import KeyedBuckets, TokenBucket
 
 log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 info = logging.getLogger("web")
 
 CLOSE_TOO_BIG = 1009  # RFC 6455: "message too big"
+CLOSE_POLICY = 1008  # RFC 6455: "policy violation" (here: pings or pongs past the budget)
 CONTROL_FRAME_MAX = 125  # RFC 6455 5.5: control frames carry at most 125 bytes
 REFUSED = "chat.guard.refused"  # environ flag: the handler must not read the body to discard it
 # After the drain, the connections still open get this long to finish before gunicorn's own
@@ -239,6 +240,12 @@ class FrameTooBig(Exception):
     """
 
 
+class TooManyControlFrames(Exception):
+    """WebSocket pings or pongs past the connection's budget (PACKET_RATE/s, burst
+    PACKET_BURST): each is answered or handled below Engine.IO, where the packet gate cannot
+    see it, so 100,000 pings on one connection were each answered with a pong for free."""
+
+
 class GuardedWebSocket(WebSocket):
     """gevent-websocket 0.10.1's WebSocket with a size check between a frame's header and its
     payload.
@@ -263,6 +270,12 @@ class GuardedWebSocket(WebSocket):
         if header.opcode & 0x8:  # close, ping, pong
             if header.length > CONTROL_FRAME_MAX:
                 raise FrameTooBig(f"control frame of {header.length} bytes")
+            if header.opcode != self.OPCODE_CLOSE:
+                if handler.ws_controls is None:
+                    handler.ws_controls = TokenBucket(handler.server.packet_rate,
+                                                      handler.server.packet_burst)
+                if not handler.ws_controls.take():
+                    raise TooManyControlFrames("pings or pongs past the packet budget")
         else:
             so_far = handler.ws_message_bytes if header.opcode == self.OPCODE_CONTINUATION else 0
             total = so_far + header.length
@@ -281,11 +294,13 @@ class GuardedWebSocket(WebSocket):
     def receive(self):
         try:
             return super().receive()
-        except FrameTooBig as exc:
-            log.warning("closed a WebSocket with 1009: %s", exc)
+        except (FrameTooBig, TooManyControlFrames) as exc:
+            too_big = isinstance(exc, FrameTooBig)
+            code = CLOSE_TOO_BIG if too_big else CLOSE_POLICY
+            log.warning("closed a WebSocket with %d: %s", code, exc)
             handler = self.handler
             try:
-                self.close(CLOSE_TOO_BIG, b"message too big")
+                self.close(code, b"message too big" if too_big else b"too many pings")
             finally:
                 # Stop the sender at once: the payload still coming is never read, and closing
                 # with unread data resets the connection.
@@ -354,6 +369,7 @@ class GuardedHandler(WebSocketHandler):
     """
 
     ws_message_bytes = 0
+    ws_controls = None  # the connection's TokenBucket for WebSocket pings and pongs
 
     def handle_one_request(self):
         timer = gevent.Timeout(self.server.header_timeout, HeadersTooSlow("header timeout"))
@@ -491,6 +507,7 @@ class GuardedServer(PyWSGIServer):
         settings = settings_of(self.application)
         self.header_timeout = settings.header_timeout
         self.max_frame_bytes = settings.max_frame_bytes
+        self.packet_rate, self.packet_burst = settings.packet_rate, settings.packet_burst
         self.max_per_addr = 0 if settings.trusted_proxies else settings.max_conns_per_addr
         self.open_per_addr: dict[str, int] = {}
 
