@@ -140,3 +140,32 @@ async def test_a_nul_in_any_text_field_is_refused_and_history_goes_on(make_stack
     rows = await wait_for(archived, 30, "the message after the NUL in SQL", step=0.2)
     assert [tuple(r) for r in rows] == [("after-nul", "still here")], rows
     engine.dispose()
+
+
+# -- durability on the Redis Cluster ---------------------------------------------------------------
+class _EveryNode:
+    """`stack.redis.kill_clients` for a cluster: CLIENT KILL TYPE on every master."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def kill_clients(self, kind: str = "pubsub") -> int:
+        return sum(int(n.client.client_kill_filter(_type=kind)) for n in self.cluster.nodes)
+
+
+async def test_killed_listeners_on_the_cluster_lose_nothing_acknowledged(make_stack,
+                                                                         redis_cluster):
+    """tests/test_faults.py kills the queue listeners' connections on one Redis; on a cluster
+    each worker holds sharded subscriptions on every master, and each kill cuts them all."""
+    import uuid
+    from types import SimpleNamespace
+
+    from test_faults import FAULT_ENV, listener_kill
+
+    s = make_stack(workers=2, cluster=redis_cluster, REDIS_PREFIX="kill" + uuid.uuid4().hex[:8],
+                   **FAULT_ENV)
+    f = await listener_kill(SimpleNamespace(urls=s.urls, redis=_EveryNode(redis_cluster)),
+                            pairs=4, kills=8)
+    assert f["listeners_killed"] > 0, f
+    assert f["lost"] == 0, f["lost_ids"]
+    assert f["partner_left"] == 0, f
