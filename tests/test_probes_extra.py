@@ -169,3 +169,62 @@ async def test_killed_listeners_on_the_cluster_lose_nothing_acknowledged(make_st
     assert f["listeners_killed"] > 0, f
     assert f["lost"] == 0, f["lost_ids"]
     assert f["partner_left"] == 0, f
+
+
+# -- races a user can cause --------------------------------------------------------------------------
+async def test_next_pressed_at_once_by_three_users_leaves_no_one_stuck(fresh_any, peers):
+    """Three users on two workers each press Next eight times without waiting for the acks.
+    Afterwards nobody is paired with two people or with themselves; a user the race left idle
+    (their partner pressed Next last) has been told `partner_left` for the chat their page
+    shows; and when the idle ones join again, two of them chat and the third waits."""
+    s = fresh_any
+    urls = s.urls()
+    users = [await peers(urls[i % 2], f"next{i}") for i in range(3)]
+    by_id = {u.user: u for u in users}
+    for u in users:
+        await u.join()
+    await wait_for(lambda: sum(u.count("matched") for u in users) >= 2, 20, "a first pair")
+    acks = await asyncio.gather(*(u.call("next") for u in users for _ in range(8)))
+    assert all(a == {"ok": True} for a in acks), acks
+    k = s.home_key
+
+    def state():
+        return s.client.hgetall(k("partner")), set(s.client.zrange(k("queue"), 0, -1))
+
+    async def check_consistent():
+        partners, waiting = state()
+        assert all(partners.get(b) == a != b for a, b in partners.items()), partners
+        assert not waiting & set(partners), (partners, waiting)
+        for u in users:
+            shown = u.events["matched"][-1]["room"] if u.events["matched"] else None
+            room = s.client.hget(k("room"), u.user)
+            if u.user in partners:  # chatting: the page shows that chat, not ended
+                await wait_for(lambda u=u, room=room: u.events["matched"][-1]["room"] == room,
+                               10, f"{u.name}'s page in {room}")
+                assert not [e for e in u.events["partner_left"] if e["room"] == room]
+            elif u.user not in waiting and shown:  # idle: told that its chat ended
+                await u.next("partner_left", where=lambda e, shown=shown: e["room"] == shown)
+        return partners, waiting
+
+    def settled():
+        partners, waiting = state()
+        return len(partners) + len(waiting) >= 1 and len(partners) + len(waiting) <= 3 and (
+            len(waiting) < 2)  # the matcher has run: two waiting users would be paired
+
+    await wait_for(settled, 20, "the matcher to pair whoever waits")
+    partners, waiting = await check_consistent()
+    idle = [by_id[x] for x in by_id if x not in partners and x not in waiting]
+    for u in idle:
+        await u.join()
+
+    def final():
+        partners, waiting = state()
+        return len(partners) == 2 and len(waiting) == 1
+
+    await wait_for(final, 20, "one pair and one waiting user")
+    partners, waiting = await check_consistent()
+    a, b = sorted(partners)
+    ack = await by_id[a].send("after-race", "hi")
+    assert ack["ok"], ack
+    got = await by_id[b].next("message", where=lambda m: m["id"] == "after-race")
+    assert got["room"] == s.client.hget(k("room"), a)
