@@ -100,6 +100,37 @@ async def test_a_flood_of_websocket_pings_is_closed_with_1008(clean_one):
         await attacker.close()
     await normal.finish()
 
+
+def _empty_fragments(web, count: int) -> tuple[int, int | None]:
+    """A text message of `count` empty continuation frames, never finished: (fragments sent
+    before the server closed, its close code)."""
+    import select
+
+    from test_guard import close_code, frame_header, ws_open
+
+    s = ws_open(web)
+    with s:
+        s.sendall(frame_header(1, opcode=1, fin=False) + b"4")
+        batch = frame_header(0, opcode=0, fin=False) * 1000
+        sent = 0
+        try:
+            while sent < count and not select.select([s], [], [], 0)[0]:
+                s.sendall(batch)
+                sent += 1000
+        except (ConnectionResetError, BrokenPipeError):
+            return sent, None
+        return sent, close_code(s)
+
+
+async def test_a_message_of_endless_empty_fragments_is_closed_with_1008(clean_one):
+    """Zero-length continuation frames never grow a message past MAX_FRAME_BYTES: before, a
+    message of 1,000,000 of them was read to the end and nothing was closed."""
+    url = clean_one.webs[0].url
+    normal = await Pair(url, "frag").start()
+    sent, code = await asyncio.to_thread(_empty_fragments, clean_one.webs[0], 1_000_000)
+    assert sent < 1_000_000 and code in (1008, None), (sent, code)
+    await normal.finish()
+
 # -- text that the history's database cannot hold -----------------------------------------------
 NUL_CASES = [  # (event, payload, code): a NUL in every text field a client sends
     ("message", {"id": "nul-1", "text": "a\x00b"}, "bad_payload"),

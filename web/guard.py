@@ -46,7 +46,7 @@ log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 info = logging.getLogger("web")
 
 CLOSE_TOO_BIG = 1009  # RFC 6455: "message too big"
-CLOSE_POLICY = 1008  # RFC 6455: "policy violation" (here: pings or pongs past the budget)
+CLOSE_POLICY = 1008  # RFC 6455: "policy violation" (here: frames past the frame budget)
 CONTROL_FRAME_MAX = 125  # RFC 6455 5.5: control frames carry at most 125 bytes
 REFUSED = "chat.guard.refused"  # environ flag: the handler must not read the body to discard it
 # After the drain, the connections still open get this long to finish before gunicorn's own
@@ -240,10 +240,11 @@ class FrameTooBig(Exception):
     """
 
 
-class TooManyControlFrames(Exception):
-    """WebSocket pings or pongs past the connection's budget (PACKET_RATE/s, burst
-    PACKET_BURST): each is answered or handled below Engine.IO, where the packet gate cannot
-    see it, so 100,000 pings on one connection were each answered with a pong for free."""
+class TooManyFrames(Exception):
+    """WebSocket frames that are not a whole message (a ping, a pong, a fragment) past the
+    connection's budget (PACKET_RATE/s, burst PACKET_BURST). They are handled below Engine.IO,
+    where the packet gate cannot see them: 100,000 pings on one connection were each answered
+    with a pong, and a message of 1,000,000 empty fragments was read to the end, for free."""
 
 
 class GuardedWebSocket(WebSocket):
@@ -270,18 +271,19 @@ class GuardedWebSocket(WebSocket):
         if header.opcode & 0x8:  # close, ping, pong
             if header.length > CONTROL_FRAME_MAX:
                 raise FrameTooBig(f"control frame of {header.length} bytes")
-            if header.opcode != self.OPCODE_CLOSE:
-                if handler.ws_controls is None:
-                    handler.ws_controls = TokenBucket(handler.server.packet_rate,
-                                                      handler.server.packet_burst)
-                if not handler.ws_controls.take():
-                    raise TooManyControlFrames("pings or pongs past the packet budget")
         else:
             so_far = handler.ws_message_bytes if header.opcode == self.OPCODE_CONTINUATION else 0
             total = so_far + header.length
             if total > limit:
                 raise FrameTooBig(f"a message of {total} bytes or more (limit {limit})")
             handler.ws_message_bytes = 0 if header.fin else total
+        if header.opcode != self.OPCODE_CLOSE and (
+                header.opcode & 0x8 or not header.fin or header.opcode == self.OPCODE_CONTINUATION):
+            if handler.ws_frames is None:
+                handler.ws_frames = TokenBucket(handler.server.packet_rate,
+                                                handler.server.packet_burst)
+            if not handler.ws_frames.take():
+                raise TooManyFrames("pings, pongs or fragments past the frame budget")
         if header.flags:
             raise ProtocolError("reserved bits set")
         payload = self.raw_read(header.length) if header.length else b""
@@ -294,13 +296,13 @@ class GuardedWebSocket(WebSocket):
     def receive(self):
         try:
             return super().receive()
-        except (FrameTooBig, TooManyControlFrames) as exc:
+        except (FrameTooBig, TooManyFrames) as exc:
             too_big = isinstance(exc, FrameTooBig)
             code = CLOSE_TOO_BIG if too_big else CLOSE_POLICY
             log.warning("closed a WebSocket with %d: %s", code, exc)
             handler = self.handler
             try:
-                self.close(code, b"message too big" if too_big else b"too many pings")
+                self.close(code, b"message too big" if too_big else b"too many frames")
             finally:
                 # Stop the sender at once: the payload still coming is never read, and closing
                 # with unread data resets the connection.
@@ -369,7 +371,7 @@ class GuardedHandler(WebSocketHandler):
     """
 
     ws_message_bytes = 0
-    ws_controls = None  # the connection's TokenBucket for WebSocket pings and pongs
+    ws_frames = None  # the connection's TokenBucket for pings, pongs and fragments
 
     def handle_one_request(self):
         timer = gevent.Timeout(self.server.header_timeout, HeadersTooSlow("header timeout"))
