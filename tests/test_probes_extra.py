@@ -56,6 +56,29 @@ async def test_a_flood_of_engineio_packets_costs_the_packet_budget(clean_one):
     await normal.finish()
 
 
+async def test_polling_posts_of_engineio_pongs_end_their_session(clean_one):
+    """Long-polling carries up to 16 packets in one POST (python-engineio refuses more): POSTs
+    of 16 PONGs each spend the budget and end the session; a GET on it is then refused (a NOOP
+    or PING there already ended it: Engine.IO raises on them)."""
+    import json
+
+    url = clean_one.webs[0].url + "/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as r:
+            sid = json.loads((await r.text())[1:])["sid"]
+        async with session.post(url + f"&sid={sid}", data="40{}") as r:
+            assert r.status == 200
+        for _ in range(50):
+            async with session.post(url + f"&sid={sid}", data="\x1e".join(["3"] * 16)) as r:
+                await r.read()
+                if r.status != 200:
+                    break
+        async with session.get(url + f"&sid={sid}",
+                               timeout=aiohttp.ClientTimeout(total=DEFAULTS.ping_interval)) as r:
+            body = await r.text()
+            assert r.status == 400 or "rate_limited" in body, (r.status, body[:300])
+
+
 async def test_pongs_at_the_ping_pace_cost_nothing_that_matters(clean_one):
     """An honest client's PONGs and its one UPGRADE are packets too, but well within budget:
     a connection that answers a burst's worth of them can still chat."""
