@@ -297,7 +297,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("TOKEN_TTL", "token_ttl", "int", "86400",
       "seconds a user token stays valid; every connection gets a fresh one", 60, 30 * 86400),
     S("PACKET_RATE", "packet_rate", "float", "20",
-      "Socket.IO packets per second per connection, valid or not; past the burst the connection "
+      "Socket.IO and Engine.IO packets per second per connection, valid or not (WebSocket pings "
+      "and fragments too, in a budget of their own); past the burst the connection "
       "is closed", 1, 10_000),
     S("PACKET_BURST", "packet_burst", "int", "60", None, 1, 100_000),
     S("MAX_BODY_BYTES", "max_body_bytes", "int", "65536",

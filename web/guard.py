@@ -40,12 +40,13 @@ from common import config
 from common.limits import ROUTABLE_WORKER_ID
 
 from .drain import close_session
-from .ratelimit import KeyedBuckets
+from .ratelimit import KeyedBuckets, TokenBucket
 
 log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 info = logging.getLogger("web")
 
 CLOSE_TOO_BIG = 1009  # RFC 6455: "message too big"
+CLOSE_POLICY = 1008  # RFC 6455: "policy violation" (here: frames past the frame budget)
 CONTROL_FRAME_MAX = 125  # RFC 6455 5.5: control frames carry at most 125 bytes
 REFUSED = "chat.guard.refused"  # environ flag: the handler must not read the body to discard it
 # After the drain, the connections still open get this long to finish before gunicorn's own
@@ -239,6 +240,13 @@ class FrameTooBig(Exception):
     """
 
 
+class TooManyFrames(Exception):
+    """WebSocket frames that are not a whole message (a ping, a pong, a fragment) past the
+    connection's budget (PACKET_RATE/s, burst PACKET_BURST). They are handled below Engine.IO,
+    where the packet gate cannot see them: 100,000 pings on one connection were each answered
+    with a pong, and a message of 1,000,000 empty fragments was read to the end, for free."""
+
+
 def frame_writer(sock):
     """A frame's bytes onto gevent's `sock`: one send, then sendall for what did not fit.
 
@@ -286,6 +294,13 @@ class GuardedWebSocket(WebSocket):
             if total > limit:
                 raise FrameTooBig(f"a message of {total} bytes or more (limit {limit})")
             handler.ws_message_bytes = 0 if header.fin else total
+        if header.opcode != self.OPCODE_CLOSE and (
+                header.opcode & 0x8 or not header.fin or header.opcode == self.OPCODE_CONTINUATION):
+            if handler.ws_frames is None:
+                handler.ws_frames = TokenBucket(handler.server.packet_rate,
+                                                handler.server.packet_burst)
+            if not handler.ws_frames.take():
+                raise TooManyFrames("pings, pongs or fragments past the frame budget")
         if header.flags:
             raise ProtocolError("reserved bits set")
         payload = self.raw_read(header.length) if header.length else b""
@@ -298,11 +313,13 @@ class GuardedWebSocket(WebSocket):
     def receive(self):
         try:
             return super().receive()
-        except FrameTooBig as exc:
-            log.warning("closed a WebSocket with 1009: %s", exc)
+        except (FrameTooBig, TooManyFrames) as exc:
+            too_big = isinstance(exc, FrameTooBig)
+            code = CLOSE_TOO_BIG if too_big else CLOSE_POLICY
+            log.warning("closed a WebSocket with %d: %s", code, exc)
             handler = self.handler
             try:
-                self.close(CLOSE_TOO_BIG, b"message too big")
+                self.close(code, b"message too big" if too_big else b"too many frames")
             finally:
                 # Stop the sender at once: the payload still coming is never read, and closing
                 # with unread data resets the connection.
@@ -371,6 +388,7 @@ class GuardedHandler(WebSocketHandler):
     """
 
     ws_message_bytes = 0
+    ws_frames = None  # the connection's TokenBucket for pings, pongs and fragments
 
     def handle_one_request(self):
         timer = gevent.Timeout(self.server.header_timeout, HeadersTooSlow("header timeout"))
@@ -522,6 +540,7 @@ class GuardedServer(PyWSGIServer):
         settings = settings_of(self.application)
         self.header_timeout = settings.header_timeout
         self.max_frame_bytes = settings.max_frame_bytes
+        self.packet_rate, self.packet_burst = settings.packet_rate, settings.packet_burst
         self.max_per_addr = 0 if settings.trusted_proxies else settings.max_conns_per_addr
         self.open_per_addr: dict[str, int] = {}
 

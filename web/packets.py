@@ -8,8 +8,8 @@ and packets cost their sender nothing, so 200,000 cheap ones starved the worker'
 `guard` replaces that dispatch with one that
 
 - charges every packet to a per-connection token bucket (PACKET_RATE/s, burst PACKET_BURST,
-  valid or not), and closes the Engine.IO connection with one `error {code: "rate_limited"}`
-  when the bucket is empty;
+  valid or not, and Engine.IO's own PING, PONG, UPGRADE and NOOP packets too), and closes the
+  Engine.IO connection with one `error {code: "rate_limited"}` when the bucket is empty;
 - refuses binary Socket.IO packets (types 5, 6) and binary Engine.IO messages outright: this
   protocol has no binary events, so nothing is ever stored for attachments;
 - refuses whatever cannot be decoded or is not one of CONNECT (to `/`, once), DISCONNECT (from
@@ -118,8 +118,36 @@ class Gate:
             r = original(eio_sid, *args)
             if r is not False:
                 self.buckets[eio_sid] = TokenBucket(self.rate, self.burst)
+                session = self.server.eio.sockets.get(eio_sid)
+                if session is not None:
+                    session.receive = self.charged(eio_sid, session.receive)
             return r
         return connect
+
+    def charged(self, eio_sid, receive):
+        """One Engine.IO session's `receive`, charging what never reaches `message`.
+
+        Engine.IO handles its own packets (PING, PONG, UPGRADE, NOOP, unknown types) before
+        Socket.IO sees anything, so they cost nothing: 100,000 of them on one WebSocket were
+        all read, and every UPGRADE answered. An honest client sends a PONG per ping interval
+        and one UPGRADE (one token each); anything else of these is refused work
+        (REFUSED_COST). A MESSAGE is charged by `message`, and a CLOSE ends the session.
+        """
+        free = (eio_packet.MESSAGE, eio_packet.CLOSE)
+        honest = (eio_packet.PONG, eio_packet.UPGRADE)
+
+        def receive_charged(pkt):
+            kind = pkt.packet_type
+            if kind not in free:
+                bucket = self.buckets.get(eio_sid)
+                if bucket is None:  # closed by the gate: what is still in flight is dropped
+                    return None
+                if not bucket.take():
+                    return self.flood(eio_sid)
+                if kind not in honest:
+                    bucket.tokens -= REFUSED_COST - 1
+            return receive(pkt)
+        return receive_charged
 
     def on_disconnect(self, original):
         def disconnect(eio_sid, *args):

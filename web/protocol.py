@@ -23,8 +23,9 @@ class Refused(Exception):
 
 
 def _is_text(value: Any) -> bool:
-    """A str that can be stored: JSON may carry lone surrogates ("\\ud800"), UTF-8 cannot."""
-    if not isinstance(value, str):
+    """A str that can be stored: JSON may carry lone surrogates ("\\ud800"), UTF-8 cannot, and
+    NUL ("\\u0000"), which PostgreSQL's text cannot (the archiver's batch would fail forever)."""
+    if not isinstance(value, str) or "\x00" in value:
         return False
     if value.isascii():
         return True
