@@ -28,6 +28,7 @@ the back-off are common/daemon.py's.
 """
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ import redis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from common.config import Settings
 from common.daemon import DATABASE_ERRORS, REDIS_ERRORS, Daemon
@@ -66,6 +68,24 @@ LAG = Gauge("chat_archiver_lag_seconds",
 DB_ERRORS = Counter("chat_archiver_database_errors",
                     "Batches this archiver could not write because the database failed (the "
                     "batch stays pending and is retried)")
+REFUSED = Counter("chat_archiver_refused_entries",
+                  "History entries the database refused to store (not an outage: the entry's "
+                  "own data), set aside in the history:refused stream")
+REFUSED_KEEP = 10_000  # entries kept in history:refused, about (the newest)
+
+
+# raised while the driver turns a value into SQL, before the database sees it: psycopg2 raises
+# a bare ValueError for a NUL in a string (SQLAlchemy passes it on as it is from executemany,
+# and wraps it in a StatementError without a DBAPI error elsewhere)
+REFUSED_ERRORS = (*DATABASE_ERRORS, ValueError)
+
+
+def refused_data(exc: BaseException) -> bool:
+    """Whether the database refused a batch for its data, which no retry changes (a value it
+    cannot store, a constraint), rather than because it is unreachable or busy."""
+    if isinstance(exc, (DataError, IntegrityError, ValueError)):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
 class Archiver(Daemon):
@@ -79,6 +99,7 @@ class Archiver(Daemon):
         # a stream's shard number qualifies its report ids (writer.report_id); home's: None
         self.shard = {keys.history_of(t): n for n, t in enumerate(keys.shard_tags)}
         self.shard[keys.history_of(keys.home)] = None
+        self.refused_stream = keys.history_refused
         # connected, and the groups made, in step(): a cluster client fails at once while no
         # node answers, and Redis may come up after the archiver
         self.r: redis.Redis | RedisCluster | None = None
@@ -225,7 +246,7 @@ class Archiver(Daemon):
         # back without fields while pending: nothing to write, only to acknowledge
         batch = [(report_id(self.shard[s], eid), fields)
                  for s, entries in got.items() for eid, fields in entries if fields]
-        counts = write_batch(self.engine, batch, self.known) if batch else {}
+        counts = self.write(batch) if batch else {}
         self.done(got)
         if batch:
             WRITTEN.inc(len(batch))
@@ -241,6 +262,32 @@ class Archiver(Daemon):
         if not full:
             self.sleep(LINGER)
         return len(batch)
+
+    def write(self, batch: list[tuple[str, dict]]) -> dict:
+        """Write the batch in one transaction; if the database refuses it for its data, write
+        its entries one at a time and set aside those it refuses (history:refused, with the
+        error's class), so that one bad entry does not hold back everyone's history forever."""
+        try:
+            return write_batch(self.engine, batch, self.known)
+        except REFUSED_ERRORS as exc:
+            if not refused_data(exc):
+                raise
+        self.known.clear()  # a room purged meanwhile is made again rather than refused
+        counts: collections.Counter = collections.Counter()
+        for entry_id, fields in batch:
+            try:
+                counts.update(write_batch(self.engine, [(entry_id, fields)], self.known))
+            except REFUSED_ERRORS as exc:
+                if not refused_data(exc):
+                    raise
+                self.r.xadd(self.refused_stream, {**fields, "stream_id": entry_id,
+                                                  "error": type(exc).__name__},
+                            maxlen=REFUSED_KEEP, approximate=True)
+                REFUSED.inc()
+                self.log.error("the database refused history entry %s (%s, %s): set aside in "
+                               "%s", entry_id, fields.get("type"), type(exc).__name__,
+                               self.refused_stream)
+        return dict(counts)
 
     def _log_progress(self) -> None:
         now = time.monotonic()

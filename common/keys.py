@@ -31,6 +31,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 | `{p}:opening`             | hash   | room -> JSON {a, b, interests, at}: a pair made in the home slot whose room is not open yet in its shard (an intent, replayed by whoever finds it) |
 | `{p}:closing`             | hash   | room -> JSON {user, reason, both, at}: a chat ended in the home slot whose room is not closed yet in its shard (an intent, likewise) |
 | `{p}:history`             | stream | reports made without a room, for the archiver |
+| `{p}:history:refused`     | stream | history entries the database refused to store, set aside by the archiver so the rest goes on (the entry's fields, its `stream_id` and the `error`'s class; the newest 10,000) |
 | `{p}:private:<KEY>`       | hash   | a private room's key: `host` (who made it), `created` (ms); once a friend joined, `room` and `guest`. Expires PRIVATE_ROOM_TTL after it was made while unused; deleted when its host leaves, goes elsewhere or is reaped, and when its chat ends |
 | `{p}:hosts`               | hash   | user -> the KEY of the private room they made (so Leave, Next, a join or the reaper ends it) |
 | `{p}:guess:u:<user>`      | hash   | a user's budget of wrong private room keys: token bucket {tokens, ts}; expires once full again |
@@ -122,6 +123,7 @@ class Keys:
     opening = property(lambda self: self._k("opening"))
     closing = property(lambda self: self._k("closing"))
     history = property(lambda self: self._k("history"))
+    history_refused = property(lambda self: self._k("history:refused"))
     hosts = property(lambda self: self._k("hosts"))
 
     @property

@@ -439,6 +439,41 @@ def test_entries_pending_from_a_killed_archiver_are_claimed(history_redis, postg
         engine.dispose()
 
 
+def test_an_entry_the_database_refuses_is_set_aside_and_the_rest_is_archived(history_redis,
+                                                                              postgres, request):
+    # PostgreSQL's text cannot hold NUL: such an entry (the web workers refuse NUL now; one
+    # from before, or any other value the database refuses) failed its batch on every retry,
+    # and nobody's history reached SQL after it
+    env, r, keys = history_redis
+    url = postgres.create_database(f"refused_{request.node.callspec.id}")
+    upgrade(url)
+    engine = make_engine(url)
+    want = add_history(r, keys, "before", per_stream=1, explicit_ids=False)
+    room = next(iter(sorted(want["rooms"])))
+    stream = keys.history_of(keys.room_tag(room))
+    bad = {"type": "message", "room": room, "user": f"a-{room}", "id": f"{room}-bad",
+           "seq": "3", "text": "nul \x00 here", "ts": str(BASE_MS + 3)}
+    bad_id = r.xadd(stream, bad)
+    later = add_history(r, keys, "after", per_stream=1, explicit_ids=False)
+    want = {k: want[k] | later[k] for k in want}
+    archiver = ArchiverProc({**env, "DATABASE_URL": url}, "archiver")
+    try:
+        got = wait_history(engine, want)
+        assert_history(got, want)  # everything but the refused entry, once
+        wait_drained(r, keys)
+        refused = r.xrange(keys.history_refused)
+        assert len(refused) == 1
+        fields = refused[0][1]
+        assert fields["text"] == bad["text"] and fields["id"] == bad["id"]
+        assert fields["stream_id"].endswith(bad_id) and fields["error"]
+        out = archiver.output()
+        assert "refused history entry" in out and "nul" not in out  # the id, not the text
+        assert archiver.stop() == 0, out
+    finally:
+        archiver.stop()
+        engine.dispose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_batches_committed_out_of_order_make_the_same_rows(backend, request):
     """Two archivers may commit a room's close or messages before its opening."""
