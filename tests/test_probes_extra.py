@@ -248,15 +248,21 @@ async def test_next_pressed_at_once_by_three_users_leaves_no_one_stuck(fresh_any
         partners, waiting = state()
         assert all(partners.get(b) == a != b for a, b in partners.items()), partners
         assert not waiting & set(partners), (partners, waiting)
+        def told_last_chat_ended(u):
+            last = u.events["matched"][-1]["room"]
+            return any(e["room"] == last for e in u.events["partner_left"])
+
         for u in users:
-            shown = u.events["matched"][-1]["room"] if u.events["matched"] else None
             room = s.client.hget(k("room"), u.user)
             if u.user in partners:  # chatting: the page shows that chat, not ended
                 await wait_for(lambda u=u, room=room: u.events["matched"][-1]["room"] == room,
                                10, f"{u.name}'s page in {room}")
                 assert not [e for e in u.events["partner_left"] if e["room"] == room]
-            elif u.user not in waiting and shown:  # idle: told that its chat ended
-                await u.next("partner_left", where=lambda e, shown=shown: e["room"] == shown)
+            elif u.user not in waiting and u.events["matched"]:
+                # idle: its page is told that its last chat ended (its events may still be on
+                # their way when Redis has settled: `matched` of that chat, then `partner_left`)
+                await wait_for(lambda u=u: told_last_chat_ended(u), 10,
+                               f"{u.name} told that its last chat ended")
         return partners, waiting
 
     def settled():
