@@ -1,0 +1,150 @@
+"""Probes from outside, a second round: the admin sign-in under concurrent guesses, what a
+client can write into the log, the plain HTTP routes with odd methods, paths and cookies, and
+acknowledged messages through a Redis killed -9 and a web worker killed -9."""
+from __future__ import annotations
+
+import re
+import socket
+import threading
+
+import pytest
+import requests
+from procs import RedisServer, WebWorker, base_env
+from test_admin import PASSWORD, client, login_page
+
+from common.history.migrate import upgrade
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One web worker with the admin console (SQLite history) on its own Redis."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('probe-admin') / 'chat.db'}"
+    upgrade(url)
+    redis = RedisServer()
+    web = WebWorker(base_env(redis.url, DATABASE_URL=url, ADMIN_PASSWORD=PASSWORD), "probe-admin")
+    try:
+        web.wait_ready()
+        yield web
+    finally:
+        web.stop()
+        redis.stop()
+
+
+def _healthy(web: WebWorker) -> None:
+    assert web.alive(), web.output()[-3000:]
+    assert requests.get(web.url + "/healthz", timeout=5).json()["ok"] is True
+    assert "Traceback" not in web.output(), web.output()[-3000:]
+
+
+# -- the admin sign-in -------------------------------------------------------------------------------
+def test_wrong_passwords_sent_at_once_are_each_counted(site):
+    """Guesses sent together must not all pass the lockout check before any is counted: at
+    most FAIL_LIMIT of them may be judged, the others are refused as locked out."""
+    from web.admin.auth import FAIL_LIMIT
+
+    n = 40
+    sessions = [client("127.0.0.3") for _ in range(n)]
+    tokens = [login_page(s, site.url) for s in sessions]
+    start = threading.Barrier(n)
+    codes: list[int] = []
+
+    def guess(i: int) -> None:
+        start.wait()
+        r = sessions[i].post(site.url + "/admin/login",
+                             data={"password": f"guess-{i}", "csrf_token": tokens[i]},
+                             allow_redirects=False, timeout=20)
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(set(codes)) <= [401, 429], codes
+    assert codes.count(401) < FAIL_LIMIT, f"{codes.count(401)} guesses judged of {n}"
+    r = sessions[0].post(site.url + "/admin/login",
+                         data={"password": PASSWORD, "csrf_token": tokens[0]},
+                         allow_redirects=False, timeout=10)
+    assert r.status_code == 429  # locked out: even the right password
+    _healthy(site)
+
+
+def test_a_session_cookie_from_before_sign_in_is_not_signed_in_after_it(site):
+    """Session fixation: the cookie a browser held before signing in (one an attacker could
+    have planted) does not become a signed-in session; only the one the sign-in sets does."""
+    s = client()
+    token = login_page(s, site.url)
+    before = dict(s.cookies)
+    r = s.post(site.url + "/admin/login", data={"password": PASSWORD, "csrf_token": token},
+               allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.text[:300]
+    assert s.get(site.url + "/admin/", allow_redirects=False).status_code == 200
+    planted = client()
+    planted.cookies.update(before)
+    assert planted.get(site.url + "/admin/", allow_redirects=False).status_code == 302
+
+
+# -- plain HTTP routes -----------------------------------------------------------------------------------
+def _raw(web: WebWorker, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+TRAVERSALS = ["/static/../app.py", "/static/%2e%2e/app.py", "/static/js/..%2f..%2fapp.py",
+              "/static/%2e%2e%2f%2e%2e%2fcommon/config.py", "/static//etc/passwd",
+              "/static/..%5capp.py", "/static/js/%00.js", "/static/js/main.js%00.py"]
+
+
+def test_static_urls_never_leave_the_static_folder(site):
+    for path in TRAVERSALS:
+        reply = _raw(site, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status = int(reply.split(b" ", 2)[1])
+        where = re.search(rb"(?im)^location: (?:http://x)?(\S*)", reply)
+        assert status in (400, 404) or (  # werkzeug merges slashes: a redirect that stays
+            status == 308 and where and where.group(1).startswith(b"/static/")), (path, reply[:300])
+        assert b"create_app" not in reply and b"root:" not in reply and b"SETTINGS" not in reply
+    _healthy(site)
+
+
+def test_odd_methods_and_huge_queries_get_a_4xx_never_a_500(site):
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/admin/login", "/static/js/main.js"):
+        for method in ("PUT", "DELETE", "PATCH", "TRACE", "PROPFIND", "CONNECT"):
+            r = requests.request(method, site.url + path, timeout=10, allow_redirects=False)
+            assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:200])
+        r = requests.get(site.url + path, params={"q": "x" * 100_000}, timeout=10,
+                         allow_redirects=False)
+        assert r.status_code < 500, (path, r.status_code)
+    _healthy(site)
+
+
+BAD_BIDS = ["", "x", "0" * 31, "0" * 33, "g" * 32, "A" * 32, "0" * 4000, "é" * 32,
+            '"quoted"', "a;b=c", "../" * 11]
+
+
+def test_a_bad_bid_cookie_is_replaced_never_kept_or_echoed(site):
+    from common.moderation import valid_browser_id
+
+    for bad in BAD_BIDS:
+        cookie = bad.encode("utf-8")
+        reply = _raw(site, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: bid="
+                     + cookie + b"\r\n\r\n")
+        head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        assert head.startswith("HTTP/1.1 200"), (bad[:40], head[:200])
+        m = re.search(r"(?im)^set-cookie: bid=([^;]*)", head)
+        assert m and valid_browser_id(m.group(1)) and m.group(1) != bad, (bad[:40], head)
+    _healthy(site)
+
+
+def test_a_garbage_admin_session_cookie_is_a_sign_in_page(site):
+    for junk in ("x" * 5000, ".", "..", "eyJ9.a.b", "\u202e" * 10, "a" * 100 + "."):
+        s = client()
+        s.cookies.set("session", junk.encode("utf-8").decode("latin-1"))
+        r = s.get(site.url + "/admin/", allow_redirects=False, timeout=10)
+        assert r.status_code == 302 and "/admin/login" in r.headers["Location"], r.status_code
+        r = s.get(site.url + "/admin/api/live", timeout=10)
+        assert r.status_code == 401, r.status_code
+    _healthy(site)
