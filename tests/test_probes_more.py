@@ -84,6 +84,26 @@ def test_a_session_cookie_from_before_sign_in_is_not_signed_in_after_it(site):
     assert planted.get(site.url + "/admin/", allow_redirects=False).status_code == 302
 
 
+EDGE_DAYS = [("to", "9999-12-31", "UTC"), ("from", "9999-12-31", "America/New_York"),
+             ("from", "0001-01-01", "Asia/Shanghai"), ("to", "0001-01-01", "Asia/Shanghai")]
+
+
+def test_a_filter_on_the_first_or_last_day_a_calendar_holds_is_never_a_500(site):
+    """A day that is a valid date but whose start or end in UTC falls outside the years Python
+    can hold (the viewer's zone comes from a cookie) is a refused filter, not a crash."""
+    s = client()
+    token = login_page(s, site.url)
+    r = s.post(site.url + "/admin/login", data={"password": PASSWORD, "csrf_token": token},
+               allow_redirects=False, timeout=10)
+    assert r.status_code == 302
+    for field, day, zone in EDGE_DAYS:
+        s.cookies.set("tz", zone)
+        for path in ("/admin/rooms", "/admin/export.csv", "/admin/export.json"):
+            r = s.get(site.url + path, params={field: day}, timeout=10, allow_redirects=False)
+            assert r.status_code in (200, 400), (path, field, day, zone, r.status_code)
+    _healthy(site)
+
+
 # -- plain HTTP routes -----------------------------------------------------------------------------------
 def _raw(web: WebWorker, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
@@ -148,3 +168,102 @@ def test_a_garbage_admin_session_cookie_is_a_sign_in_page(site):
         r = s.get(site.url + "/admin/api/live", timeout=10)
         assert r.status_code == 401, r.status_code
     _healthy(site)
+
+
+# -- durability: Redis and a web worker killed -9 -------------------------------------------------------
+@pytest.fixture
+def aof_redis():
+    redis = RedisServer(aof=True)  # appendfsync everysec, as stack/services.py runs it
+    yield redis
+    redis.stop()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_redis_killed_under_traffic_loses_nothing_acknowledged(make_stack, aof_redis, how):
+    """tests/test_faults.py stops Redis with SHUTDOWN; a crash (-9) or the init system's SIGTERM
+    must not lose a message acknowledged `ok` either, nor end a chat."""
+    import asyncio
+    import signal
+    import time
+
+    from test_faults import FAULT_ENV, Traffic, make_pairs
+
+    s = make_stack(workers=2, redis=aof_redis, **FAULT_ENV)
+    traffic = Traffic(await make_pairs(s.urls(), 3, "k9"))
+    try:
+        await traffic.until_acked(3)
+        aof_redis.signal(getattr(signal, how))
+        await asyncio.to_thread(aof_redis.p.wait, 10)
+        await asyncio.to_thread(aof_redis.start_again)
+        up = time.monotonic()
+        await traffic.until_delivered(up, timeout=15)
+        await traffic.until_acked(3, after=up, timeout=15)
+        f = await traffic.finish()
+    finally:
+        await traffic.close()
+    assert f["lost"] == 0, f["lost_ids"]
+    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+
+
+async def test_a_web_worker_killed_under_traffic_loses_nothing_acknowledged(make_stack):
+    """kill -9 of one worker of three while its clients send: they reconnect to another worker
+    and resume; every message acknowledged `ok` reaches the partner, no chat ends."""
+    import time
+
+    from test_faults import FAULT_ENV, Traffic, make_pairs
+
+    s = make_stack(workers=3, **FAULT_ENV)
+    traffic = Traffic(await make_pairs(s.urls(), 4, "w9"))
+    try:
+        await traffic.until_acked(2)
+        victim = s.webs[0]
+        assert any(c.worker == victim.worker_id for c in traffic.chatters)
+        victim.kill()
+        mark = time.monotonic()
+        await traffic.until_delivered(mark, timeout=15)
+        await traffic.until_acked(2, after=mark, timeout=15)
+        f = await traffic.finish()
+    finally:
+        await traffic.close()
+    assert not any(c.worker == victim.worker_id for c in traffic.chatters)
+    assert f["lost"] == 0, f["lost_ids"]
+    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+
+
+async def test_a_waiting_user_and_a_private_key_outlive_a_redis_kill(make_stack, aof_redis, peers):
+    """Someone waiting for a stranger and a private room's key made before Redis was killed -9
+    are still there after it: the waiting user is matched with the next newcomer, the friend
+    joins with the key."""
+    import asyncio
+    import signal
+
+    from peer import wait_for
+    from test_faults import FAULT_ENV
+
+    s = make_stack(workers=1, redis=aof_redis, **FAULT_ENV)
+    url = s.urls()[0]
+    waiting, host = await peers(url, "waiting"), await peers(url, "host")
+    await waiting.join()
+    made = await host.call("private_create")
+    assert made["ok"], made
+    aof_redis.signal(signal.SIGKILL)
+    await asyncio.to_thread(aof_redis.p.wait, 10)
+    await asyncio.to_thread(aof_redis.start_again)
+
+    def ready():
+        try:
+            return requests.get(url + "/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    await wait_for(lambda: asyncio.to_thread(ready), 20, "the worker to be ready again")
+    friend, newcomer = await peers(url, "friend"), await peers(url, "newcomer")
+    joined = await friend.call("private_join", {"key": made["key"]})
+    assert joined["ok"], joined
+    assert (await host.next("matched"))["room"] == joined["room"]
+    assert (await newcomer.call("join", {})) == {"ok": True}
+    room = (await waiting.next("matched", timeout=15))["room"]
+    assert (await newcomer.next("matched"))["room"] == room
+    ack = await waiting.send("after-kill", "still here")
+    assert ack["ok"], ack
+    assert (await newcomer.next("message"))["id"] == "after-kill"
