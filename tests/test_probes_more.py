@@ -6,13 +6,19 @@ from __future__ import annotations
 import re
 import socket
 import threading
+from datetime import UTC, datetime
 
 import pytest
 import requests
 from procs import RedisServer, WebWorker, base_env
-from test_admin import PASSWORD, client, login_page
+from sqlalchemy import insert
+from test_admin import PASSWORD, client, csrf_from, login_page
 
+from common.history.db import make_engine
 from common.history.migrate import upgrade
+from common.history.models import Room
+
+ROOM = "probe0room000000000000000000001"
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +26,11 @@ def site(tmp_path_factory):
     """One web worker with the admin console (SQLite history) on its own Redis."""
     url = f"sqlite:///{tmp_path_factory.mktemp('probe-admin') / 'chat.db'}"
     upgrade(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(Room.__table__), [{"id": ROOM, "user1": "a", "user2": "b",
+                                               "interests": [], "opened_at": datetime.now(UTC)}])
+    engine.dispose()
     redis = RedisServer()
     web = WebWorker(base_env(redis.url, DATABASE_URL=url, ADMIN_PASSWORD=PASSWORD), "probe-admin")
     try:
@@ -101,6 +112,34 @@ def test_a_filter_on_the_first_or_last_day_a_calendar_holds_is_never_a_500(site)
         for path in ("/admin/rooms", "/admin/export.csv", "/admin/export.json"):
             r = s.get(site.url + path, params={field: day}, timeout=10, allow_redirects=False)
             assert r.status_code in (200, 400), (path, field, day, zone, r.status_code)
+    _healthy(site)
+
+
+def _signed_in(web: WebWorker) -> requests.Session:
+    s = client()
+    token = login_page(s, web.url)
+    r = s.post(web.url + "/admin/login", data={"password": PASSWORD, "csrf_token": token},
+               allow_redirects=False, timeout=10)
+    assert r.status_code == 302
+    return s
+
+
+def test_ids_past_what_the_database_holds_are_not_found_never_a_500(site):
+    """Numbers in the URL are the client's: one past a 64-bit integer is no such row."""
+    s = _signed_in(site)
+    huge = "9" * 30
+    page = s.get(site.url + "/admin/reports", timeout=10)
+    token = csrf_from(page.text)
+    for path in (f"/admin/reports/{huge}/resolve", f"/admin/moderation/{huge}/unban"):
+        r = s.post(site.url + path, data={"csrf_token": token}, allow_redirects=False, timeout=10)
+        assert r.status_code in (302, 303, 404), (path, r.status_code)
+    for report_id in (huge, "²", "١٢", "-1", "0x10"):  # "²".isdigit() but int("²") fails
+        r = s.post(site.url + "/admin/ban", data={"csrf_token": token, "report_id": report_id,
+                                                  "duration": "1h"},
+                   allow_redirects=False, timeout=10)
+        assert r.status_code in (302, 303), (report_id, r.status_code)
+    r = s.get(site.url + f"/admin/rooms/{ROOM}", params={"after": huge}, timeout=10)
+    assert r.status_code in (200, 404), r.status_code
     _healthy(site)
 
 

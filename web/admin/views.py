@@ -36,6 +36,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 csrf = CSRFProtect()
 
 PER_PAGE = 50
+MAX_ID = 2**63 - 1  # the largest id or seq a BIGINT holds: a larger one in a URL is no row
 TRANSCRIPT_PAGE = 500
 SERIES_TTL = 30.0  # seconds the dashboard's chart data is reused within one process
 API_ENDPOINTS = {"admin.api_live", "admin.api_series", "admin.export_csv", "admin.export_json"}
@@ -323,7 +324,7 @@ def room(room_id: str):
     if len(room_id) > 64:
         abort(404)
     try:
-        after = max(0, int(request.args.get("after", "0")))
+        after = min(max(0, int(request.args.get("after", "0"))), MAX_ID)
     except ValueError:
         after = 0
     with _engine().connect() as conn:
@@ -351,7 +352,7 @@ def reports():
                            more=more)
 
 
-@bp.post("/reports/<int:report_id>/resolve")
+@bp.post(f"/reports/<int(max={MAX_ID}):report_id>/resolve")
 def resolve_report(report_id: int):
     with _engine().begin() as conn:
         done = queries.resolve_report(conn, report_id)
