@@ -306,3 +306,36 @@ async def test_a_waiting_user_and_a_private_key_outlive_a_redis_kill(make_stack,
     ack = await waiting.send("after-kill", "still here")
     assert ack["ok"], ack
     assert (await newcomer.next("message"))["id"] == "after-kill"
+
+
+async def test_a_cluster_master_killed_under_traffic_loses_nothing_acknowledged(make_stack):
+    """The same on a Redis Cluster: one master (with AOF) killed -9 and started again holds a
+    share of the rooms, the home slot or both; its chats go on after it, nothing `ok` lost."""
+    import asyncio
+    import time
+
+    from rediscluster import RedisClusterServer
+    from test_faults import FAULT_ENV, Traffic, make_pairs
+
+    cluster = RedisClusterServer(aof=True)
+    s = None
+    try:
+        s = make_stack(workers=1, cluster=cluster, **FAULT_ENV)
+        traffic = Traffic(await make_pairs(s.urls(), 4, "c9"))
+        try:
+            await traffic.until_acked(3)
+            for victim in range(3):
+                await asyncio.to_thread(cluster.kill, victim)  # the clients go on sending
+                await asyncio.to_thread(cluster.restart, victim)
+                up = time.monotonic()
+                await traffic.until_delivered(up, timeout=20)
+                await traffic.until_acked(2, after=up, timeout=20)
+            f = await traffic.finish()
+        finally:
+            await traffic.close()
+        assert f["lost"] == 0, f["lost_ids"]
+        assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+    finally:
+        if s is not None:
+            s.stop()
+        cluster.stop()
