@@ -339,3 +339,41 @@ async def test_a_cluster_master_killed_under_traffic_loses_nothing_acknowledged(
         if s is not None:
             s.stop()
         cluster.stop()
+
+
+# -- races a user can cause ----------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_messages_sent_while_the_partner_leaves_arrive_once_or_are_refused(make_stack, peers,
+                                                                               workers):
+    """Both send a burst without waiting for acks while B presses Leave in the middle: each
+    message acked `ok` reaches the other exactly once, nothing acked otherwise arrives, and A
+    sees no message of B after its `partner_left`. One worker (delivery by the sender's own
+    worker) and two (through the queue)."""
+    import asyncio
+
+    from peer import pair as pair_peers
+    from peer import wait_for
+
+    s = make_stack(workers=workers, MESSAGE_BURST=200, MESSAGE_RATE=200)
+    urls = s.urls()
+    a, b = await peers(urls[0], "stays"), await peers(urls[-1], "leaves")
+    room = await pair_peers(a, b)
+    sends = [a.send(f"a{i}", "from a") for i in range(40)] + [
+        b.send(f"b{i}", "from b") for i in range(40)]
+    acks = await asyncio.gather(*sends[:20], *sends[40:60], b.call("leave"),
+                                *sends[20:40], *sends[60:])
+    ids = [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)] + ["leave"] + [
+        f"a{i}" for i in range(20, 40)] + [f"b{i}" for i in range(20, 40)]
+    result = dict(zip(ids, acks))
+    assert result.pop("leave") == {"ok": True}
+    ok = {m for m, ack in result.items() if ack.get("ok")}
+    assert all(ack.get("ok") or ack["error"]["code"] == "not_chatting" for ack in result.values())
+    await a.next("partner_left", where=lambda e: e["room"] == room)
+    for receiver, sender in ((a, "b"), (b, "a")):
+        want = {m for m in ok if m.startswith(sender)}
+        await wait_for(lambda r=receiver, w=want: {m["id"] for m in r.events["message"]} >= w,
+                       10, f"{receiver.name} to get every message acked ok")
+        got = [m["id"] for m in receiver.events["message"]]
+        assert sorted(got) == sorted(want), (receiver.name, sorted(got), sorted(want))
+    order = [e for e, _ in a.order if e in ("message", "partner_left")]
+    assert order[-1] == "partner_left", order  # nothing of B's after A was told B left
