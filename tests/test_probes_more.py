@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
+from pg import history_database
 from procs import RedisServer, WebWorker, base_env
 from sqlalchemy import insert
 from test_admin import PASSWORD, client, csrf_from, login_page
@@ -21,10 +22,11 @@ from common.history.models import Room
 ROOM = "probe0room000000000000000000001"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """One web worker with the admin console (SQLite history) on its own Redis."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('probe-admin') / 'chat.db'}"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request, tmp_path_factory):
+    """One web worker with the admin console (its history in SQLite, then PostgreSQL) on its
+    own Redis."""
+    url = history_database(request, tmp_path_factory, "probe_admin")
     upgrade(url)
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -140,6 +142,32 @@ def test_ids_past_what_the_database_holds_are_not_found_never_a_500(site):
         assert r.status_code in (302, 303), (report_id, r.status_code)
     r = s.get(site.url + f"/admin/rooms/{ROOM}", params={"after": huge}, timeout=10)
     assert r.status_code in (200, 404), r.status_code
+    _healthy(site)
+
+
+ODD_VALUES = ["\x00", "\\", "%", "_", "%00", "\ud800".encode("utf-8", "surrogatepass").decode(
+    "latin-1"), "\u202e" * 50, "9" * 5000, "-1", "1e9", "x" * 3000]
+
+
+def test_odd_query_values_on_every_console_page_are_never_an_error(site):
+    """Every query parameter of every console page with NULs, LIKE's own characters, bytes
+    that are not UTF-8, numbers of 5,000 digits: a page or a refused filter, never a 5xx."""
+    s = _signed_in(site)
+    pages = {"/admin/": (), "/admin/rooms": ("q", "room", "from", "to", "room_kind", "page"),
+             f"/admin/rooms/{ROOM}": ("after",), "/admin/reports": ("status", "page"),
+             "/admin/moderation": ("page",), "/admin/api/series": ("span",),
+             "/admin/export.csv": ("kind", "q", "room"), "/admin/export.json": ("kind", "q")}
+    for path, params in pages.items():
+        for name in params:
+            for value in ODD_VALUES:
+                r = s.get(site.url + path, params={name: value}, timeout=10)
+                assert r.status_code < 500, (path, name, value[:20], r.status_code)
+    token = csrf_from(s.get(site.url + "/admin/reports", timeout=10).text)
+    for field in ("reason", "room_id", "side", "duration", "back"):
+        data = {"csrf_token": token, "room_id": ROOM, "side": "A", "duration": "1h",
+                field: "a\x00b"}
+        r = s.post(site.url + "/admin/ban", data=data, allow_redirects=False, timeout=10)
+        assert r.status_code < 500, (field, r.status_code)
     _healthy(site)
 
 

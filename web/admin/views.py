@@ -92,10 +92,22 @@ def _safe_next(target: str | None) -> str:
 # ------------------------------------------------------------------------------ guards
 
 
+def _has_nul() -> bool:
+    """A NUL in a query, form or path value: psycopg2 refuses to send one (a ValueError, not a
+    database error: a 500 on PostgreSQL), and no text in the history can hold one anyway."""
+    values = [*request.args.listvalues(), *request.form.listvalues(),
+              [v for v in (request.view_args or {}).values() if isinstance(v, str)]]
+    return any("\x00" in v for vs in values for v in vs)
+
+
 @bp.before_request
 def _guard_request():
     if _settings().admin_password is None:
         return render_template("admin/disabled.html"), 404
+    if _has_nul():
+        return render_template("admin/error.html", title="Bad request",
+                               message="A value in the address or the form holds a NUL "
+                                       "character, which nothing stored can hold."), 400
     g.zone = resolve(_settings().display_tz, request.cookies.get(TZ_COOKIE))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()  # raises CSRFError -> 400
