@@ -405,3 +405,51 @@ async def test_messages_sent_while_the_partner_leaves_arrive_once_or_are_refused
         assert sorted(got) == sorted(want), (receiver.name, sorted(got), sorted(want))
     order = [e for e, _ in a.order if e in ("message", "partner_left")]
     assert order[-1] == "partner_left", order  # nothing of B's after A was told B left
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_page_reloaded_while_it_is_matched_shows_that_chat(make_stack, workers):
+    """A waits; B joins while A's page reloads over and over (each reload: close, then connect
+    with the token): A's last page is told the chat B was put in (`matched` or `resumed`), and
+    a message of B reaches it."""
+    import asyncio
+
+    from peer import Peer, close_all
+
+    s = make_stack(workers=workers, MAX_CONNS_PER_ADDR=10000)
+    urls = s.urls()
+    a, b = Peer(urls[0], "reloads"), Peer(urls[-1], "joins")
+    pages = [a]
+    try:
+        await a.connect()
+        await b.connect()
+        await a.join()
+
+        async def reloads():
+            for i in range(8):
+                token, old = pages[-1].token, pages[-1]
+                await old.close()
+                page = Peer(urls[i % len(urls)], f"reload{i}")
+                pages.append(page)
+                await page.connect(token=token)
+
+        await asyncio.gather(reloads(), b.call("join", {}))
+        room = (await b.next("matched"))["room"]
+        last = pages[-1]
+
+        def told():
+            for event, data in last.order:
+                if (event == "matched" and data["room"] == room) or (
+                        event == "resumed" and data.get("room") == room
+                        and data.get("state") == "chatting"):
+                    return True
+            return False
+
+        from peer import wait_for
+
+        await wait_for(told, 10, "the last page to be told the chat it is in")
+        ack = await b.send("to-the-last-page", "hi")
+        assert ack["ok"], ack
+        assert (await last.next("message"))["id"] == "to-the-last-page"
+    finally:
+        await close_all([*pages, b])
