@@ -453,3 +453,60 @@ async def test_a_page_reloaded_while_it_is_matched_shows_that_chat(make_stack, w
         assert (await last.next("message"))["id"] == "to-the-last-page"
     finally:
         await close_all([*pages, b])
+
+
+async def test_pairing_through_a_cluster_master_killed_leaves_no_half_pair(make_stack):
+    """Users join in waves while one master of the cluster is killed -9 and started again (the
+    matcher records an intent in the home slot, then opens the room in a chat shard: either may
+    be the node that dies). Afterwards every user is in a room of exactly two, matching the
+    partner map, or still waiting to be paired; nobody is stuck."""
+    import asyncio
+    import collections
+
+    from peer import Peer, close_all, connect_all, wait_for
+    from rediscluster import RedisClusterServer
+    from test_faults import FAULT_ENV
+
+    from common.keys import Keys
+
+    cluster = RedisClusterServer(aof=True)
+    s = None
+    users: list[Peer] = []
+    try:
+        s = make_stack(workers=1, cluster=cluster, **FAULT_ENV)
+        users = [Peer(s.urls()[0], f"wave{i}") for i in range(60)]
+        await connect_all(users)
+
+        async def join(p: Peer) -> None:
+            while True:  # as the page does: a refused join is tried again
+                try:
+                    ack = await p.call("join", {}, timeout=5)
+                except Exception:  # noqa: BLE001 - timed out while the node was down
+                    ack = {"ok": False}
+                if ack.get("ok"):
+                    return
+                await asyncio.sleep(0.3)
+
+        joins = [asyncio.ensure_future(join(p)) for p in users[:20]]
+        await wait_for(lambda: any(p.count("matched") for p in users), 20, "a first match")
+        killing = asyncio.ensure_future(asyncio.to_thread(cluster.kill, 1))
+        joins += [asyncio.ensure_future(join(p)) for p in users[20:]]
+        await killing
+        await asyncio.to_thread(cluster.restart, 1)
+        await asyncio.wait_for(asyncio.gather(*joins), 30)
+        await wait_for(lambda: sum(bool(p.count("matched")) for p in users) >= len(users) - 1,
+                       30, "everyone but at most one to be matched")
+        rooms = collections.defaultdict(set)
+        for p in users:
+            for m in p.events["matched"]:
+                rooms[m["room"]].add(p.user)
+        assert all(len(us) == 2 for us in rooms.values()), rooms
+        k = Keys(s.env.get("REDIS_PREFIX", "chat"))
+        partner = s.client.hgetall(k.partner)
+        assert all(partner.get(v) == u for u, v in partner.items()), partner
+        assert sum(bool(p.count("partner_left")) for p in users) == 0
+    finally:
+        await close_all(users)
+        if s is not None:
+            s.stop()
+        cluster.stop()
