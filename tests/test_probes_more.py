@@ -510,3 +510,26 @@ async def test_pairing_through_a_cluster_master_killed_leaves_no_half_pair(make_
         if s is not None:
             s.stop()
         cluster.stop()
+
+
+def test_static_urls_through_nginx_never_leave_the_static_folder():
+    """nginx serves /static/ from disk itself (alias): the same traversals, and the off-by-one
+    of an alias (/static../), through it."""
+    from test_nginx import NginxStack
+
+    s = NginxStack(workers=1)
+    try:
+        port = s.port
+        for path in [*TRAVERSALS, "/static../web/app.py", "/static/..", "/static/.%2e/app.py",
+                     "/static/js/../../app.py", "/static/%2e%2e%2f%2e%2e%2fapp.py"]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := c.recv(65536):
+                    reply += chunk
+            status = int(reply.split(b" ", 2)[1])
+            assert status in (301, 308, 400, 403, 404), (path, reply[:300])
+            assert b"create_app" not in reply and b"root:" not in reply, path
+        assert s.webs[0].alive()
+    finally:
+        s.stop()
