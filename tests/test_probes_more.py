@@ -17,9 +17,15 @@ from test_admin import PASSWORD, client, csrf_from, login_page
 
 from common.history.db import make_engine
 from common.history.migrate import upgrade
-from common.history.models import Room
+from common.history.models import Message, Report, Room
+from common.limits import MAX_REPORT_LEN
 
 ROOM = "probe0room000000000000000000001"
+# what a stranger may type, as stored: one unbroken 500-character word, a right-to-left
+# override, zero-width characters, combining marks, markup
+HOSTILE_TEXTS = ["W" * 500, "\u202egnp.exe " + "ab" * 100, "\u200b" * 300 + "x",
+                 "e" + "\u0301" * 300, "<img src=x onerror=alert(1)>" * 10]
+HOSTILE_INTERESTS = ["w" * 24, "\u202eabc", "\u200b" * 24, "<b>x</b>"]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -31,7 +37,15 @@ def site(request, tmp_path_factory):
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(insert(Room.__table__), [{"id": ROOM, "user1": "a", "user2": "b",
-                                               "interests": [], "opened_at": datetime.now(UTC)}])
+                                               "interests": HOSTILE_INTERESTS,
+                                               "opened_at": datetime.now(UTC)}])
+        conn.execute(insert(Message.__table__), [
+            {"room_id": ROOM, "sender": "a", "client_id": f"h{i}", "seq": i + 1, "text": text,
+             "sent_at": datetime.now(UTC)} for i, text in enumerate(HOSTILE_TEXTS)])
+        conn.execute(insert(Report.__table__), [
+            {"stream_id": f"9-{i}", "room_id": ROOM, "reporter": "b", "reported": "a",
+             "reason": text[:MAX_REPORT_LEN], "created_at": datetime.now(UTC)}
+            for i, text in enumerate(HOSTILE_TEXTS)])
     engine.dispose()
     redis = RedisServer()
     web = WebWorker(base_env(redis.url, DATABASE_URL=url, ADMIN_PASSWORD=PASSWORD), "probe-admin")
@@ -533,3 +547,72 @@ def test_static_urls_through_nginx_never_leave_the_static_folder():
         assert s.webs[0].alive()
     finally:
         s.stop()
+
+
+# -- hostile content where it is displayed ---------------------------------------------------------------
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+WIDER_THAN_THE_SCREEN = "() => document.documentElement.scrollWidth - window.innerWidth"
+
+
+async def test_hostile_text_neither_runs_nor_widens_the_console_on_a_phone(site):
+    """The transcript, the report reasons and the interests of a room hold the longest unbroken
+    word a stranger can send, a right-to-left override, zero-width characters and markup: on a
+    390 px wide screen nothing runs and no page is wider than the screen."""
+    from browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await (await browser.new_context(**PHONE)).new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: dialogs.append(d.message))
+            await page.goto(site.url + "/admin/login")
+            await page.locator("#password").fill(PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+            for path, shows in ((f"/admin/rooms/{ROOM}", "W" * 200), ("/admin/reports", "W" * 200),
+                                ("/admin/rooms", "w" * 24)):
+                await page.goto(site.url + path)
+                await expect(page.locator("main")).to_contain_text(shows)
+                assert await page.evaluate(WIDER_THAN_THE_SCREEN) <= 0, path
+                assert await page.locator("main img, main b").count() == 0, path
+            texts = await page.goto(site.url + f"/admin/rooms/{ROOM}")
+            assert texts.ok
+            shown = await page.locator("#transcript .msg__text").all_text_contents()
+            assert shown == HOSTILE_TEXTS
+            assert dialogs == []
+        finally:
+            await browser.close()
+
+
+async def test_hostile_text_neither_runs_nor_widens_the_chat_page_on_a_phone(make_stack):
+    """The same texts sent by a stranger, on two phones: shown as sent, nothing runs, neither
+    page is wider than its screen, live and after a reload (the resume replays them)."""
+    from browser.conftest import CHROMIUM, CHROMIUM_ARGS, Opener
+    from browser.conftest import pair as pair_pages
+    from playwright.async_api import async_playwright, expect
+
+    url = make_stack(workers=1).urls()[0]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        opener = Opener(browser)
+        try:
+            a, b = await opener.open(url, **PHONE), await opener.open(url, **PHONE)
+            await pair_pages(a, b)
+            for text in HOSTILE_TEXTS:
+                await a.send(text)
+            await expect(b.bubbles("theirs")).to_have_count(len(HOSTILE_TEXTS))
+            for reload in (False, True):
+                if reload:
+                    await b.page.reload()
+                    await expect(b.notice("notice_resumed")).to_be_visible()
+                    await expect(b.bubbles("theirs")).to_have_count(len(HOSTILE_TEXTS))
+                assert await b.bubbles("theirs").all_text_contents() == HOSTILE_TEXTS
+                for p in (a, b):
+                    assert await p.page.evaluate(WIDER_THAN_THE_SCREEN) <= 0
+                    assert await p.page.locator("#log img").count() == 0
+                    assert p.dialogs == []
+        finally:
+            await opener.close()
+            await browser.close()
