@@ -572,7 +572,8 @@ async def test_hostile_text_neither_runs_nor_widens_the_console_on_a_phone(site)
             await page.get_by_role("button", name="Sign in").click()
             await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
             for path, shows in ((f"/admin/rooms/{ROOM}", "W" * 200), ("/admin/reports", "W" * 200),
-                                ("/admin/rooms", "w" * 24)):
+                                ("/admin/rooms", "w" * 24), ("/admin/", "Dashboard"),
+                                ("/admin/moderation", "")):
                 await page.goto(site.url + path)
                 await expect(page.locator("main")).to_contain_text(shows)
                 assert await page.evaluate(WIDER_THAN_THE_SCREEN) <= 0, path
