@@ -1,6 +1,8 @@
-"""Probes from outside, a second round: the admin sign-in under concurrent guesses, what a
-client can write into the log, the plain HTTP routes with odd methods, paths and cookies, and
-acknowledged messages through a Redis killed -9 and a web worker killed -9."""
+"""Probes from outside, a second round (tests/test_probes_extra.py was the first): the admin
+console's sign-in, URLs, query values and layout under hostile input on SQLite and PostgreSQL;
+the plain HTTP routes (static files directly and through nginx, odd methods, huge queries, bad
+cookies); acknowledged messages through Redis (one, or a cluster master) and a web worker killed;
+races of Leave, reloads and joins; hostile text in the chat page and the console on a phone."""
 from __future__ import annotations
 
 import re
@@ -384,19 +386,20 @@ async def test_a_cluster_master_killed_under_traffic_loses_nothing_acknowledged(
 
 
 # -- races a user can cause ----------------------------------------------------------------------------
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers, backend", [(1, "redis"), (2, "cluster")],
+                         indirect=["backend"])
 async def test_messages_sent_while_the_partner_leaves_arrive_once_or_are_refused(make_stack, peers,
-                                                                               workers):
+                                                                               workers, backend):
     """Both send a burst without waiting for acks while B presses Leave in the middle: each
     message acked `ok` reaches the other exactly once, nothing acked otherwise arrives, and A
     sees no message of B after its `partner_left`. One worker (delivery by the sender's own
-    worker) and two (through the queue)."""
+    worker, one Redis) and two (through the queue, on the cluster)."""
     import asyncio
 
     from peer import pair as pair_peers
     from peer import wait_for
 
-    s = make_stack(workers=workers, MESSAGE_BURST=200, MESSAGE_RATE=200)
+    s = make_stack(workers=workers, MESSAGE_BURST=200, MESSAGE_RATE=200, **backend)
     urls = s.urls()
     a, b = await peers(urls[0], "stays"), await peers(urls[-1], "leaves")
     room = await pair_peers(a, b)
@@ -421,8 +424,9 @@ async def test_messages_sent_while_the_partner_leaves_arrive_once_or_are_refused
     assert order[-1] == "partner_left", order  # nothing of B's after A was told B left
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_a_page_reloaded_while_it_is_matched_shows_that_chat(make_stack, workers):
+@pytest.mark.parametrize("workers, backend", [(1, "redis"), (2, "cluster")],
+                         indirect=["backend"])
+async def test_a_page_reloaded_while_it_is_matched_shows_that_chat(make_stack, workers, backend):
     """A waits; B joins while A's page reloads over and over (each reload: close, then connect
     with the token): A's last page is told the chat B was put in (`matched` or `resumed`), and
     a message of B reaches it."""
@@ -430,7 +434,7 @@ async def test_a_page_reloaded_while_it_is_matched_shows_that_chat(make_stack, w
 
     from peer import Peer, close_all
 
-    s = make_stack(workers=workers, MAX_CONNS_PER_ADDR=10000)
+    s = make_stack(workers=workers, MAX_CONNS_PER_ADDR=10000, **backend)
     urls = s.urls()
     a, b = Peer(urls[0], "reloads"), Peer(urls[-1], "joins")
     pages = [a]
@@ -617,3 +621,18 @@ async def test_hostile_text_neither_runs_nor_widens_the_chat_page_on_a_phone(mak
         finally:
             await opener.close()
             await browser.close()
+
+
+def test_exports_asked_with_head_or_abandoned_give_their_connection_back(site):
+    """A HEAD of an export, or a download closed after its first bytes, ends the query: more of
+    them than the pool holds (5 + 10) leave the console answering at once."""
+    s = _signed_in(site)
+    for i in range(20):
+        r = s.head(site.url + "/admin/export.csv", timeout=10)
+        assert r.status_code == 200, r.status_code
+        with s.get(site.url + "/admin/export.json", stream=True, timeout=10) as r:
+            assert r.status_code == 200
+            next(r.iter_content(64))
+    r = s.get(site.url + "/admin/rooms", timeout=5)
+    assert r.status_code == 200
+    _healthy(site)
