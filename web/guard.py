@@ -399,6 +399,14 @@ class GuardedHandler(WebSocketHandler):
         finally:
             timer.close()
 
+    def finalize_headers(self):
+        """A HEAD response has no body, but pywsgi (gevent 26.9) still ended a chunked one (an
+        export's) with the last chunk `0\r\n\r\n`: the keep-alive client, or nginx on its
+        upstream connection, read those bytes as the start of the next response."""
+        super().finalize_headers()
+        if self.command == "HEAD":
+            self.response_use_chunked = False
+
     def read_request(self, raw_requestline):
         try:
             return super().read_request(raw_requestline)
