@@ -399,6 +399,19 @@ class GuardedHandler(WebSocketHandler):
         finally:
             timer.close()
 
+    # A HEAD response has headers only, but pywsgi (gevent 26.9) sends whatever the application
+    # returns (Engine.IO's 405 answers a HEAD with "Method Not Found"), and ends a chunked
+    # response (an export's) with the last chunk `0\r\n\r\n` all the same: the keep-alive
+    # client, or nginx on its upstream connection, read those bytes as the next response.
+    def finalize_headers(self):
+        super().finalize_headers()
+        if self.command == "HEAD":
+            self.response_use_chunked = False
+
+    def _write(self, data, *args, **kwargs):
+        if self.command != "HEAD":
+            super()._write(data, *args, **kwargs)
+
     def read_request(self, raw_requestline):
         try:
             return super().read_request(raw_requestline)

@@ -19,7 +19,7 @@ from common.limits import MAX_REPORT_LEN
 from common.moderation import Bans, Identity
 
 from . import queries
-from .views import PER_PAGE, _engine, _ext, _page, _safe_next, bp
+from .views import MAX_ID, PER_PAGE, _engine, _ext, _page, _safe_next, bp
 
 log = logging.getLogger("web.admin")
 
@@ -65,7 +65,9 @@ def ban():
     duration = DURATIONS.get(form.get("duration", ""))
     reason = " ".join((form.get("reason") or "").split())[:MAX_REPORT_LEN]
     report_id = form.get("report_id", "")
-    report_id = report_id if report_id.isdigit() and len(report_id) <= 18 else ""  # a BIGINT
+    # ASCII digits only ("²".isdigit(), but int("²") fails), at most 18 of them: a BIGINT
+    report_id = report_id if report_id.isascii() and report_id.isdigit() and len(
+        report_id) <= 18 else ""
     room_id = form.get("room_id", "")[:64]
     default = url_for("admin.reports")
     if duration is None:
@@ -112,7 +114,7 @@ def moderation():
                            durations=DURATIONS)
 
 
-@bp.post("/moderation/<int:entry_id>/unban")
+@bp.post(f"/moderation/<int(max={MAX_ID}):entry_id>/unban")
 def unban(entry_id: int):
     with _engine().begin() as conn:
         row = queries.get_moderation(conn, entry_id)

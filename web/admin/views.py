@@ -36,6 +36,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 csrf = CSRFProtect()
 
 PER_PAGE = 50
+MAX_ID = 2**63 - 1  # the largest id or seq a BIGINT holds: a larger one in a URL is no row
 TRANSCRIPT_PAGE = 500
 SERIES_TTL = 30.0  # seconds the dashboard's chart data is reused within one process
 API_ENDPOINTS = {"admin.api_live", "admin.api_series", "admin.export_csv", "admin.export_json"}
@@ -91,10 +92,22 @@ def _safe_next(target: str | None) -> str:
 # ------------------------------------------------------------------------------ guards
 
 
+def _has_nul() -> bool:
+    """A NUL in a query, form or path value: psycopg2 refuses to send one (a ValueError, not a
+    database error: a 500 on PostgreSQL), and no text in the history can hold one anyway."""
+    values = [*request.args.listvalues(), *request.form.listvalues(),
+              [v for v in (request.view_args or {}).values() if isinstance(v, str)]]
+    return any("\x00" in v for vs in values for v in vs)
+
+
 @bp.before_request
 def _guard_request():
     if _settings().admin_password is None:
         return render_template("admin/disabled.html"), 404
+    if request.endpoint not in OPEN_ENDPOINTS and _has_nul():  # sign-in reads no database
+        return render_template("admin/error.html", title="Bad request",
+                               message="A value in the address or the form holds a NUL "
+                                       "character, which nothing stored can hold."), 400
     g.zone = resolve(_settings().display_tz, request.cookies.get(TZ_COOKIE))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()  # raises CSRFError -> 400
@@ -323,7 +336,7 @@ def room(room_id: str):
     if len(room_id) > 64:
         abort(404)
     try:
-        after = max(0, int(request.args.get("after", "0")))
+        after = min(max(0, int(request.args.get("after", "0"))), MAX_ID)
     except ValueError:
         after = 0
     with _engine().connect() as conn:
@@ -351,7 +364,7 @@ def reports():
                            more=more)
 
 
-@bp.post("/reports/<int:report_id>/resolve")
+@bp.post(f"/reports/<int(max={MAX_ID}):report_id>/resolve")
 def resolve_report(report_id: int):
     with _engine().begin() as conn:
         done = queries.resolve_report(conn, report_id)

@@ -104,6 +104,9 @@ def parse_day(text: str | None, zone: Zone, end: bool = False) -> datetime | Non
     if not text:
         return None
     day = datetime.strptime(text.strip(), "%Y-%m-%d")  # ValueError for the caller
-    if end:
-        day = day + timedelta(days=1)
-    return day.replace(tzinfo=zone.tz).astimezone(timezone.utc)
+    try:  # 9999-12-31's end, or 0001-01-01 east of UTC, is past the years a datetime holds
+        if end:
+            day = day + timedelta(days=1)
+        return day.replace(tzinfo=zone.tz).astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError(f"{text!r} is outside the calendar") from exc
