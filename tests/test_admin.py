@@ -444,6 +444,28 @@ def test_logout_ends_the_session_everywhere(site):
     assert stolen.get(base + "/admin/export.csv", allow_redirects=False).status_code == 401
 
 
+def test_a_new_admin_password_ends_the_sessions_opened_with_the_old_one(site):
+    """The operator changes ADMIN_PASSWORD (it leaked, say) and restarts the workers: a session
+    opened with the old one, cookie and all, is signed out, and the new password signs in."""
+    s = signed_in(site.base)
+    new_password = "a fresh one, not the leaked one"
+    web = WebWorker({**site.env, "ADMIN_PASSWORD": new_password}, f"admin-new-pw-{site.backend}")
+    try:
+        web.wait_ready()
+        assert is_dashboard(s.get(site.base + "/admin/"))  # the old worker keeps it meanwhile
+        r = s.get(web.url + "/admin/", allow_redirects=False)
+        assert r.status_code == 302 and "/admin/login" in r.headers["Location"]
+        assert s.get(site.base + "/admin/", allow_redirects=False).status_code == 302  # ended
+        fresh = client()
+        assert post_login(fresh, web.url, PASSWORD).status_code == 401  # the old one is refused
+        r = post_login(fresh, web.url, new_password)
+        assert r.status_code == 302 and r.headers["Location"].endswith("/admin/")
+        assert is_dashboard(fresh.get(web.url + "/admin/"))
+    finally:
+        web.stop()
+    assert new_password not in web.output()
+
+
 # ------------------------------------------------------------------------------ pages
 
 

@@ -54,8 +54,9 @@ def init_app(app: Flask, settings: config.Settings) -> None:
         SESSION_COOKIE_SECURE=settings.production,
     )
     csrf.init_app(app)
-    app.extensions["admin"] = {"settings": settings, "store": store,
-                               "guard": Guard(store.r, store.k, settings.secret_key), "engine": None,
+    guard = Guard(store.r, store.k, settings.secret_key, settings.admin_password)
+    app.extensions["admin"] = {"settings": settings, "store": store, "guard": guard,
+                               "engine": None,
                                "series_cache": {}, "static_version": _static_version(app),
                                "product": _product_name()}
     app.register_blueprint(bp)

@@ -13,7 +13,9 @@ web worker through Redis.
   for an operator with shell access (web/admin/__main__.py).
 - Sessions: the signed Flask cookie carries only a random session id; the id lives in Redis with
   an idle timeout (SESSION_IDLE, renewed on use) and a hard limit (SESSION_MAX). Logout deletes
-  it, so a copied cookie is worthless afterwards.
+  it, so a copied cookie is worthless afterwards. A session also holds a keyed hash of the
+  password it was opened with: a worker started with another ADMIN_PASSWORD (the operator
+  changed it, maybe because it leaked) ends it, so a new password signs everyone out.
 """
 from __future__ import annotations
 
@@ -40,10 +42,15 @@ def password_ok(given: str | None, expected: str | None) -> bool:
 
 
 class Guard:
-    def __init__(self, client: redis.Redis, keys: Keys, secret_key: str):
+    def __init__(self, client: redis.Redis, keys: Keys, secret_key: str,
+                 password: str | None = None):
         self.r = client
         self.k = keys
         self._hasher = Hasher(secret_key)
+        # which password a session was opened with, without keeping it in Redis
+        self._password_tag = hmac.new(secret_key.encode("utf-8"),
+                                      b"admin-password\0" + (password or "").encode("utf-8"),
+                                      "sha256").hexdigest()[:32]
 
     # lockout -----------------------------------------------------------------------------------
     def tag(self, address: str) -> str:
@@ -106,7 +113,8 @@ class Guard:
 
     def start_session(self) -> str:
         sid = secrets.token_urlsafe(32)
-        self.r.set(self._session_key(sid), int(time.time() * 1000), ex=SESSION_IDLE)
+        self.r.set(self._session_key(sid), f"{int(time.time() * 1000)}|{self._password_tag}",
+                   ex=SESSION_IDLE)
         return sid
 
     def session_valid(self, sid: str | None) -> bool:
@@ -119,8 +127,10 @@ class Guard:
         started, _ = pipe.execute()
         if started is None:
             return False
-        if time.time() * 1000 - int(started) > SESSION_MAX * 1000:
-            self.r.delete(key)
+        started, _, password_tag = started.partition("|")
+        if (not hmac.compare_digest(password_tag, self._password_tag) or not started.isdigit()
+                or time.time() * 1000 - int(started) > SESSION_MAX * 1000):
+            self.r.delete(key)  # opened with another password, or too old
             return False
         return True
 
