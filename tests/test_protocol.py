@@ -40,6 +40,12 @@ def test_a_bad_payload_is_refused_with_its_code(event, payload, code):
     assert refused.value.code == code
 
 
+def test_invisible_format_characters_leave_interests():
+    # zero-width space, joiner, a right-to-left override and a BOM: nothing to show or to match
+    assert parse_join({"interests": ["\u200b\u200d", "\u202e\ufeff", "ca\u200bts"]}) == ["cats"]
+    assert parse_join({"interests": ["\u200b"]}) == []
+
+
 def test_the_limits_themselves_are_accepted():
     interests = parse_join({"interests": ["A", "b", "c", "d", "  " + "Z" * MAX_INTEREST + " "]})
     assert interests == ["a", "b", "c", "d", "z" * MAX_INTEREST]

@@ -36,6 +36,15 @@ def _is_text(value: Any) -> bool:
     return True
 
 
+def _without_format_chars(text: str) -> str:
+    """`text` without Unicode's invisible format characters (zero-width space and joiners,
+    direction overrides, BOM): an interest made of them alone showed as a blank tag, and
+    "ca\u200bts" must match "cats"."""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def _object(data: Any) -> dict:
     """An optional object payload; unknown fields are ignored (the protocol may grow)."""
     if data is None:
@@ -57,7 +66,7 @@ def parse_join(data: Any) -> list[str] | None:
     for item in raw:
         if not _is_text(item):
             raise Refused("bad_payload")
-        item = " ".join(item.split()).lower()
+        item = " ".join(_without_format_chars(item).split()).lower()
         if len(item) > MAX_INTEREST_LEN:
             raise Refused("too_long")
         if item and item not in out:
