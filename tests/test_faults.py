@@ -235,6 +235,13 @@ class Traffic:
                                      f"refusals {self.codes()}")
             await asyncio.sleep(0.05)
 
+    async def goes_on(self, after: float, acked: int, timeout: float = 10) -> float:
+        """Past a fault that ended at `after`: messages delivered again, and `acked` more acked
+        by every chatter; how long the first delivery took."""
+        again = await self.until_delivered(after, timeout=timeout)
+        await self.until_acked(acked, after=after, timeout=timeout)
+        return again
+
     async def until_acked(self, count: int, after: float = 0.0, timeout: float = 10) -> None:
         """Wait until every chatter has `count` ok acks after `after`."""
         loop = asyncio.get_running_loop()
@@ -305,8 +312,7 @@ async def redis_restart(stack: Stack, pairs: int = 6, down: float = 2.5) -> dict
         await asyncio.sleep(down)  # the outage itself
         await asyncio.to_thread(stack.redis.start_again)
         up = time.monotonic()
-        again = await traffic.until_delivered(up, timeout=10)
-        await traffic.until_acked(3, after=up, timeout=10)
+        again = await traffic.goes_on(up, 3, timeout=10)
         f = await traffic.finish()
         f["chat_again_s"] = round(again, 2)
         return f
@@ -409,12 +415,17 @@ def faults(aof_stack):
     yield from flushed(aof_stack)
 
 
+def assert_nothing_lost(f: dict) -> None:
+    """No acknowledged message lost, no chat ended, nobody told `not_chatting`."""
+    assert f["lost"] == 0, f["lost_ids"]
+    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+
+
 async def test_redis_restart_loses_nothing_acknowledged(faults):
     f = await redis_restart(faults)
     figures("redis restart", f)
-    assert f["lost"] == 0, f["lost_ids"]
+    assert_nothing_lost(f)
     assert f["codes"].get("unavailable", 0) > 0, "nobody was told that Redis was away"
-    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
 
 
 async def test_killed_listener_loses_nothing(faults):
@@ -436,8 +447,7 @@ async def test_sigterm_worker_clients_resume_elsewhere_at_once(make_stack):
     stack = make_stack(workers=3, **FAULT_ENV)
     f = await worker_drain(stack)
     figures("worker SIGTERM", f)
-    assert f["lost"] == 0, f["lost_ids"]
-    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+    assert_nothing_lost(f)
     assert f["on_victim"] == 0
     assert max(f["resume_s"]) < 5, f["resume_s"]
     assert f["told"] == f["moved"], "every client of the stopped worker is told to move"

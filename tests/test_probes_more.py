@@ -269,7 +269,7 @@ async def test_redis_killed_under_traffic_loses_nothing_acknowledged(make_stack,
     import signal
     import time
 
-    from test_faults import FAULT_ENV, Traffic, make_pairs
+    from test_faults import FAULT_ENV, Traffic, assert_nothing_lost, make_pairs
 
     s = make_stack(workers=2, redis=aof_redis, **FAULT_ENV)
     traffic = Traffic(await make_pairs(s.urls(), 3, "k9"))
@@ -279,13 +279,11 @@ async def test_redis_killed_under_traffic_loses_nothing_acknowledged(make_stack,
         await asyncio.to_thread(aof_redis.p.wait, 10)
         await asyncio.to_thread(aof_redis.start_again)
         up = time.monotonic()
-        await traffic.until_delivered(up, timeout=15)
-        await traffic.until_acked(3, after=up, timeout=15)
+        await traffic.goes_on(up, 3, timeout=15)
         f = await traffic.finish()
     finally:
         await traffic.close()
-    assert f["lost"] == 0, f["lost_ids"]
-    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+    assert_nothing_lost(f)
 
 
 async def test_a_web_worker_killed_under_traffic_loses_nothing_acknowledged(make_stack):
@@ -293,7 +291,7 @@ async def test_a_web_worker_killed_under_traffic_loses_nothing_acknowledged(make
     and resume; every message acknowledged `ok` reaches the partner, no chat ends."""
     import time
 
-    from test_faults import FAULT_ENV, Traffic, make_pairs
+    from test_faults import FAULT_ENV, Traffic, assert_nothing_lost, make_pairs
 
     s = make_stack(workers=3, **FAULT_ENV)
     traffic = Traffic(await make_pairs(s.urls(), 4, "w9"))
@@ -309,8 +307,7 @@ async def test_a_web_worker_killed_under_traffic_loses_nothing_acknowledged(make
     finally:
         await traffic.close()
     assert not any(c.worker == victim.worker_id for c in traffic.chatters)
-    assert f["lost"] == 0, f["lost_ids"]
-    assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+    assert_nothing_lost(f)
 
 
 async def test_a_waiting_user_and_a_private_key_outlive_a_redis_kill(make_stack, aof_redis, peers):
@@ -359,7 +356,7 @@ async def test_a_cluster_master_killed_under_traffic_loses_nothing_acknowledged(
     import time
 
     from rediscluster import RedisClusterServer
-    from test_faults import FAULT_ENV, Traffic, make_pairs
+    from test_faults import FAULT_ENV, Traffic, assert_nothing_lost, make_pairs
 
     cluster = RedisClusterServer(aof=True)
     s = None
@@ -372,13 +369,11 @@ async def test_a_cluster_master_killed_under_traffic_loses_nothing_acknowledged(
                 await asyncio.to_thread(cluster.kill, victim)  # the clients go on sending
                 await asyncio.to_thread(cluster.restart, victim)
                 up = time.monotonic()
-                await traffic.until_delivered(up, timeout=20)
-                await traffic.until_acked(2, after=up, timeout=20)
+                await traffic.goes_on(up, 2, timeout=20)
             f = await traffic.finish()
         finally:
             await traffic.close()
-        assert f["lost"] == 0, f["lost_ids"]
-        assert f["partner_left"] == 0 and f["not_chatting"] == 0, f
+        assert_nothing_lost(f)
     finally:
         if s is not None:
             s.stop()
