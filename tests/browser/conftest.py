@@ -188,12 +188,13 @@ class Stranger:
         await expect(self.page.locator("#chat-status")).to_have_text(self.t("chat_status_chatting"))
         await expect(self.input).to_be_enabled()
 
-    async def send(self, text: str):
-        """Types `text` and sends it with Enter; returns when the server acknowledged it."""
+    async def send(self, text: str, shown: str | None = None):
+        """Types `text` and sends it with Enter; returns when the server acknowledged it. The
+        page shows it as `shown` (default: as typed)."""
         await self.input.fill(text)
         await self.input.press("Enter")
         mine = self.page.locator("#log .msg--mine").filter(
-            has=self.page.locator(".msg__bubble", has_text=text)).last
+            has=self.page.locator(".msg__bubble", has_text=text if shown is None else shown)).last
         await expect(mine).not_to_have_class(re.compile(r"\bis-(pending|failed)\b"))
 
     async def sees(self, text: str):

@@ -89,6 +89,27 @@ async def test_the_hidden_tab_title_is_in_the_page_language(people):
     await expect(a.page).to_have_title(a.t("title_unread", n=1, title=title))
 
 
+async def test_a_link_cannot_be_made_to_read_as_another_address(people):
+    # a right-to-left override inside the address would show ".../\u202egpj.exe" as
+    # ".../exe.jpg"; one before it would reverse the whole link
+    a = await people(worker=0)
+    b = await people(worker=1)
+    await pair(a, b)
+    await a.send("see https://example.com/\u202egpj.exe now",
+                 shown="see https://example.com/gpj.exe now")
+    await a.send("\u202eand https://example.com/x here")
+    await b.sees("now")
+    await b.sees("here")
+    links = b.page.locator("#log .msg--theirs a")
+    await expect(links).to_have_count(2)
+    await expect(links.nth(0)).to_have_text("https://example.com/gpj.exe")
+    await expect(links.nth(0)).to_have_attribute("href", "https://example.com/%E2%80%AEgpj.exe")
+    for i in range(2):
+        await expect(links.nth(i)).to_have_attribute("dir", "ltr")
+        assert await links.nth(i).evaluate(
+            "el => getComputedStyle(el).unicodeBidi") == "isolate"
+
+
 async def test_messages_read_well_links_direction_and_runs(people):
     a = await people(worker=0)
     b = await people(worker=1)

@@ -10,6 +10,9 @@ const NEAR_BOTTOM_PX = 80;
 const PARTNER_TYPING_TTL_MS = 6000;  // hide the partner's indicator after this long without news
 const GROUP_GAP_MS = 5 * 60 * 1000;  // a run of messages breaks after this long a pause
 const URL_RE = /\bhttps?:\/\/[^\s<>"]+/gi;
+// Bidirectional controls (marks, embeddings, overrides, isolates): inside a link's text they
+// could make it read as another address ("…/\u202Egpj.exe" shows as "…/exe.jpg").
+const BIDI_CONTROLS_RE = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
 let partnerTypingTimer = 0;
 
 function isNearBottom() {
@@ -105,7 +108,10 @@ function fillWithLinks(parent, text) {
     link.href = url;
     link.target = '_blank';
     link.rel = 'noopener noreferrer nofollow';
-    link.textContent = raw;
+    // an address reads left to right, isolated from the text around it (dir implies
+    // unicode-bidi: isolate), and without the controls that would reorder it
+    link.dir = 'ltr';
+    link.textContent = raw.replace(BIDI_CONTROLS_RE, '');
     parent.append(link);
     at = match.index + raw.length;
   }
