@@ -6,9 +6,9 @@ free loopback port and a Unix socket (nginx uses the socket: cheaper than loopba
 matcher, the history archiver, and nginx in front of them on 127.0.0.1:PORT (default 8080) with
 the sticky-session config of nginx/nginx.conf.j2, rendered into instance/cluster/ (pid, temp
 files, access log: no root-owned path is needed). nginx must be installed (`apt-get install
-nginx`): only its binary is used, run in the foreground. DATABASE_URL is passed through (PostgreSQL when it points at one),
-else SQLite under instance/. honcho prefixes each process's log lines with its name and stops
-everything on Ctrl-C.
+nginx`): only its binary is used, run in the foreground. DATABASE_URL is passed through
+(PostgreSQL when it points at one), else SQLite under instance/. honcho prefixes each process's
+log lines with its name and stops everything on Ctrl-C.
 
 The same template is rendered for docker-compose.yml into nginx/compose.conf
 (`python -m stack cluster --render-compose`) and for tests/test_nginx.py (`local_nginx_conf`).
@@ -200,8 +200,6 @@ def run(args) -> int:
         print(f"wrote {COMPOSE_CONF.relative_to(ROOT)}")
         return 0
 
-    import honcho.manager
-
     workers = args.workers
     if workers < 1:
         print("cluster: WORKERS must be 1 or more", file=sys.stderr)
@@ -224,25 +222,33 @@ def run(args) -> int:
     if nginx is None:
         print(NGINX_MISSING, file=sys.stderr)
         return 2
+    sockets = socket_dir()
+    try:
+        return _run_cluster(env, settings, nginx, port, workers, sockets)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _run_cluster(env: dict, settings: config.Settings, nginx: str, port: int, workers: int,
+                 sockets: Path) -> int:
+    """Everything of `run` once the settings are valid: the Unix sockets go in `sockets`."""
+    import honcho.manager
 
     base = config.INSTANCE_DIR / "cluster"
     base.mkdir(parents=True, exist_ok=True)
     web_ports = free_ports(workers)
     names = [f"web{i}" for i in range(1, workers + 1)]
-    sockets = socket_dir()
     conf = local_nginx_conf(base / "nginx", [(name, f"unix:{sockets / name}.sock")
                                              for name in names],
                             port, limits=nginx_limits(settings))
     ok, out = check_nginx(nginx, conf)
     if not ok:
-        shutil.rmtree(sockets, ignore_errors=True)
         print(f"cluster: nginx refuses {conf}:\n{out}", file=sys.stderr)
         return 2
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            shutil.rmtree(sockets, ignore_errors=True)
             print(f"cluster: port {port} is taken; choose another with PORT=...", file=sys.stderr)
             return 2
 
@@ -254,7 +260,6 @@ def run(args) -> int:
         # started before the others and stopped after them, as in `stack run`
         redis = LocalRedis(base / "redis", preferred_port=6389, unix_socket=sockets / "redis.sock")
         if not redis.started("cluster"):
-            shutil.rmtree(sockets, ignore_errors=True)
             return 1
         env["REDIS_URL"] = redis.url
     env["SECRET_KEY"] = settings.secret_key
@@ -284,7 +289,6 @@ def run(args) -> int:
     except KeyboardInterrupt:  # Ctrl-C before honcho took the signals over
         code = 0
     finally:
-        shutil.rmtree(sockets, ignore_errors=True)
         if redis is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut it short
             rc = redis.stop()

@@ -39,7 +39,7 @@ def _is_text(value: Any) -> bool:
 def _without_format_chars(text: str) -> str:
     """`text` without Unicode's invisible format characters (zero-width space and joiners,
     direction overrides, BOM): an interest made of them alone showed as a blank tag, and
-    "ca\u200bts" must match "cats"."""
+    "ca\\u200bts" must match "cats"."""
     if text.isascii():
         return text
     return "".join(c for c in text if unicodedata.category(c) != "Cf")
