@@ -29,6 +29,7 @@ from gevent.pool import Pool
 from common import events as ev
 from common.keys import USER_ROOM_PREFIX
 
+from .roomindex import RoomIndex
 from .subscriber import RETRY_FIRST, RETRY_MAX, Subscriber
 
 log = logging.getLogger("web.listener")
@@ -51,8 +52,9 @@ BROADCAST_CHUNK = 32
 BROADCAST_PAUSE = 0.002
 
 
-class ChatQueue(socketio.PubSubManager):
-    """python-socketio's pub/sub manager on the chat's channels and Redis client."""
+class ChatQueue(RoomIndex, socketio.PubSubManager):
+    """python-socketio's pub/sub manager on the chat's channels and Redis client (and an index of
+    each connection's rooms: web/roomindex.py)."""
 
     name = "chat"
 
