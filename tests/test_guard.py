@@ -22,10 +22,12 @@ import urllib.request
 
 import psutil
 import pytest
-
+from geventwebsocket.websocket import Header
 from peer import Peer, close_all, exchange, pair
 from procs import (MatcherProc, RedisServer, WebWorker, base_env, stop_in_background,
                    wait_until)
+
+from web.guard import unmask
 
 MAX_FRAME = 16 * 1024  # MAX_FRAME_BYTES, set explicitly below
 MAX_BODY = 64 * 1024  # MAX_BODY_BYTES
@@ -245,6 +247,57 @@ async def test_a_fragmented_message_over_the_limit_is_refused_with_1009(worker, 
 
     assert await asyncio.to_thread(attack) in (1009, None)
     await exchange(a, b, "after-fragments")
+
+
+def masked_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
+    """A client frame with a random mask, as browsers send them."""
+    mask = os.urandom(4)
+    head = frame_header(len(payload), opcode, fin)[:-4]
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("fragments, valid", [
+    ([b"40/\xc3\xa9,"], True),  # "40/é," in one frame
+    ([b"40/\xc3", b"\xa9,"], True),  # é split between two fragments: still one valid message
+    ([b"40/\xff,"], False),
+    ([b"40/\xc3", b"(,"], False),  # a sequence broken across the fragments
+    ([b"40/", b"\xed\xa0\x80,"], False),  # a UTF-16 surrogate, which UTF-8 may not carry
+])
+async def test_a_text_message_is_checked_as_utf8_once_it_is_whole(worker, chatting, fragments,
+                                                                  valid):
+    """Masked text frames: a valid message gets Socket.IO's answer (here CONNECT_ERROR for an
+    unknown namespace), invalid UTF-8 closes the WebSocket with 1007, wherever the fragments cut
+    a character."""
+    a, b = chatting
+
+    def attack():
+        s = ws_open(worker, ATTACKER)
+        with s:
+            for i, part in enumerate(fragments):
+                s.sendall(masked_frame(part, opcode=1 if i == 0 else 0,
+                                       fin=i == len(fragments) - 1))
+            if valid:
+                return read_frame(s)
+            return close_code(s)
+
+    got = await asyncio.to_thread(attack)
+    if valid:
+        opcode, payload = got
+        assert opcode == 1 and payload.startswith(b"44"), payload
+    else:
+        assert got == 1007
+    await exchange(a, b, "after-utf8-" + os.urandom(4).hex())
+
+
+def test_unmask_is_the_protocols_xor():
+    """web.guard.unmask against gevent-websocket's own byte loop, every length up to 3 masks'
+    worth of tail and a large frame."""
+    for n in [*range(0, 40), 125, 126, 4097, 70000]:
+        payload, mask = os.urandom(n), os.urandom(4)
+        header = Header(length=n)
+        header.mask = mask
+        expected = bytes(header.unmask_payload(payload))
+        assert unmask(payload, mask) == expected, n
 
 
 async def test_oversized_polling_posts_get_413_close_and_end_their_session(worker, chatting):
