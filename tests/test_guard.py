@@ -615,20 +615,20 @@ def test_new_sessions_from_one_address_are_limited_and_others_are_not():
         redis.stop()
 
 
-# -- the WebSocket's frame writer (web/guard.py frame_writer) ------------------------------------
+# -- the WebSocket's frame writer (web/guard.py FrameWriter) -------------------------------------
 @pytest.mark.parametrize("size", [200, 4 * 1024 * 1024])
 def test_the_frame_writer_delivers_small_and_larger_than_buffer_frames_whole(size):
     import gevent
     import gevent.socket
 
-    from web.guard import frame_writer
+    from web.guard import FrameWriter
 
     a, b = gevent.socket.socketpair()
     try:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # one send cannot take 4 MiB
         b.settimeout(10)  # a writer that stopped short fails the test instead of hanging it
         data = os.urandom(size)
-        writer = gevent.spawn(frame_writer(a), data)
+        writer = gevent.spawn(FrameWriter(a), data)
         got = bytearray()
         while len(got) < size:
             chunk = b.recv(65536)

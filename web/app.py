@@ -20,7 +20,7 @@ from common.moderation import (BROWSER_COOKIE, BROWSER_COOKIE_AGE, new_browser_i
 from common.redisconn import connect as redis_connect
 from common.store import Store
 
-from . import admin, drain, guard, listener, metrics, sockets
+from . import admin, direct, drain, guard, listener, metrics, sockets
 from .presence import Connections, heartbeat_loop
 from .tokens import Tokens
 
@@ -93,6 +93,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # default): events published for a fresh worker's first clients would otherwise be lost.
     socketio.server.manager_initialized = True
     guard.name_sessions(socketio.server.eio, settings.worker_id)
+    direct.install(socketio.server.eio)  # a packet to an idle WebSocket is written at once
     socketio.server.manager.initialize()
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,

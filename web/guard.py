@@ -247,21 +247,53 @@ class TooManyFrames(Exception):
     with a pong, and a message of 1,000,000 empty fragments was read to the end, for free."""
 
 
-def frame_writer(sock):
-    """A frame's bytes onto gevent's `sock`: one send, then sendall for what did not fit.
+class FrameWriter:
+    """A WebSocket's `raw_write`: each frame's bytes onto gevent's socket, whole and in order.
 
-    Why not sendall alone (gevent-websocket's writer): gevent's sendall asks the kernel for the
-    socket's send buffer size (getsockopt) on every call to size its chunks, one more system
-    call per frame (2.4 % of a worker's samples at 1000 users), for frames of a few hundred
-    bytes that one send takes whole."""
-    send, sendall = sock.send, sock.sendall
+    Two kinds of writer. The connection's writer greenlet (and gevent-websocket's own pong and
+    close frames) may wait for the socket: one send, then sendall for what did not fit. Not
+    sendall alone (gevent-websocket's way): gevent's sendall asks the kernel for the socket's
+    send buffer size (getsockopt) on every call to size its chunks, one more system call per
+    frame (2.4 % of a worker's samples at 1000 users), for frames that one send takes whole.
 
-    def write(data: bytes) -> None:
-        sent = send(data)
-        if sent < len(data):
-            sendall(memoryview(data)[sent:])
+    A greenlet that emits to someone else's connection (web/direct.py) must never wait for
+    that reader: with `now` set, a frame gets one non-blocking send, and what the socket did
+    not take is kept in `pending`, which the next waiting write sends first (web/direct.py then
+    wakes the connection's writer for it). `ready` says whether a frame may be written now:
+    nothing pending, and no waiting write halfway through a frame.
+    """
 
-    return write
+    __slots__ = ("sock", "pending", "now", "busy")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending: memoryview | None = None
+        self.now = False
+        self.busy = False
+
+    @property
+    def ready(self) -> bool:
+        return self.pending is None and not self.busy
+
+    def __call__(self, data: bytes) -> None:
+        if self.now:
+            try:
+                sent = self.sock._sock.send(data)  # gevent's non-blocking socket underneath
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.pending = memoryview(data)[sent:]
+            return
+        self.busy = True
+        try:
+            if self.pending is not None:
+                rest, self.pending = self.pending, None
+                self.sock.sendall(rest)
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
+        finally:
+            self.busy = False
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
@@ -474,7 +506,7 @@ class GuardedHandler(WebSocketHandler):
         ws = getattr(self, "websocket", None)
         if ws is not None and type(ws) is WebSocket:
             ws.__class__ = GuardedWebSocket
-            ws.raw_write = frame_writer(self.socket)
+            ws.raw_write = FrameWriter(self.socket)
         return result
 
     def run_application(self):

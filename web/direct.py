@@ -1,0 +1,78 @@
+"""Engine.IO packets written by the emitting greenlet itself when nothing waits to be sent.
+
+python-engineio 4 gives each WebSocket a writer greenlet: `Socket.send` puts the packet on a
+queue, and the writer wakes, takes it, frames it and writes it. For the chat's small packets
+that hand-over (a queue put, a hub callback, two greenlet switches, a timer for the writer's
+next wait, an exception to learn that the queue is empty) cost a worker about as much as the
+write itself. When the queue is empty and the writer is waiting on it, nothing can be ahead of
+a packet, so `send` frames and writes it at once, without ever waiting for the socket: what the
+socket does not take is kept by the frame writer (web/guard.py FrameWriter), and a NOOP packet
+wakes the writer, which sends that rest before anything else. Otherwise the queue, as before:
+either way the packets go out in the order of the `send` calls.
+"""
+from __future__ import annotations
+
+from engineio import packet as eio_packet
+from engineio import socket as eio_socket
+
+from .guard import FrameWriter
+
+WAKE = eio_packet.Packet(eio_packet.NOOP)  # clients ignore it; it makes the writer flush
+
+
+class DirectSocket(eio_socket.Socket):
+    """An Engine.IO session that may write a packet in the sender's greenlet. Sessions become
+    one at connect (`install`): the class of the object changes, nothing else."""
+
+    ws = None  # engineio's WebSocket wrapper while _websocket_handler runs
+    writer_idle = False  # the WebSocket's writer is waiting on the queue
+
+    def _websocket_handler(self, ws):
+        self.ws = ws
+        try:
+            return super()._websocket_handler(ws)
+        finally:
+            self.ws = None
+
+    def poll(self):
+        # Once upgraded, only the WebSocket's writer polls (engineio answers a polling GET of an
+        # upgraded session with NOOP); a long-poll still waiting from before the upgrade was
+        # entered while ws was None.
+        self.writer_idle = self.ws is not None and self.upgraded
+        try:
+            return super().poll()
+        finally:
+            self.writer_idle = False
+
+    def send(self, pkt):
+        ws = self.ws
+        if ws is not None and self.writer_idle and not self.queue.qsize():
+            frames = getattr(getattr(ws, "_sock", None), "raw_write", None)
+            if type(frames) is FrameWriter and frames.ready:
+                if not self.check_ping_timeout():
+                    return
+                frames.now = True
+                try:
+                    ws.send(pkt.encode())
+                except Exception:  # nothing was written: the writer meets the error and closes
+                    pass
+                else:
+                    if frames.pending is not None:
+                        self.queue.put(WAKE)
+                    return
+                finally:
+                    frames.now = False
+        super().send(pkt)
+
+
+def install(eio) -> None:
+    """Make every new Engine.IO session of server `eio` a DirectSocket."""
+    original = eio.handlers["connect"]
+
+    def connect(eio_sid, *args):
+        session = eio.sockets.get(eio_sid)
+        if type(session) is eio_socket.Socket:
+            session.__class__ = DirectSocket
+        return original(eio_sid, *args)
+
+    eio.handlers["connect"] = connect
