@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
+from engineio.exceptions import QueueEmpty
 
 from .guard import FrameWriter
 
@@ -38,9 +39,18 @@ class DirectSocket(eio_socket.Socket):
         # Once upgraded, only the WebSocket's writer polls (engineio answers a polling GET of an
         # upgraded session with NOOP); a long-poll still waiting from before the upgrade was
         # entered while ws was None.
-        self.writer_idle = self.ws is not None and self.upgraded
+        writer = self.writer_idle = self.ws is not None and self.upgraded
         try:
-            return super().poll()
+            while True:
+                try:
+                    return super().poll()
+                except QueueEmpty:
+                    # The writer's wait ends after ping interval + timeout without a packet,
+                    # and the writer then closes the WebSocket: with every packet written
+                    # directly, that was every connection after 25 s. A WebSocket's liveness
+                    # is the ping's business (check_ping_timeout); the writer waits on.
+                    if not writer or self.closed:
+                        raise
         finally:
             self.writer_idle = False
 

@@ -1,11 +1,11 @@
-"""A connection that stops reading holds up nobody, and gets everything once it reads again.
+"""Packets written to a WebSocket by the emitting greenlet itself (web/direct.py).
 
-The worker writes a packet to an idle WebSocket from the emitting greenlet itself (web/direct.py):
-here that is the sender's own handler, delivering to a partner on the same worker. That write
-must never wait for the partner's socket: a partner who stops reading (a frozen tab, a hostile
-client) would otherwise stall the sender's acks, and through a shared greenlet (the pub/sub
-listener, the stats pacer) everyone on the worker. What the socket does not take waits in the
-worker, in order, until the reader reads.
+That write must never wait for the socket: a partner who stops reading (a frozen tab, a hostile
+client) would otherwise stall the sender's acks (here the sender's own handler delivers to a
+partner on the same worker), and through a shared greenlet (the pub/sub listener, the stats
+pacer) everyone on the worker. What the socket does not take waits in the worker, in order,
+until the reader reads. And a WebSocket whose packets all go that way stays open: the writer
+it bypasses used to close it after a ping interval and timeout without a queued packet.
 """
 from __future__ import annotations
 
@@ -34,6 +34,55 @@ def worker():
         yield web
     finally:
         stop_in_background([web, matcher], redis.stop)
+
+
+@pytest.fixture(scope="module")
+def quick_pings():
+    """A worker that pings every second and waits a second for the answer."""
+    redis = RedisServer()
+    env = base_env(redis.url, PING_INTERVAL=1, PING_TIMEOUT=1)
+    web = WebWorker(env, "pings")
+    matcher = MatcherProc(env, "pings-matcher")
+    try:
+        web.wait_ready()
+        yield web
+    finally:
+        stop_in_background([web, matcher], redis.stop)
+
+
+class CountingWS(RawWS):
+    """A raw client that counts the server's pings (it answers each, as any client does)."""
+
+    pings = 0
+
+    def _packet(self, text: str) -> None:
+        if text == "2":
+            self.pings += 1
+        super()._packet(text)
+
+
+async def test_websockets_stay_open_over_many_ping_intervals(quick_pings):
+    """Six pings, each answered: three times the interval + timeout after which the writer
+    used to give up. The pair on the same worker still chats, in both directions."""
+    a, b = Peer(quick_pings.url, "alice"), Peer(quick_pings.url, "bob")
+    counting = await asyncio.to_thread(CountingWS, quick_pings)
+    try:
+        await asyncio.gather(a.connect(), b.connect())
+        assert await asyncio.to_thread(counting.connect) is not None
+        await pair(a, b)
+
+        def pinged(n: int) -> bool:
+            end = time.monotonic() + 20
+            while counting.pings < n and not counting.closed and time.monotonic() < end:
+                counting.poll(0.5)
+            return counting.pings >= n and not counting.closed
+
+        assert await asyncio.to_thread(pinged, 6)
+        assert a.sio.connected and b.sio.connected
+        await exchange(a, b, "after-pings")
+    finally:
+        counting.close()
+        await close_all([a, b])
 
 
 def received_messages(raw: RawWS) -> list[dict]:
