@@ -79,6 +79,15 @@ class PacketJson:
             raise ValueError("JSON nested too deeply") from None
 
 
+class TextPacket(sio_packet.Packet):
+    """python-socketio's packet without binary events: this protocol has none (the gate
+    refuses them), so the library's recursive search for bytes through every outgoing payload
+    (`data_is_binary`, ~2 % of a loaded worker) is skipped. Text payloads encode as before."""
+
+    uses_binary_events = False
+    json = PacketJson
+
+
 class Gate:
     """The per-connection budget and the dispatch of one worker's Socket.IO server."""
 
@@ -256,7 +265,8 @@ def guard(server, settings) -> Gate:
     installed there as well as on the server object. The event handlers' refusals are charged
     by web/sockets.py's one refusal path (`Gate.charge`).
     """
-    eio_packet.Packet.json = server.packet_class.json = PacketJson
+    eio_packet.Packet.json = PacketJson
+    server.packet_class = TextPacket
     gate = Gate(server, settings)
     handlers = server.eio.handlers
     handlers["connect"] = gate.on_connect(handlers["connect"])
