@@ -1,6 +1,7 @@
 """Real processes for the tests: a Redis server, web workers, the matcher, on free loopback ports."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -204,6 +205,21 @@ class WebWorker(Proc):
 class MatcherProc(Proc):
     def __init__(self, env: dict, name: str = "matcher"):
         super().__init__(name, [PY, "-m", "matcher"], env)
+
+
+@contextlib.contextmanager
+def one_worker(name: str, **env):
+    """A web worker `name` and a matcher on a Redis of their own (base_env, then `env`): the
+    worker once ready; all three stopped after (in the background)."""
+    redis = RedisServer()
+    full = base_env(redis.url, **env)
+    web = WebWorker(full, name)
+    matcher = MatcherProc(full, f"{name}-matcher")
+    try:
+        web.wait_ready()
+        yield web
+    finally:
+        stop_in_background([web, matcher], redis.stop)
 
 
 class ArchiverProc(Proc):

@@ -16,7 +16,7 @@ import time
 import pytest
 from attacks import RawWS
 from peer import Peer, close_all, exchange, pair
-from procs import MatcherProc, RedisServer, WebWorker, base_env, stop_in_background
+from procs import one_worker
 
 LONG = 10_000  # characters per message: 600 of them are 6 MB, more than any socket buffers
 COUNT = 600
@@ -24,30 +24,16 @@ COUNT = 600
 
 @pytest.fixture(scope="module")
 def worker():
-    redis = RedisServer()
-    env = base_env(redis.url, MAX_MESSAGE_LEN=LONG, MESSAGE_RATE=10_000, MESSAGE_BURST=100_000,
-                   PACKET_RATE=10_000, PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024)
-    web = WebWorker(env, "slow")
-    matcher = MatcherProc(env, "slow-matcher")
-    try:
-        web.wait_ready()
+    with one_worker("slow", MAX_MESSAGE_LEN=LONG, MESSAGE_RATE=10_000, MESSAGE_BURST=100_000,
+                    PACKET_RATE=10_000, PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024) as web:
         yield web
-    finally:
-        stop_in_background([web, matcher], redis.stop)
 
 
 @pytest.fixture(scope="module")
 def quick_pings():
     """A worker that pings every second and waits a second for the answer."""
-    redis = RedisServer()
-    env = base_env(redis.url, PING_INTERVAL=1, PING_TIMEOUT=1)
-    web = WebWorker(env, "pings")
-    matcher = MatcherProc(env, "pings-matcher")
-    try:
-        web.wait_ready()
+    with one_worker("pings", PING_INTERVAL=1, PING_TIMEOUT=1) as web:
         yield web
-    finally:
-        stop_in_background([web, matcher], redis.stop)
 
 
 class CountingWS(RawWS):

@@ -24,8 +24,7 @@ import psutil
 import pytest
 from geventwebsocket.websocket import Header
 from peer import Peer, close_all, exchange, pair
-from procs import (MatcherProc, RedisServer, WebWorker, base_env, stop_in_background,
-                   wait_until)
+from procs import RedisServer, WebWorker, base_env, one_worker, wait_until
 
 from web.guard import unmask
 
@@ -39,16 +38,9 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def worker():
-    redis = RedisServer()
-    env = base_env(redis.url, MAX_FRAME_BYTES=MAX_FRAME, MAX_BODY_BYTES=MAX_BODY,
-                   MAX_CONNS_PER_ADDR=CAP, HEADER_TIMEOUT=HEADER_TIMEOUT)
-    web = WebWorker(env, "guard")
-    matcher = MatcherProc(env, "guard-matcher")
-    try:
-        web.wait_ready()
+    with one_worker("guard", MAX_FRAME_BYTES=MAX_FRAME, MAX_BODY_BYTES=MAX_BODY,
+                    MAX_CONNS_PER_ADDR=CAP, HEADER_TIMEOUT=HEADER_TIMEOUT) as web:
         yield web
-    finally:
-        stop_in_background([web, matcher], redis.stop)
 
 
 @pytest.fixture(scope="module")
