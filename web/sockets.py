@@ -149,9 +149,15 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         listener().delivered(sent, res.room, res.seq)
         metrics.MESSAGES_HERE.inc()
 
+    def known_room(sid: str) -> str | None:
+        """The connection's chat as this worker last heard it: the room its `matched` or
+        `resumed` named (a new chat is known before its first message, without asking the home
+        slot), else the one last read from the home slot. The chat's shard checks it."""
+        return listener().opened.get(sid) or rooms.get(sid)
+
     def in_chat(sid: str, user: str, step, done):
         """`step(room)` in the user's chat; None when they are not chatting."""
-        room = rooms.get(sid)
+        room = known_room(sid)
         if room is not None:
             res = step(room)
             if done(res):
@@ -351,7 +357,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     @handler(ev.TYPING)
     def on_typing(sid, user, data):
         typing = parse_typing(data)
-        room = rooms.get(sid)
+        room = known_room(sid)
         here = partner_here(sid, room) if room else None
         if here is not None:  # a hint, not stored: no need to ask Redis who the partner is
             for to in here[1]:
