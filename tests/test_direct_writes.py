@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 
 import psutil
@@ -200,3 +202,37 @@ async def test_a_client_that_stops_reading_is_let_go_with_what_was_kept_for_it(q
     finally:
         stalled.close()
         await close_all([sender])
+
+
+def test_frames_from_two_waiting_writers_go_out_whole_one_after_the_other():
+    """The connection's writer halfway through a frame the socket could not take at once, and
+    gevent-websocket's pong (written by the reader's greenlet, for a client's ping) meanwhile:
+    the pong waits for the frame to end. It used to be written into the middle of it, or to
+    fail with gevent's "socket already used by another greenlet", which ended the connection."""
+    import gevent
+    import gevent.socket
+
+    from web.guard import FrameWriter
+
+    a, b = gevent.socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # one send cannot take 4 MiB
+        b.settimeout(10)
+        frames = FrameWriter(a)
+        big, pong = os.urandom(4 * 1024 * 1024), b"\x8a\x04ping"
+        writer = gevent.spawn(frames, big)
+        while not frames.busy:  # the writer has started its frame and waits for the socket
+            gevent.sleep(0)
+        reader = gevent.spawn(frames, pong)
+        gevent.sleep(0)
+        got = bytearray()
+        while len(got) < len(big) + len(pong):
+            chunk = b.recv(65536)
+            assert chunk, "the writer's side closed early"
+            got += chunk
+        writer.get(timeout=10)
+        reader.get(timeout=10)
+        assert bytes(got) == big + pong
+    finally:
+        a.close()
+        b.close()
