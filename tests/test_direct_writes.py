@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 
+import psutil
 import pytest
 from attacks import RawWS
 from peer import Peer, close_all, exchange, pair
@@ -111,3 +114,111 @@ async def test_a_partner_who_stops_reading_stalls_no_sender_and_misses_nothing(w
     finally:
         stalled.close()
         await close_all([sender, c, d])
+
+
+@pytest.fixture(scope="module")
+def quick_pings_long():
+    """Quick pings (1 s + 1 s) and long messages: a client that stops reading is soon gone."""
+    redis = RedisServer()
+    env = base_env(redis.url, PING_INTERVAL=1, PING_TIMEOUT=1, MAX_MESSAGE_LEN=LONG,
+                   MESSAGE_RATE=10_000, MESSAGE_BURST=100_000, PACKET_RATE=10_000,
+                   PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024)
+    web = WebWorker(env, "gone")
+    matcher = MatcherProc(env, "gone-matcher")
+    try:
+        web.wait_ready()
+        yield web
+    finally:
+        stop_in_background([web, matcher], redis.stop)
+
+
+def worker_holds(web: WebWorker, client: tuple) -> bool:
+    """Whether the worker's process (or its gunicorn worker) still has a TCP connection to
+    `client` (an address and port) open."""
+    root = psutil.Process(web.p.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.raddr and tuple(c.raddr) == client for c in conns):
+            return True
+    return False
+
+
+async def test_a_client_that_stops_reading_is_let_go_with_what_was_kept_for_it(quick_pings_long):
+    """A client that stops reading (and sending) while packets wait for it, its own socket full:
+    its Engine.IO session ends at the ping timeout, and then the worker must also let go of the
+    connection, the writer blocked on that socket and what was kept for it. Engine.IO means its
+    WebSocket to time out after ping interval + timeout; behind gevent-websocket that never
+    reached the socket, so the writer and the reader waited on it for as long as the client
+    kept the TCP connection open (forever, for a frozen or hostile client without nginx)."""
+    web = quick_pings_long
+    sender = Peer(web.url, "sender")
+    stalled = await asyncio.to_thread(RawWS, web)
+    try:
+        await sender.connect()
+        assert await asyncio.to_thread(stalled.connect) is not None
+        stalled.send("421" + json.dumps(["join", {}]))
+        await sender.join()
+        assert await asyncio.to_thread(stalled.wait_event, "matched", 15) is not None
+        await sender.next("matched", 15)
+        client = stalled.sock.getsockname()
+        text = "x" * (LONG - 8)
+        for i in range(COUNT):  # stops reading from here: up to 6 MB wait for it in the worker
+            ack = await asyncio.wait_for(sender.send(f"m{i}", f"{i:07d}" + text), 20)
+            if not ack.get("ok"):
+                break  # its session has ended: no chat any more
+
+        def released() -> bool:
+            end = time.monotonic() + 30
+            while worker_holds(web, client) and time.monotonic() < end:
+                time.sleep(0.2)
+            return not worker_holds(web, client)
+
+        assert await asyncio.to_thread(released)
+        # the worker is well: a new pair chats
+        a, b = Peer(web.url, "alice"), Peer(web.url, "bob")
+        try:
+            await asyncio.gather(a.connect(), b.connect())
+            await pair(a, b)
+            await exchange(a, b, "after")
+        finally:
+            await close_all([a, b])
+    finally:
+        stalled.close()
+        await close_all([sender])
+
+
+def test_frames_from_two_waiting_writers_go_out_whole_one_after_the_other():
+    """The connection's writer halfway through a frame the socket could not take at once, and
+    gevent-websocket's pong (written by the reader's greenlet, for a client's ping) meanwhile:
+    the pong waits for the frame to end. It used to be written into the middle of it, or to
+    fail with gevent's "socket already used by another greenlet", which ended the connection."""
+    import gevent
+    import gevent.socket
+
+    from web.guard import FrameWriter
+
+    a, b = gevent.socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # one send cannot take 4 MiB
+        b.settimeout(10)
+        frames = FrameWriter(a)
+        big, pong = os.urandom(4 * 1024 * 1024), b"\x8a\x04ping"
+        writer = gevent.spawn(frames, big)
+        while not frames.busy:  # the writer has started its frame and waits for the socket
+            gevent.sleep(0)
+        reader = gevent.spawn(frames, pong)
+        gevent.sleep(0)
+        got = bytearray()
+        while len(got) < len(big) + len(pong):
+            chunk = b.recv(65536)
+            assert chunk, "the writer's side closed early"
+            got += chunk
+        writer.get(timeout=10)
+        reader.get(timeout=10)
+        assert bytes(got) == big + pong
+    finally:
+        a.close()
+        b.close()

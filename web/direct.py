@@ -30,6 +30,16 @@ class DirectSocket(eio_socket.Socket):
 
     def _websocket_handler(self, ws):
         self.ws = ws
+        # Engine.IO gives the WebSocket's socket a timeout of ping interval + timeout, but looks
+        # for `settimeout` on gevent-websocket's WebSocket, which has none: without it the
+        # reader and the writer waited for as long as a client that stopped reading and sending
+        # kept the TCP connection open, long after its session had ended (the writer blocked on
+        # a full socket, the packets kept for it). A client that answers pings is never idle
+        # that long; the direct writes (FrameWriter `now`) never wait on the socket anyway.
+        handler = getattr(getattr(ws, "_sock", None), "handler", None)
+        sock = getattr(handler, "socket", None)
+        if sock is not None:
+            sock.settimeout(self.server.ping_interval + self.server.ping_timeout)
         try:
             return super()._websocket_handler(ws)
         finally:

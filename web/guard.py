@@ -30,6 +30,7 @@ import time
 from urllib.parse import parse_qs
 
 import gevent
+from gevent.lock import Semaphore
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
@@ -261,15 +262,21 @@ class FrameWriter:
     not take is kept in `pending`, which the next waiting write sends first (web/direct.py then
     wakes the connection's writer for it). `ready` says whether a frame may be written now:
     nothing pending, and no waiting write halfway through a frame.
+
+    Waiting writes take turns (`turn`): the reader's greenlet writes gevent-websocket's pongs
+    and close frames, and one of those coming while the writer waits halfway through a frame
+    went into the middle of it, or failed with gevent's "socket already used by another
+    greenlet", which ended the connection.
     """
 
-    __slots__ = ("sock", "pending", "now", "busy")
+    __slots__ = ("sock", "pending", "now", "busy", "turn")
 
     def __init__(self, sock):
         self.sock = sock
         self.pending: memoryview | None = None
         self.now = False
         self.busy = False
+        self.turn = Semaphore()
 
     @property
     def ready(self) -> bool:
@@ -284,16 +291,17 @@ class FrameWriter:
             if sent < len(data):
                 self.pending = memoryview(data)[sent:]
             return
-        self.busy = True
-        try:
-            if self.pending is not None:
-                rest, self.pending = self.pending, None
-                self.sock.sendall(rest)
-            sent = self.sock.send(data)
-            if sent < len(data):
-                self.sock.sendall(memoryview(data)[sent:])
-        finally:
-            self.busy = False
+        with self.turn:
+            self.busy = True
+            try:
+                if self.pending is not None:
+                    rest, self.pending = self.pending, None
+                    self.sock.sendall(rest)
+                sent = self.sock.send(data)
+                if sent < len(data):
+                    self.sock.sendall(memoryview(data)[sent:])
+            finally:
+                self.busy = False
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
