@@ -119,20 +119,13 @@ async def test_a_partner_who_stops_reading_stalls_no_sender_and_misses_nothing(w
 @pytest.fixture(scope="module")
 def quick_pings_long():
     """Quick pings (1 s + 1 s) and long messages: a client that stops reading is soon gone."""
-    redis = RedisServer()
-    env = base_env(redis.url, PING_INTERVAL=1, PING_TIMEOUT=1, MAX_MESSAGE_LEN=LONG,
-                   MESSAGE_RATE=10_000, MESSAGE_BURST=100_000, PACKET_RATE=10_000,
-                   PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024)
-    web = WebWorker(env, "gone")
-    matcher = MatcherProc(env, "gone-matcher")
-    try:
-        web.wait_ready()
+    with one_worker("gone", PING_INTERVAL=1, PING_TIMEOUT=1, MAX_MESSAGE_LEN=LONG,
+                    MESSAGE_RATE=10_000, MESSAGE_BURST=100_000, PACKET_RATE=10_000,
+                    PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024) as web:
         yield web
-    finally:
-        stop_in_background([web, matcher], redis.stop)
 
 
-def worker_holds(web: WebWorker, client: tuple) -> bool:
+def worker_holds(web, client: tuple) -> bool:
     """Whether the worker's process (or its gunicorn worker) still has a TCP connection to
     `client` (an address and port) open."""
     root = psutil.Process(web.p.pid)
