@@ -28,3 +28,16 @@ async def test_every_connection_of_a_worker_gets_the_stats_and_chats_go_on(fresh
     assert ack["ok"], ack
     msg = await b.next("message")
     assert msg["text"] == "after the broadcast" and msg["seq"] == ack["seq"]
+
+
+async def test_next_tells_the_online_count_of_the_latest_stats(fresh, peers):
+    """`waiting` after a Next says how many are online as the worker's latest `stats` did
+    (web/listener.py ChatQueue.online), without a round trip of its own."""
+    w1, _ = fresh.urls()
+    a, b, c = [await peers(w1, name) for name in "ABC"]
+    await pair(a, b)
+    stats = await a.next("stats", 20, where=lambda s: s["online"] >= 3)
+    ack = await a.call("next", {})
+    assert ack == {"ok": True}, ack
+    waiting = await a.next("waiting", 10, where=lambda w: True)
+    assert waiting["online"] == stats["online"] == 3, (waiting, stats)

@@ -66,6 +66,9 @@ class ChatQueue(RoomIndex, socketio.PubSubManager):
         self.subscriber: Subscriber | None = None
         self._broadcasts: dict[str, dict] = {}  # event -> the latest broadcast not yet sent
         self._pacing = False
+        # users online as the latest `stats` broadcast said (STATS_INTERVAL old at most): what
+        # a Next tells the user with `waiting`, without a round trip to the home slot
+        self.online: int | None = None
 
     def initialize(self):
         self.subscriber = Subscriber(
@@ -107,7 +110,13 @@ class ChatQueue(RoomIndex, socketio.PubSubManager):
     def _broadcast(self, message) -> None:
         """Hand a broadcast to the pacer: the latest one of each event wins (the counts of a
         `stats` still waiting are stale once newer ones come)."""
-        self._broadcasts[message.get("event")] = message
+        event = message.get("event")
+        self._broadcasts[event] = message
+        if event == ev.STATS:
+            data = message.get("data") or [None]
+            online = data[0].get("online") if isinstance(data[0], dict) else None
+            if type(online) is int:
+                self.online = online
         if not self._pacing:
             self._pacing = True
             self.server.start_background_task(self._pace)

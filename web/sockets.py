@@ -374,7 +374,8 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         listener().forget(sid)
         store.end_chat(user, reason, requeue)  # tells the partner (close.lua)
         if requeue:
-            send_self(sid, ev.WAITING, {"online": store.online()})
+            online = server.manager.online  # from the latest `stats`; none yet: ask Redis
+            send_self(sid, ev.WAITING, {"online": store.online() if online is None else online})
         return {"ok": True}
 
     @handler(ev.NEXT)
