@@ -21,6 +21,10 @@ async def test_a_closed_waiting_tab_is_never_matched_nor_counted_online(fresh):
     x = await Peer(w1, "X").connect()
     await x.join()
     await x.close()  # presses Start, closes the tab
+    # the client's close returns before its worker has run the disconnect: wait for that (X's
+    # connection gone from the home slot), as a person opening a tab a moment later would
+    await wait_for(lambda: not fresh.client.exists(fresh.home_key("where:" + x.user)), 5,
+                   "X's disconnect")
     y = await Peer(w2, "Y").connect()
     await wait_for(lambda: y.events["hello"][-1]["online"] == 1, 5, "Y alone online")
     await y.join()
