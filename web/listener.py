@@ -158,9 +158,6 @@ class Listener:
         # sid -> the room it has been sent `matched` or `resumed` (chatting) of, through the
         # queue: everything published to it before that has reached it
         self.opened: dict[str, str] = {}
-        # room -> the local users sent `matched` (or a chatting `resumed`) for it: when both of
-        # a chat's users are here, each one's partner is known before their first message
-        self.members: dict[str, set[str]] = {}
         self.confirmed: dict[str, int] = {}  # worker channel -> SUBSCRIBE confirmations seen
         self.replays = 0  # snapshots sent after a gap
         self._wake = Event()
@@ -205,8 +202,6 @@ class Listener:
         local = {sid for sid, _ in self.conns.items()}
         self.seen = {sid: v for sid, v in self.seen.items() if sid in local}
         self.opened = {sid: v for sid, v in self.opened.items() if sid in local}
-        live = set(self.opened.values())
-        self.members = {room: users for room, users in self.members.items() if room in live}
 
     def note_opening(self, message: dict) -> None:
         """`matched`/`resumed` tell connections their chat (and a snapshot what they have of
@@ -220,14 +215,6 @@ class Listener:
             return
         sids = self.sids_of(to)
         event = message.get("event")
-        if isinstance(room, str):
-            if event == ev.PARTNER_LEFT:
-                self.members.pop(room, None)
-            elif event == ev.MATCHED or (event == ev.RESUMED and data.get("state") == "chatting"):
-                user = (to[len(USER_ROOM_PREFIX):] if to.startswith(USER_ROOM_PREFIX)
-                        else self.conns.user_of(to))
-                if user:
-                    self.members.setdefault(room, set()).add(user)
         for sid in sids:
             if event == ev.PARTNER_LEFT:
                 # a late one of an older chat leaves the connection's new chat as it is
@@ -245,13 +232,6 @@ class Listener:
                 self.delivered(sids, room, max(got))
         if len(self.opened) > 2 * len(self.conns) + SEEN_SLACK:
             self._prune()
-
-    def partner_of(self, room: str, user: str | None) -> str | None:
-        """`user`'s partner in `room` when both were told of it here, else None."""
-        users = self.members.get(room)
-        if not users or len(users) != 2 or user not in users:
-            return None
-        return next(u for u in users if u != user)
 
     def ready(self, user: str, room: str) -> tuple[list[str], int] | None:
         """`user`'s connections here, and the highest seq of `room` all of them were sent,

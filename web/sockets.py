@@ -103,15 +103,11 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def partner_here(sid: str, room: str):
         """(partner, their connections here, the highest seq of `room` all were sent) when the
         partner's connections are all on this worker and know they are in `room`, else None."""
-        if listener().opened.get(sid) != room:
-            return None
         known = partners.get(sid)
-        partner = known[1] if known is not None and known[0] == room else \
-            listener().partner_of(room, conns.user_of(sid))  # both told `matched` here
-        if partner is None:
+        if known is None or known[0] != room or listener().opened.get(sid) != room:
             return None
-        ready = listener().ready(partner, room)
-        return None if ready is None else (partner, *ready)
+        ready = listener().ready(known[1], room)
+        return None if ready is None else (known[1], *ready)
 
     def message_here(sid: str, user: str, msg_id: str, text: str, room: str):
         """store.message, delivered by this worker itself when message.lua says it may: the
