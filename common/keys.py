@@ -57,6 +57,10 @@ worker reads all of its own. SOCKETIO_CHANNEL (default `flask-socketio`, classic
 carries broadcasts (`stats`) to every worker.
 
 Socket.IO rooms (not Redis keys): `u:<user>` holds every connection of one user.
+
+Client names (CLIENT SETNAME): a web worker's queue listener connections are named
+`<p>:pubsub:<worker id>` (Keys.client_name), so that `CLIENT LIST` tells whose they are, and
+one stack's listeners can be told apart from another's on a shared Redis Cluster.
 """
 from __future__ import annotations
 
@@ -189,7 +193,13 @@ class Keys:
         """Every history stream the archiver reads (one per tag)."""
         return tuple(self.history_of(t) for t in self.tags)
 
-    # channels -----------------------------------------------------------------------------------
+    # channels and client names -------------------------------------------------------------------
+    def client_name(self, role: str, worker: str) -> str:
+        """`<prefix>:<role>:<worker>`, what CLIENT SETNAME accepts (printable ASCII, no space:
+        anything else becomes `_`)."""
+        raw = f"{self.prefix}:{role}:{worker}"
+        return "".join(c if "!" <= c <= "~" else "_" for c in raw)
+
     def worker_channels(self, worker: str) -> tuple[str, ...]:
         """The channels that carry one web worker's events, one per tag."""
         return tuple(t + WORKER_CHANNEL_INFIX + worker for t in self.tags)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pg import postgres  # noqa: E402,F401  (one PostgreSQL server for the session)
 from procs import (ROOT, ArchiverProc, MatcherProc, RedisServer, WebWorker,  # noqa: E402
-                   base_env, stop_all, stop_in_background, wait_stopped)
+                   base_env, kill_named, stop_all, stop_in_background, wait_stopped)
 
 
 class Stack:
@@ -56,6 +56,17 @@ class Stack:
     def home_key(self, name: str) -> str:
         """A key of the home slot (common/keys.py) under this stack's REDIS_PREFIX."""
         return "{" + self.env.get("REDIS_PREFIX", "chat") + "}:" + name
+
+    def kill_listeners(self, nodes=None) -> int:
+        """Cut this stack's queue listener connections (named `<prefix>:pubsub:<worker>`, see
+        common/keys.py) on every node of its Redis or Redis Cluster, or on the `nodes` given;
+        the connections of other stacks on a shared cluster stay. How many."""
+        from common.keys import Keys
+
+        if nodes is None:
+            nodes = [self.redis] if self.cluster is None else self.cluster.nodes
+        name = Keys(self.env.get("REDIS_PREFIX", "chat")).client_name("pubsub", "")
+        return sum(kill_named(n.client, name) for n in nodes)
 
     def flush(self) -> None:
         if self.cluster is None:

@@ -160,6 +160,15 @@ class RedisServer(Proc):
         return int(self.client.client_kill_filter(_type=kind))
 
 
+def kill_named(client, name_prefix: str, kind: str = "pubsub") -> int:
+    """CLIENT KILL ID of each connection of type `kind` whose client name starts with
+    `name_prefix` (Keys.client_name): one stack's connections, not those of others sharing the
+    server; how many."""
+    ids = [c["id"] for c in client.client_list(_type=kind)
+           if c.get("name", "").startswith(name_prefix)]
+    return sum(int(client.client_kill_filter(_id=i)) for i in ids)
+
+
 def base_env(redis_url: str, **extra) -> dict:
     env = {
         "APP_ENV": "development",

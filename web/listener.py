@@ -74,7 +74,8 @@ class ChatQueue(RoomIndex, socketio.PubSubManager):
         self.subscriber = Subscriber(
             self.store.r, list(self.worker_channels), self.channel,
             on_subscribed=lambda channel: self.listener and self.listener.subscribed(channel),
-            sharded=bool(self.store.s.redis_cluster_url))
+            sharded=bool(self.store.s.redis_cluster_url),
+            name=self.store.k.client_name("pubsub", self.store.s.worker_id))
         super().initialize()  # starts _thread, which reads _listen
 
     @property

@@ -55,17 +55,22 @@ _SUBSCRIBED = (b"subscribe", b"ssubscribe")
 _UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
 
 
-def _connector(pool: redis.ConnectionPool) -> Callable[[], redis.Connection]:
+def _connector(pool: redis.ConnectionPool,
+               name: str | None = None) -> Callable[[], redis.Connection]:
     """A factory of fresh, unpooled connections like the pool's, for one subscriber's reader.
 
     Unpooled and without retries: the reader alone decides when to reconnect, so every new
     subscription is one it sent and saw confirmed (redis-py's PubSub reconnects and subscribes
     again inside a read). RESP2 and bytes: messages are plain arrays, payloads stay undecoded.
+    `name`: the CLIENT SETNAME of each (Keys.client_name), so that CLIENT LIST tells whose
+    listener a connection is.
     """
     kwargs = {k: v for k, v in pool.connection_kwargs.items()
               if k in _CONNECTION_KEYS or k.startswith("ssl")}
     kwargs.update(decode_responses=False, protocol=2, health_check_interval=0,
                   retry=Retry(NoBackoff(), 0))
+    if name:
+        kwargs["client_name"] = name
     cls = pool.connection_class
     if issubclass(cls, redis.Connection):  # TCP (or TLS), not a unix socket
         kwargs["socket_keepalive"] = True
@@ -77,12 +82,13 @@ class Subscriber:
 
     def __init__(self, client: redis.Redis | RedisCluster, channels: list[str] | tuple[str, ...],
                  broadcast: str, on_subscribed: Callable[[str], None],
-                 sharded: bool | None = None):
+                 sharded: bool | None = None, name: str | None = None):
         """Start reading at once. `sharded` (default: whether `client` is a cluster client) says
         whether `channels` are SSUBSCRIBEd; the broadcast channel never is. On a cluster a
         sharded channel is read on the master of its slot, the others on the master of the
-        broadcast channel's slot."""
+        broadcast channel's slot. `name`: the client name of every connection it opens."""
         self._client = client
+        self._name = name
         self._cluster = isinstance(client, RedisCluster)
         sharded = self._cluster if sharded is None else sharded
         self._channels = {c.encode(): sharded for c in channels}
@@ -166,11 +172,11 @@ class Subscriber:
     def _connect(self, name: str) -> redis.Connection:
         """A new connection to node `name` (a cluster's node is looked up again each time)."""
         if not self._cluster:
-            return _connector(self._client.connection_pool)()
+            return _connector(self._client.connection_pool, self._name)()
         node = self._client.get_node(node_name=name)
         if node is None:
             raise ConnectionError(f"{name} is no longer a node of the cluster")
-        return _connector(self._client.get_redis_connection(node).connection_pool)()
+        return _connector(self._client.get_redis_connection(node).connection_pool, self._name)()
 
     def _replan_soon(self) -> None:
         """A reader found its node gone or a channel moved: read the cluster's slot map again."""
