@@ -45,7 +45,7 @@ path (message, typing) never touches it. Measured cost and ceiling: docs/SCALING
 
 | key (a chat shard `{s}`)  | type   | holds |
 |---------------------------|--------|-------|
-| `{s}:chat:<room>`         | hash   | the chat: `a`, `b` (its users), `seq` (last message seq), `interests`, `opened`, `closed`; per user `route:<user>` (JSON list of the web workers holding their connections), `away:<user>`, `tokens:<user>` and `ts:<user>` (their message token bucket), `pub:<user>` (seq of the last message published to them, not delivered by the sender's worker itself: message.lua) |
+| `{s}:chat:<room>`         | hash   | the chat: `a`, `b` (its users), `seq` (last message seq), `interests`, `opened`, `closed`, `end` (once closed: JSON {user, reason, both}, so that a `partner_left` lost in a listener gap can be told again: ended.lua); per user `route:<user>` (JSON list of the web workers holding their connections), `away:<user>`, `tokens:<user>` and `ts:<user>` (their message token bucket), `pub:<user>` (seq of the last message published to them, not delivered by the sender's worker itself: message.lua) |
 | `{s}:sent:<room>`         | list   | the chat's recent messages (both directions), for the `resumed` snapshot |
 | `{s}:dedupe:<room>:<user>`| hash   | client message id -> "seq:ts:room", so a resend is delivered once |
 | `{s}:history`             | stream | room opened / message / room closed / report, for the archiver (one per shard) |

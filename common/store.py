@@ -268,6 +268,13 @@ class Store:
         """Emit `resumed` to `sid` without counting it as a reconnection (a replay after a gap)."""
         return self.resume(user, since, sid)
 
+    def ended(self, user: str, room: str, sid: str) -> bool:
+        """Tell connection `sid` of this worker again that `room` ended, when it did and the
+        user is one close.lua told (ended.lua): its `partner_left` may have fallen into a gap
+        of the worker's queue listener. Whether it was told."""
+        return bool(self._run("ended", [self.k.chat(room)],
+                              [user, sid, self.s.worker_id, room]))
+
     # the two halves of pairing and parting ----------------------------------------------------
     def open_room(self, room: str, intent: str) -> bool:
         """Open a paired room in its shard (open.lua, idempotent), then drop its intent."""

@@ -1166,6 +1166,34 @@ def test_snapshot_script(on):
     assert [(h["id"], h["mine"]) for h in m["data"]["history"]] == [("m1", False)]
 
 
+def test_ended_script(on):
+    """A chat's end told again to one connection of a user close.lua told (after a listener
+    gap): not while the chat is open, not to the one who pressed Next, not to a stranger."""
+    room = on.paired()
+    told = on.listen(room)
+    assert on.store.ended("b", room, "s-b") is False  # open: nothing to tell
+    assert on.store.end_chat("a", "next", requeue=True) == ("b", room)
+    assert told(1) == [{"to": "b", "event": "partner_left", "data": {"reason": "next", "room": room}}]
+    assert on.store.ended("b", room, "s-b") is True
+    assert on.store.ended("a", room, "s-a") is False  # a ended it: a knows
+    assert on.store.ended("c", room, "s-c") is False  # not a user of this chat
+    assert told(1) == [{"to": "s-b", "event": "partner_left",
+                        "data": {"reason": "next", "room": room}}]
+    assert on.store.ended("b", "no-such-room", "s-b") is False  # expired, or never opened
+
+
+def test_ended_script_tells_a_reaped_user_too(on):
+    """The reaper's end says `both`: the user gone past the grace hears it if they are back."""
+    room = on.paired()
+    told = on.listen(room)
+    on.r.zadd(on.k.alive, {"a": on.now() - 1000})
+    assert on.store.reap() == 1
+    told(2)
+    assert on.store.ended("a", room, "s-a") is True
+    (m,) = told(1)
+    assert (m["to"], m["data"]) == ("s-a", {"reason": "disconnected", "room": room})
+
+
 # -- private rooms: private_create.lua, private_join.lua ----------------------------------------
 def made_key(on, host: str = "a", key: str = "ABCDEFGH") -> str:
     """`host` connected and hosting a private room under `key`."""

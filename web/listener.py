@@ -369,9 +369,16 @@ class Listener:
                 return  # gone, or another user now: its own connect resumed it
             seen = self._before_gap.get(sid)
             since = seen[1] if seen is not None and seen[0] == rooms.get(user) else 0
+            shown = self.opened.get(sid)
             try:
                 if self._replaced(user, sid):
                     return
+                if shown is not None and shown != rooms.get(user):
+                    # the chat on its screen is no longer the user's: its `partner_left` may
+                    # have fallen into the gap (a snapshot would only say "idle" or show the
+                    # next chat, not that the stranger left, nor why); told first, so that on
+                    # one Redis it comes before the snapshot
+                    self.store.ended(user, shown, sid)
                 self.store.snapshot(user, since, sid)
                 self._unfinished.pop(sid, None)
                 self.replays += 1

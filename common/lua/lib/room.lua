@@ -74,10 +74,13 @@ end
 -- Mark a chat closed in its shard and tell it (close.lua, and open.lua for a chat ended before
 -- it was opened): `closed` in the history, `partner_left {reason, room}` to the partner of
 -- `intent.user`, and to that user too when `intent.both`. intent: {user, reason, both, at}.
+-- The end is kept in the chat (`end`: {user, reason, both}) for as long as the chat's keys are,
+-- so that a `partner_left` that fell into a listener gap can be told again (ended.lua).
 local function close_chat(chat, history, history_maxlen, room, intent)
   local user = intent.user
   local partner = other_of(chat, user)
-  redis.call('HSET', chat, 'closed', tostring(intent.at))
+  redis.call('HSET', chat, 'closed', tostring(intent.at), 'end',
+    cjson.encode({user = user, reason = intent.reason, both = intent.both and true or false}))
   append_history(history, history_maxlen, 'type', 'closed', 'room', room, 'user', user,
     'reason', intent.reason, 'ts', tostring(intent.at))
   local left = {reason = intent.reason, room = room}
