@@ -53,10 +53,12 @@ RULES_JS = """async () => {
   step('find new acked', 'search', { about: null });
   step('matched r2', 'matched', { room: 'r2', pairedAt: 2000 });
   chat.remember(1);
+  step('late matched r1', 'matched', { room: 'r1', pairedAt: 1000 });
   step('an older next acked', 'search', { about: 'r0' });
   step('next acked', 'search', { about: 'r2' });
   step('snapshot: chatting r3', 'resumed_chat', { room: 'r3' });
   step('newer snapshot: idle', 'resumed_idle', { at: 5000 });
+  step('late matched, ended', 'matched', { room: 'r0', pairedAt: 1500 });
   step('change interests', 'change_interests');
   step('unknown', 'no_such_event');
   return steps;
@@ -86,10 +88,12 @@ async def test_the_machine_ignores_stale_events_and_owns_the_room_and_seq(people
         "partner_left r1": [ENDED, ENDED, None, 0, "r1"],       # lastRoom stays for a report
         "find new acked": [WAITING, WAITING, None, 0, "r1"],
         "matched r2": [CHATTING, CHATTING, "r2", 0, "r2"],
+        "late matched r1": [None, CHATTING, "r2", 1, "r2"],     # paired before r2: over
         "an older next acked": [None, CHATTING, "r2", 1, "r2"],
         "next acked": [WAITING, WAITING, None, 0, "r2"],
         "snapshot: chatting r3": [CHATTING, CHATTING, "r3", 0, "r3"],
         "newer snapshot: idle": [ENDED, ENDED, None, 0, "r3"],
+        "late matched, ended": [None, ENDED, None, 0, "r3"],   # older than r2's: over
         "change interests": [IDLE, IDLE, None, 0, "r3"],
         "unknown": [None, IDLE, None, 0, "r3"],
     }

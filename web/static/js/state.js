@@ -49,7 +49,10 @@ export function transition(from, event) {
  *  at        a snapshot's time: ignored while chatting in a room paired later (on a Redis
  *            Cluster a `matched` may overtake a snapshot taken before it)
  *  room      the room a chatting event is about; `matched` for the room on screen is a repeat
- *  pairedAt  when that room was paired (`matched.at`, the server's clock)
+ *  pairedAt  when that room was paired (`matched.at`, the server's clock): a `matched` paired
+ *            before the newest one shown is ignored in every state (on a Redis Cluster two
+ *            chats' `matched` come from two shards and may arrive in the wrong order; the late
+ *            one is a chat already over)
  *  privateKey, privateExpires  waiting for a friend in the private room of this key (until
  *            then, ms); any other wait, and every other state, has none */
 export function createChat() {
@@ -57,6 +60,7 @@ export function createChat() {
     phase: IDLE,
     room: null,           // the room chatted in now
     roomAt: null,         // when it was paired, if told
+    newestAt: null,       // the newest `matched.at` taken, kept when the chat ends
     lastRoom: null,       // the last room, so a report still works after the chat ended
     kind: null,           // the room's kind: 'random' or 'private' (matched.kind)
     privateKey: null,     // while waiting for a friend: the private room's key
@@ -74,6 +78,8 @@ export function createChat() {
     next(event, info = {}) {
       const to = transition(chat.phase, event);
       if (to === null) return null;
+      if (event === 'matched' && typeof info.pairedAt === 'number' && chat.newestAt !== null
+        && info.pairedAt < chat.newestAt) return null;  // overtaken by a newer chat's
       if (chat.phase === CHATTING) {
         if (info.about !== undefined && info.about !== chat.room) return null;  // an older chat's
         if (chat.isStale(info.at)) return null;
@@ -103,6 +109,9 @@ export function createChat() {
       chat.privateKey = privateWait ? info.privateKey : null;
       chat.privateExpires = privateWait && typeof info.privateExpires === 'number' ? info.privateExpires : null;
       if (newRoom) chat.kind = info.kind === 'private' ? 'private' : 'random';
+      if (event === 'matched' && typeof info.pairedAt === 'number') {
+        chat.newestAt = Math.max(chat.newestAt ?? info.pairedAt, info.pairedAt);
+      }
       chat.phase = to;
       return { from, to, newRoom };
     },
