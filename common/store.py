@@ -25,7 +25,7 @@ from . import events as ev
 from .config import Settings
 from .keys import USER_ROOM_PREFIX, WORKER_CHANNEL_INFIX, Keys
 from .moderation import Identity
-from .redisconn import keys_of
+from .redisconn import keys_of, script_runner
 
 LUA_DIR = Path(__file__).with_name("lua")
 HISTORY_MAXLEN = 1_000_000  # safety cap on each history stream while no archiver drains it
@@ -92,9 +92,10 @@ class Store:
             p.stem: client.register_script(prelude + p.read_text())
             for p in sorted(LUA_DIR.glob("*.lua"))
         }
+        self._call = script_runner(client)
 
     def _run(self, name: str, keys: list[str], args: list) -> object:
-        return self._scripts[name](keys=keys, args=args)
+        return self._call(self._scripts[name], keys, args)
 
     # presence -------------------------------------------------------------------------------
     def touch(self, users: list[str], worker: str = "") -> int:

@@ -129,3 +129,69 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(kind, r
             own.stop()
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "{}", out.stdout + out.stderr
+
+
+RUNNER = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import sys
+    import redis
+    from common.redisconn import redis_client, script_runner
+    r = redis_client(sys.argv[1])
+    run = script_runner(r)
+    echo = r.register_script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1, ARGV[3]}")
+    fail = r.register_script("return redis.error_reply('ERR refused by the script')")
+    args = ["é text", 41, "1.5"]
+    print("same as redis-py:", run(echo, ["{t}k"], args) == echo(keys=["{t}k"], args=args))
+    print("reply:", run(echo, ["{t}k"], args))
+    r.script_flush()  # as after a restart: Redis no longer knows the script
+    print("after flush:", run(echo, ["{t}k"], ["a", 1, "b"]))
+    redis_client(sys.argv[1]).execute_command("CLIENT", "KILL", "TYPE", "normal")
+    print("after kill:", run(echo, ["{t}k"], ["c", 2, "d"]))
+    try:
+        run(fail, [], [])
+    except redis.ResponseError as exc:
+        print("error:", exc)
+    print("after error:", run(echo, ["{t}k"], ["e", 3, "f"]))
+    try:
+        run(echo, ["{t}k"], ["\\ud800", 1, "x"])  # not UTF-8: refused before anything is sent
+    except (UnicodeError, redis.DataError) as exc:
+        print("unencodable:", type(exc).__name__)
+    print("after unencodable:", run(echo, ["{t}k"], ["g", 4, "h"]))
+    pool = r.connection_pool
+    idle = sum(1 for c in pool.pool.queue if c is not None)  # BlockingConnectionPool's free ones
+    print("connections in use:", len(pool._connections) - idle)
+""")
+
+
+def test_the_script_runner_answers_as_redis_py_and_recovers():
+    """Store's EVALSHA on a pooled connection (script_runner): the reply redis-py gives, a
+    script Redis forgot is loaded again, a killed connection is replaced, a script's error is
+    the caller's and leaves the connection usable, and every connection goes back to the pool."""
+    own = RedisServer()
+    try:
+        out = subprocess.run([PY, "-c", RUNNER, own.url], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        own.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "same as redis-py: True",
+        "reply: ['{t}k', 'é text', 42, '1.5']",
+        "after flush: ['{t}k', 'a', 2, 'b']",
+        "after kill: ['{t}k', 'c', 3, 'd']",
+        "error: refused by the script",
+        "after error: ['{t}k', 'e', 4, 'f']",
+        "unencodable: UnicodeEncodeError",
+        "after unencodable: ['{t}k', 'g', 5, 'h']",
+        "connections in use: 0",
+    ], out.stdout + out.stderr
+
+
+def test_a_cluster_client_keeps_redis_py_s_way(redis_cluster):
+    from common.redisconn import cluster_client, script_runner
+    client = cluster_client(redis_cluster.url)
+    try:
+        echo = client.register_script("return ARGV[1]")
+        assert script_runner(client)(echo, ["{t}k"], ["x"]) == "x"
+    finally:
+        client.close()
