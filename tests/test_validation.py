@@ -353,7 +353,8 @@ NO_ACK_CASES = [
 
 
 async def test_refusals_without_an_ack_come_as_error_events(fresh, peers):
-    """Guards web/sockets.py `_track_ack_requests`: no ack callback -> an `error` event."""
+    """web/packets.py `Gate.event` tells the handlers whether an ack was asked for: without
+    an ack callback a refusal comes as an `error` event."""
     w1, w2 = fresh.urls()
     a, b = await peers(w1, "A"), await peers(w2, "B")
     idle = await peers(w2, "idle")

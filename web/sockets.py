@@ -14,7 +14,6 @@ import functools
 import logging
 import time
 
-import gevent.local
 from flask_socketio import SocketIO
 from redis.exceptions import RedisError
 from socketio import exceptions as sio_errors
@@ -36,7 +35,6 @@ from .ratelimit import KeyedBuckets
 from .tokens import Tokens
 
 log = logging.getLogger("web.sockets")
-UNKNOWN = "\x00not-an-event"  # what a forbidden event name is renamed to before dispatch
 RETRY_CONNECT_AFTER = 2.0  # s: a connection whose presence or resume failed is closed after
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # s: back-off of a disconnect Redis refused
 RETRY_DISCONNECT_FOR = 120.0  # s: then the reaper takes over
@@ -46,36 +44,8 @@ RETRY_DISCONNECT_FOR = 120.0  # s: then the reaper takes over
 CONNECT_RATE, CONNECT_BURST = 0.5, 10
 
 
-def _track_ack_requests(socketio: SocketIO) -> gevent.local.local:
-    """Record, per handler greenlet, whether the client asked for an ack.
-
-    python-socketio does not tell a handler whether its return value will be sent back; it runs
-    the handler inside `Server._handle_event_internal(…, id)` in the same greenlet, so wrapping
-    that method lets a refusal choose between a failed ack and an `error` event.
-    tests/test_validation.py fails if a library update breaks this.
-    """
-    state = gevent.local.local()
-    server = socketio.server
-    original = server._handle_event_internal
-
-    def wrapped(srv, sid, eio_sid, data, namespace, id):
-        state.ack = id is not None
-        if data and (not isinstance(data[0], str) or data[0] in server.reserved_events
-                     or data[0] == "*"):
-            # A client may not fire `connect`/`disconnect` handlers, nor name an event with
-            # anything but a string, nor call the catch-all by its own name `*` (python-socketio
-            # 5.18 then calls it without the event name, shifting every argument): route them
-            # to the catch-all as an ordinary unknown event.
-            data = [UNKNOWN, *data[1:]]
-        return original(srv, sid, eio_sid, data, namespace, id)
-
-    server._handle_event_internal = wrapped
-    return state
-
-
 def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Tokens,
              conns: Connections) -> None:
-    ack_state = _track_ack_requests(socketio)
     # Control-event budgets per user, not per connection: a user's connections share one (a
     # token opened on ten sockets gets no more than one), and it outlives the connection (a
     # reconnect does not refill it).
@@ -184,7 +154,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def refuse(sid: str, code: str):
         metrics.REFUSALS.labels(code).inc()
         gate.charge(sid, code)  # a protocol fault costs the connection's packet budget
-        if getattr(ack_state, "ack", False):
+        if getattr(gate.acks, "ack", False):
             return ev.failed(code)
         send_self(sid, ev.ERROR, ev.error(code))
         return None
