@@ -29,6 +29,7 @@ from gevent.pool import Pool
 from common import events as ev
 from common.keys import USER_ROOM_PREFIX
 
+from .packets import event_packet, send_event
 from .roomindex import RoomIndex
 from .subscriber import RETRY_FIRST, RETRY_MAX, Subscriber
 
@@ -128,15 +129,18 @@ class ChatQueue(RoomIndex, socketio.PubSubManager):
             while self._broadcasts:
                 _, message = self._broadcasts.popitem()
                 namespace = message.get("namespace") or "/"
+                if namespace != "/":
+                    continue  # the chat has only `/`
                 data = message.get("data") or []
                 data = data[0] if len(data) == 1 else tuple(data)
                 skip = message.get("skip_sid")
                 skip = set(skip) if isinstance(skip, list) else {skip}
                 sids = [sid for sid, _ in self.get_participants(namespace, None) if sid not in skip]
+                # encoded once for all (the local send, not the queue's: this is the queue's end)
+                pkt = event_packet(message["event"], data)
                 for i in range(0, len(sids), BROADCAST_CHUNK):
                     for sid in sids[i:i + BROADCAST_CHUNK]:
-                        # the local emit (Manager's), not the queue's: this is the queue's end
-                        socketio.Manager.emit(self, message["event"], data, namespace, room=sid)
+                        send_event(self.server, sid, pkt)
                     self.server.sleep(BROADCAST_PAUSE)
         except Exception:
             log.exception("broadcast to local connections failed")

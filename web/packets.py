@@ -90,6 +90,24 @@ class TextPacket(sio_packet.Packet):
     json = PacketJson
 
 
+def event_packet(event: str, data) -> eio_packet.Packet:
+    """Event `event` on `/` with `data` (one argument, a tuple of several, or None), encoded once
+    into the Engine.IO packet that carries it: one such object may be sent to any number of
+    connections (python-socketio's own broadcast does the same)."""
+    args = ([event] if data is None else [event, *data] if data.__class__ is tuple
+            else [event, data])
+    return eio_packet.Packet(eio_packet.MESSAGE,
+                             TextPacket(sio_packet.EVENT, namespace="/", data=args).encode())
+
+
+def send_event(server, sid: str, pkt: eio_packet.Packet) -> None:
+    """An event_packet to one connection of this worker, if it is still here: python-socketio's
+    `emit(to=sid, ignore_queue=True)` without its three layers of routing for one receiver."""
+    eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+    if eio_sid is not None:
+        server._send_eio_packet(eio_sid, pkt)
+
+
 class Gate:
     """The per-connection budget and the dispatch of one worker's Socket.IO server."""
 
@@ -126,8 +144,7 @@ class Gate:
         return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
 
     def _event(self, payload: dict) -> eio_packet.Packet:
-        return self._eio(sio_packet.Packet(sio_packet.EVENT, namespace="/",
-                                           data=[ev.ERROR, payload]))
+        return event_packet(ev.ERROR, payload)
 
     # -- Engine.IO events ----------------------------------------------------------------------
     def on_connect(self, original):

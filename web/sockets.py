@@ -149,7 +149,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         """To this connection only, without a trip through the message queue."""
         if not isinstance(sid, str):  # `to=None` would be every connection of the worker
             raise TypeError(f"send_self to {sid!r}")
-        server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
+        packets.send_event(server, sid, packets.event_packet(event, data))
 
     def refuse(sid: str, code: str):
         metrics.REFUSALS.labels(code).inc()
