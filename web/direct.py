@@ -12,11 +12,15 @@ either way the packets go out in the order of the `send` calls.
 """
 from __future__ import annotations
 
+import logging
+
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 from engineio.exceptions import QueueEmpty
 
 from .guard import FrameWriter
+
+log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 
 WAKE = eio_packet.Packet(eio_packet.NOOP)  # clients ignore it; it makes the writer flush
 
@@ -29,6 +33,15 @@ class DirectSocket(eio_socket.Socket):
     writer_idle = False  # the WebSocket's writer is waiting on the queue
 
     def _websocket_handler(self, ws):
+        # One WebSocket per session. Engine.IO refuses an upgrade of a session already upgraded,
+        # but not one that comes while another is still in its probe: both handlers ran, the
+        # later one's `ws` replaced the earlier one's, and this session's direct writes (acks,
+        # the partner's messages) went to the socket the client had not upgraded, or stopped
+        # when that one ended. The first handler owns the session until it ends; a second is
+        # closed before it touches anything (no switch between the check and the claim).
+        if self.ws is not None or self.upgraded:
+            log.warning("refused a second WebSocket upgrade of one session")
+            return []
         self.ws = ws
         # Engine.IO gives the WebSocket's socket a timeout of ping interval + timeout, but looks
         # for `settimeout` on gevent-websocket's WebSocket, which has none: without it the
@@ -43,7 +56,8 @@ class DirectSocket(eio_socket.Socket):
         try:
             return super()._websocket_handler(ws)
         finally:
-            self.ws = None
+            if self.ws is ws:
+                self.ws = None
 
     def poll(self):
         # Once upgraded, only the WebSocket's writer polls (engineio answers a polling GET of an
