@@ -290,6 +290,17 @@ SETTINGS: tuple[Setting, ...] = (
       "`example.com` or an e-mail address) with `filtered`", choices=("off", "on")),
     S("MAX_FRAME_BYTES", "max_frame_bytes", "int", "16384",
       "larger Socket.IO frames close the connection", 1024, 10_000_000),
+    # 1 MiB: the packets are ASCII JSON (one character, one byte); a chat message is at most
+    # ~6 KB of it (500 characters, each escaped as \uXXXX or a surrogate pair) and usually far
+    # less: 1 MiB is 170 of the largest, over half a minute of a partner sending them at
+    # MESSAGE_RATE (5/s), thousands of ordinary ones. A client that far behind is not reading (a
+    # silent one is gone at the ping timeout anyway), and its reconnect loses nothing: the resume
+    # replays the chat's `sent:` list. A worker holds at most about twice this per session
+    # (web/direct.py).
+    S("MAX_QUEUED_BYTES", "max_queued_bytes", "int", "1048576",
+      "bytes of packets waiting for one client (for its WebSocket writer or its next long-poll); "
+      "past it the client is closed and resumes with its token (docs/RELIABILITY.md)",
+      16_384, 1_000_000_000),
     # 15 + 10: a silent network loss is noticed within 25 s on both ends.
     S("PING_INTERVAL", "ping_interval", "int", "15",
       "Engine.IO keep-alive: a silent network loss is noticed within their sum", 1, 600),

@@ -23,12 +23,16 @@ from procs import one_worker
 
 LONG = 10_000  # characters per message: 600 of them are 6 MB, more than any socket buffers
 COUNT = 600
+# What may wait for one client (MAX_QUEUED_BYTES) above those 6 MB: these tests are about the
+# writes, not the cap (tests/test_queue_cap.py), so the reader that stops is kept.
+NO_CAP = 64 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def worker():
     with one_worker("slow", MAX_MESSAGE_LEN=LONG, MESSAGE_RATE=10_000, MESSAGE_BURST=100_000,
-                    PACKET_RATE=10_000, PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024) as web:
+                    PACKET_RATE=10_000, PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024,
+                    MAX_QUEUED_BYTES=NO_CAP) as web:
         yield web
 
 
@@ -121,7 +125,8 @@ def quick_pings_long():
     """Quick pings (1 s + 1 s) and long messages: a client that stops reading is soon gone."""
     with one_worker("gone", PING_INTERVAL=1, PING_TIMEOUT=1, MAX_MESSAGE_LEN=LONG,
                     MESSAGE_RATE=10_000, MESSAGE_BURST=100_000, PACKET_RATE=10_000,
-                    PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024) as web:
+                    PACKET_BURST=100_000, MAX_FRAME_BYTES=64 * 1024,
+                    MAX_QUEUED_BYTES=NO_CAP) as web:
         yield web
 
 

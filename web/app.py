@@ -93,7 +93,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # default): events published for a fresh worker's first clients would otherwise be lost.
     socketio.server.manager_initialized = True
     guard.name_sessions(socketio.server.eio, settings.worker_id)
-    direct.install(socketio.server.eio)  # a packet to an idle WebSocket is written at once
+    # a packet to an idle WebSocket is written at once; what waits is capped
+    direct.install(socketio.server.eio, settings.max_queued_bytes)
     socketio.server.manager.initialize()
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,

@@ -12,23 +12,61 @@ either way the packets go out in the order of the `send` calls.
 """
 from __future__ import annotations
 
+import logging
+
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 from engineio.exceptions import QueueEmpty
 
+from . import metrics
+from .drain import close_session
 from .guard import FrameWriter
+
+log = logging.getLogger("web.guard")  # refusals: throttled by common/logs.py
 
 WAKE = eio_packet.Packet(eio_packet.NOOP)  # clients ignore it; it makes the writer flush
 
 
 class DirectSocket(eio_socket.Socket):
-    """An Engine.IO session that may write a packet in the sender's greenlet. Sessions become
-    one at connect (`install`): the class of the object changes, nothing else."""
+    """An Engine.IO session that may write a packet in the sender's greenlet, with a cap on
+    what waits for it. Sessions become one at connect (`install`): the class of the object
+    changes, nothing else.
+
+    The cap (MAX_QUEUED_BYTES). Engine.IO's queue had no bound: a client that stops reading
+    (its writer blocked on a full socket) but keeps answering pings, which a hostile one does
+    blindly, or a long-polling client that sends its pongs but never polls, made the worker
+    keep every packet sent to it (its partner's messages, `stats`, typing) for as long as it
+    liked. `send` counts the bytes it puts on the queue and the taker (the writer's or a
+    long-poll's `poll`) sets the count back to zero when it takes them, all of them at once:
+    one `len` of a string and an addition per queued packet, no lock. A packet that comes while
+    the count is at the cap and no taker waits on the queue closes the session instead
+    (`overflow`); one that comes while a taker waits never does, so a single large packet (a
+    `resumed` snapshot) is never a reason. What the worker holds per session is then at most
+    the cap and one packet in the queue, as much again in the writer's hands, and one frame's
+    rest in FrameWriter.pending (a direct write is only made when none is pending). The client
+    reconnects and resumes with its token: what it missed is in the chat's `sent:` list.
+
+    A long-polling client that does not poll is closed by Engine.IO at the ping timeout, as it
+    never gets the ping to answer, unless it sends pongs blindly: then only the cap ends it.
+    """
 
     ws = None  # engineio's WebSocket wrapper while _websocket_handler runs
     writer_idle = False  # the WebSocket's writer is waiting on the queue
+    taking = False  # a writer or a long-poll is waiting on the queue (in `poll`)
+    queued = 0  # bytes put on the queue since a taker last emptied it
+    max_queued = 0  # MAX_QUEUED_BYTES (install); 0: no cap
+    overflowed = False  # closed by the cap (or being closed)
 
     def _websocket_handler(self, ws):
+        # One WebSocket per session. Engine.IO refuses an upgrade of a session already upgraded,
+        # but not one that comes while another is still in its probe: both handlers ran, the
+        # later one's `ws` replaced the earlier one's, and this session's direct writes (acks,
+        # the partner's messages) went to the socket the client had not upgraded, or stopped
+        # when that one ended. The first handler owns the session until it ends; a second is
+        # closed before it touches anything (no switch between the check and the claim).
+        if self.ws is not None or self.upgraded:
+            log.warning("refused a second WebSocket upgrade of one session")
+            return []
         self.ws = ws
         # Engine.IO gives the WebSocket's socket a timeout of ping interval + timeout, but looks
         # for `settimeout` on gevent-websocket's WebSocket, which has none: without it the
@@ -43,17 +81,19 @@ class DirectSocket(eio_socket.Socket):
         try:
             return super()._websocket_handler(ws)
         finally:
-            self.ws = None
+            if self.ws is ws:
+                self.ws = None
 
     def poll(self):
         # Once upgraded, only the WebSocket's writer polls (engineio answers a polling GET of an
         # upgraded session with NOOP); a long-poll still waiting from before the upgrade was
         # entered while ws was None.
         writer = self.writer_idle = self.ws is not None and self.upgraded
+        self.taking = True
         try:
             while True:
                 try:
-                    return super().poll()
+                    packets = super().poll()
                 except QueueEmpty:
                     # The writer's wait ends after ping interval + timeout without a packet,
                     # and the writer then closes the WebSocket: with every packet written
@@ -61,8 +101,13 @@ class DirectSocket(eio_socket.Socket):
                     # is the ping's business (check_ping_timeout); the writer waits on.
                     if not writer or self.closed:
                         raise
+                else:
+                    # Engine.IO's poll takes all that is queued, with no switch after its
+                    # first wait: nothing is left, and nothing came meanwhile.
+                    self.queued = 0
+                    return packets
         finally:
-            self.writer_idle = False
+            self.writer_idle = self.taking = False
 
     def send(self, pkt):
         ws = self.ws
@@ -82,17 +127,50 @@ class DirectSocket(eio_socket.Socket):
                     return
                 finally:
                     frames.now = False
+        cap = self.max_queued
+        if cap:
+            # The cap: see the class's docstring. A packet waits only for a taker that is not
+            # waiting on the queue (a writer blocked on a full socket, a long-poll not made).
+            if self.queued >= cap and not self.taking:
+                return self.overflow()
+            data = pkt.data
+            self.queued += len(data) if data.__class__ is str else 1
         super().send(pkt)
 
+    def overflow(self) -> None:
+        """More than MAX_QUEUED_BYTES wait for a client that takes none of it: close it, count
+        it, say so once. In a greenlet of its own: the sender may be anyone's (a partner's
+        handler, the queue's listener), and the disconnect handler goes to Redis."""
+        if self.overflowed or self.closing or self.closed:
+            return
+        self.overflowed = True
+        metrics.QUEUE_OVERFLOWS.inc()
+        ws = self.ws
+        log.warning("closed a %s connection: over %d bytes of packets waited for it "
+                    "(MAX_QUEUED_BYTES); its client resumes when it reconnects",
+                    "WebSocket" if ws is not None else "long-polling", self.max_queued)
+        handler = getattr(getattr(ws, "_sock", None), "handler", None)
+        self.server.start_background_task(self._close_overflowed, handler)
 
-def install(eio) -> None:
-    """Make every new Engine.IO session of server `eio` a DirectSocket."""
+    def _close_overflowed(self, handler) -> None:
+        close_session(self.server, self.sid, abort=True,
+                      reason=self.server.reason.TRANSPORT_ERROR)
+        if handler is not None:
+            # The writer may be blocked on the full socket with what it took: closing the
+            # socket under it ends its wait (and the reader's) at once, and frees all of it.
+            handler.abort_connection()
+
+
+def install(eio, max_queued: int = 0) -> None:
+    """Make every new Engine.IO session of server `eio` a DirectSocket, its queue capped at
+    `max_queued` bytes (MAX_QUEUED_BYTES; 0: no cap)."""
     original = eio.handlers["connect"]
 
     def connect(eio_sid, *args):
         session = eio.sockets.get(eio_sid)
         if type(session) is eio_socket.Socket:
             session.__class__ = DirectSocket
+            session.max_queued = max_queued
         return original(eio_sid, *args)
 
     eio.handlers["connect"] = connect

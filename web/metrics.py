@@ -11,6 +11,7 @@ What is counted where:
   (`filtered`) also by reason in web/sockets.py `screen`;
 - messages and their latency: web/sockets.py `on_message`;
 - Redis errors: the `except RedisError` branches of web/sockets.py, and the counts below;
+- connections closed for a backlog over MAX_QUEUED_BYTES: web/direct.py `DirectSocket.overflow`;
 - connections and users: read when scraped (the Connections map; Store.counts(), the numbers
   the matcher broadcasts as `stats`: one Lua script and one pipeline per scrape).
 """
@@ -61,6 +62,11 @@ REDIS_ERRORS = Counter(
     "Redis calls of this worker that failed (connection lost, timeout, script error), by what "
     "was being done: an event's name, connect, resume, disconnect, or metrics (a scrape's "
     "counts)", ["op"])
+QUEUE_OVERFLOWS = Counter(
+    "chat_queue_overflows",
+    "Connections this worker closed because more than MAX_QUEUED_BYTES of packets waited for "
+    "them (a client that does not read, or a long-polling one that does not poll); each "
+    "resumes with its token when it reconnects (web/direct.py)")
 for _op in ("connect", "resume", "disconnect", "metrics", "filtered"):  # present from the start, as 0
     REDIS_ERRORS.labels(_op)
 
