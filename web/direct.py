@@ -51,6 +51,7 @@ class DirectSocket(eio_socket.Socket):
     """
 
     ws = None  # engineio's WebSocket wrapper while _websocket_handler runs
+    transport = None  # and its HTTP handler (web/guard.py GuardedHandler), for `close`
     writer_idle = False  # the WebSocket's writer is waiting on the queue
     taking = False  # a writer or a long-poll is waiting on the queue (in `poll`)
     queued = 0  # bytes put on the queue since a taker last emptied it
@@ -68,21 +69,35 @@ class DirectSocket(eio_socket.Socket):
             log.warning("refused a second WebSocket upgrade of one session")
             return []
         self.ws = ws
-        # Engine.IO gives the WebSocket's socket a timeout of ping interval + timeout, but looks
-        # for `settimeout` on gevent-websocket's WebSocket, which has none: without it the
-        # reader and the writer waited for as long as a client that stopped reading and sending
-        # kept the TCP connection open, long after its session had ended (the writer blocked on
-        # a full socket, the packets kept for it). A client that answers pings is never idle
-        # that long; the direct writes (FrameWriter `now`) never wait on the socket anyway.
-        handler = getattr(getattr(ws, "_sock", None), "handler", None)
-        sock = getattr(handler, "socket", None)
-        if sock is not None:
-            sock.settimeout(self.server.ping_interval + self.server.ping_timeout)
+        # No timeout on the socket. Engine.IO means one of ping interval + timeout, but looks for
+        # `settimeout` on gevent-websocket's WebSocket, which has none; set on the socket below
+        # it, it cost a gevent Timeout made, started and cancelled around every read (~5 % of a
+        # loaded worker's Python time, py-spy --gil). What it was for: a client that stops
+        # reading and sending kept the reader, and a writer blocked on its full socket, waiting
+        # long after its session had ended. `close` lets such a connection go instead.
+        self.transport = getattr(getattr(ws, "_sock", None), "handler", None)
         try:
             return super()._websocket_handler(ws)
         finally:
             if self.ws is ws:
-                self.ws = None
+                self.ws = self.transport = None
+
+    def close(self, wait=True, abort=False, reason=None):
+        """Engine.IO's close, and then, unless the WebSocket's reader is what ended (its client
+        closed the connection), the connection itself after a ping timeout's grace: a session
+        ended by a ping timeout or by the server may have a client that neither reads nor
+        sends, and only closing its socket ends the reader's wait and a writer's on a full
+        socket, and frees what was kept for it. An honest client has read the CLOSE packet and
+        closed its end long before."""
+        transport = self.transport
+        super().close(wait=wait, abort=abort, reason=reason)
+        if transport is not None and reason != self.server.reason.TRANSPORT_CLOSE:
+            self.server.start_background_task(self._let_go, transport)
+
+    def _let_go(self, transport) -> None:
+        self.server.sleep(self.server.ping_timeout)
+        if self.transport is transport:
+            transport.abort_connection()
 
     def poll(self):
         # Once upgraded, only the WebSocket's writer polls (engineio answers a polling GET of an

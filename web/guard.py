@@ -25,6 +25,7 @@ import base64
 import io
 import logging
 import re
+import socket
 import struct
 import time
 from urllib.parse import parse_qs
@@ -528,10 +529,17 @@ class GuardedHandler(WebSocketHandler):
                 self.wsgi_input = _NothingToDiscard
 
     def abort_connection(self) -> None:
-        """Close the TCP connection now, unread data and all (the peer gets a reset)."""
+        """Close the TCP connection now, unread data and all (the peer gets a reset). Shut down
+        first: `close` alone leaves the descriptor open while the request's reader (a makefile
+        of the socket) exists, and a greenlet waiting on it from another one (the WebSocket's
+        reader, a writer blocked on a full socket) would wait on."""
         self.close_connection = True
         sock = getattr(self, "socket", None)
         if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected any more
             try:
                 sock.close()
             except OSError:
