@@ -28,6 +28,7 @@ decode python-socketio did anyway.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 
@@ -61,6 +62,21 @@ UNKNOWN = "\x00not-an-event"  # what a forbidden event name reaches the catch-al
 BINARY_TEXT = "Binary packets are not accepted."
 
 
+def _bounded_int(digits: str) -> int:
+    """Engine.IO's rule for integers in JSON: at most 100 digits (a huge one costs seconds)."""
+    if len(digits) > 100:
+        raise ValueError("Integer is too large")
+    return int(digits)
+
+
+# Built once: `json.loads(s, parse_int=…)` and `json.dumps(obj, separators=…)`, as Engine.IO's
+# json module and both libraries' packet classes call them, make a new decoder (or encoder)
+# for every packet.
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_COMPACT = {"separators": (",", ":")}
+
+
 class PacketJson:
     """Engine.IO's json module (integers of at most 100 digits), whose `loads` also turns JSON
     nested too deeply for the decoder into the ValueError its callers catch.
@@ -69,14 +85,22 @@ class PacketJson:
     from Engine.IO's own packet decode, outside any handler: a traceback, and the connection
     dropped. Caught, the text reaches the gate as a string and is refused like any other.
     python-socketio's `json=` option installs a module the same way, on the packet classes.
+    The packets' own calls (a string, compact separators) use a decoder and an encoder built
+    once; any other call goes to Engine.IO's module as it is.
     """
 
-    dumps = staticmethod(eio_json.dumps)
+    @staticmethod
+    def dumps(obj, **kwargs):
+        if not kwargs or kwargs == _COMPACT:
+            return _ENCODER.encode(obj)
+        return eio_json.dumps(obj, **kwargs)
 
     @staticmethod
-    def loads(*args, **kwargs):
+    def loads(s, **kwargs):
         try:
-            return eio_json.loads(*args, **kwargs)
+            if s.__class__ is str and not kwargs:
+                return _DECODER.decode(s)
+            return eio_json.loads(s, **kwargs)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
 
