@@ -24,7 +24,6 @@ import re
 import select
 import socket
 import statistics
-import struct
 import sys
 import time
 import urllib.request
@@ -43,6 +42,7 @@ from test_guard import (
     connect,
     frame_header,
     send_until_cut,
+    split_frames,
     ws_open,
 )
 from test_packets import BINARY_ATTACK, MALFORMED
@@ -107,19 +107,8 @@ class RawWS:
             self._frames()
 
     def _frames(self) -> None:
-        while len(self.buf) >= 2:
-            opcode, length, at = self.buf[0] & 0x0F, self.buf[1] & 0x7F, 2
-            if length == 126:
-                if len(self.buf) < 4:
-                    return
-                length, at = struct.unpack("!H", self.buf[2:4])[0], 4
-            elif length == 127:
-                if len(self.buf) < 10:
-                    return
-                length, at = struct.unpack("!Q", self.buf[2:10])[0], 10
-            if len(self.buf) < at + length:
-                return
-            payload, self.buf = self.buf[at:at + length], self.buf[at + length:]
+        frames, self.buf = split_frames(self.buf)
+        for opcode, payload in frames:
             if opcode == 8:
                 self.closed = True
                 return

@@ -122,11 +122,11 @@ def poll_status(web: WebWorker, sid: str) -> int:
         return read_response(s)[0]
 
 
-def ws_open(web: WebWorker, source: str = "127.0.0.1") -> socket.socket:
-    """A raw WebSocket to Engine.IO, past the handshake and the open packet."""
-    s = connect(web, source)
+def ws_upgrade(s: socket.socket, query: str = "") -> bytes:
+    """Send a WebSocket upgrade of /socket.io/?EIO=4&transport=websocket`query` on `s`, check
+    the 101; the bytes that came after its headers."""
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    s.sendall(f"GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
               f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
               f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
     buf = b""
@@ -136,10 +136,36 @@ def ws_open(web: WebWorker, source: str = "127.0.0.1") -> socket.socket:
             raise ConnectionError(f"closed during the WebSocket handshake; got {buf!r}")
         buf += chunk
     assert buf.startswith(b"HTTP/1.1 101"), buf
-    rest = buf.split(b"\r\n\r\n", 1)[1]
-    opcode, payload = read_frame(s, rest)
+    return buf.split(b"\r\n\r\n", 1)[1]
+
+
+def ws_open(web: WebWorker, source: str = "127.0.0.1") -> socket.socket:
+    """A raw WebSocket to Engine.IO, past the handshake and the open packet."""
+    s = connect(web, source)
+    opcode, payload = read_frame(s, ws_upgrade(s))
     assert opcode == 1 and payload.startswith(b"0{"), payload
     return s
+
+
+def split_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole (unmasked, server-sent) frames at the start of `buf` as (opcode, payload), and
+    what is left of `buf` after them."""
+    frames = []
+    while len(buf) >= 2:
+        opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if length == 126:
+            if len(buf) < 4:
+                break
+            length, at = struct.unpack("!H", buf[2:4])[0], 4
+        elif length == 127:
+            if len(buf) < 10:
+                break
+            length, at = struct.unpack("!Q", buf[2:10])[0], 10
+        if len(buf) < at + length:
+            break
+        frames.append((opcode, buf[at:at + length]))
+        buf = buf[at + length:]
+    return frames, buf
 
 
 def read_frame(s: socket.socket, buf: bytes = b"") -> tuple[int, bytes]:

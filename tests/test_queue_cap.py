@@ -10,10 +10,8 @@ beside them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import json
-import os
 import re
 import socket
 import time
@@ -25,7 +23,7 @@ from attacks import RawWS
 from peer import Peer, close_all, exchange, pair
 from procs import one_worker, wait_until
 from test_direct_writes import worker_holds
-from test_guard import handshake, read_frame
+from test_guard import handshake, read_frame, ws_upgrade
 
 CAP = 256 * 1024  # MAX_QUEUED_BYTES of this worker
 LONG = 10_000  # characters of a long message
@@ -65,17 +63,7 @@ class DeafWS(RawWS):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(10)
         s.connect(("127.0.0.1", web.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            assert chunk, buf
-            buf += chunk
-        assert buf.startswith(b"HTTP/1.1 101"), buf
-        opcode, payload = read_frame(s, buf.split(b"\r\n\r\n", 1)[1])
+        opcode, payload = read_frame(s, ws_upgrade(s))
         assert opcode == 1 and payload.startswith(b"0{"), payload
         self.target, self.sock, self.buf, self.closed = web, s, b"", False
         self.codes, self.events = collections.Counter(), []

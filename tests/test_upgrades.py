@@ -9,17 +9,15 @@ second gets nothing but its close.
 """
 from __future__ import annotations
 
-import base64
+import collections
 import json
-import os
-import select
-import struct
 import time
 import urllib.request
 
 import pytest
+from attacks import RawWS
 from procs import one_worker
-from test_guard import connect, frame_header, handshake
+from test_guard import connect, handshake, ws_upgrade
 
 
 @pytest.fixture(scope="module")
@@ -28,90 +26,40 @@ def worker():
         yield web
 
 
-class Upgrade:
-    """A raw WebSocket upgrade of the polling session `sid`: sends text frames, reads frames
-    without blocking longer than asked."""
+class Upgrade(RawWS):
+    """A raw WebSocket upgrade of the polling session `sid` (attacks.RawWS's reading and
+    writing, from the loopback address), keeping every text frame it gets."""
 
     def __init__(self, web, sid: str):
+        self.target = web
         self.sock = connect(web)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = self.sock.recv(4096)
-            assert chunk, f"closed during the handshake; got {buf!r}"
-            buf += chunk
-        assert buf.startswith(b"HTTP/1.1 101"), buf
-        self.buf = buf.split(b"\r\n\r\n", 1)[1]
-        self.texts: list[str] = []
+        self.buf = ws_upgrade(self.sock, f"&sid={sid}")
         self.closed = False
+        self.codes: collections.Counter = collections.Counter()
+        self.events: list[tuple[str, object]] = []
+        self.texts: list[str] = []
 
-    def send(self, text: str) -> None:
-        """One text frame; nothing once the server has closed (a refused upgrade)."""
-        try:
-            self.sock.sendall(frame_header(len(text.encode())) + text.encode())
-        except OSError:
-            self.closed = True
-
-    def _parse(self) -> None:
-        while len(self.buf) >= 2:
-            opcode, length, at = self.buf[0] & 0x0F, self.buf[1] & 0x7F, 2
-            if length == 126:
-                if len(self.buf) < 4:
-                    return
-                length, at = struct.unpack("!H", self.buf[2:4])[0], 4
-            elif length == 127:
-                if len(self.buf) < 10:
-                    return
-                length, at = struct.unpack("!Q", self.buf[2:10])[0], 10
-            if len(self.buf) < at + length:
-                return
-            payload, self.buf = self.buf[at:at + length], self.buf[at + length:]
-            if opcode == 8:
-                self.closed = True
-                return
-            if opcode == 1:
-                self.texts.append(payload.decode())
-
-    def read(self, timeout: float) -> None:
-        """Read what arrives within `timeout`, or until the server closes."""
-        end = time.monotonic() + timeout
-        while not self.closed:
-            left = end - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.closed = True
-                return
-            self.buf += chunk
-            self._parse()
+    def _packet(self, text: str) -> None:
+        self.texts.append(text)
+        super()._packet(text)  # answers pings
 
     def wait_for(self, check, timeout: float = 10.0):
-        """The first text frame `check` accepts (answering pings meanwhile), or None."""
+        """The first text frame `check` accepts, or None."""
         end = time.monotonic() + timeout
         seen = 0
         while True:
             for text in self.texts[seen:]:
-                if text == "2":
-                    self.send("3")
                 if check(text):
                     return text
             seen = len(self.texts)
             if self.closed or time.monotonic() > end:
                 return None
-            self.read(min(0.2, end - time.monotonic()))
+            self.poll(min(0.2, end - time.monotonic()))
 
     def wait_closed(self, timeout: float = 10.0) -> bool:
         end = time.monotonic() + timeout
         while not self.closed and time.monotonic() < end:
-            self.read(min(0.2, end - time.monotonic()))
+            self.poll(min(0.2, end - time.monotonic()))
         return self.closed
 
     def upgrade(self) -> None:
@@ -120,8 +68,6 @@ class Upgrade:
         assert self.wait_for(lambda t: t == "3probe") is not None, self.texts
         self.send("5")
 
-    def close(self) -> None:
-        self.sock.close()
 
 
 def polling_session(web) -> str:
