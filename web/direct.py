@@ -87,8 +87,8 @@ class DirectSocket(eio_socket.Socket):
             if self.ws is ws:
                 self.ws = self.transport = None
                 if not self.upgraded:
-                    # Engine.IO leaves this set when the probe's wait raises (the connection
-                    # was aborted), and a polling GET then gets only NOOPs for ever.
+                    # Engine.IO sets it back only on the paths that return: should the probe's
+                    # wait raise (an aborted connection), the session's polls would get NOOPs.
                     self.upgrading = False
 
     def _upgrade_deadline(self, transport) -> None:
