@@ -134,7 +134,7 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(kind, r
 RUNNER = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import sys
-    import redis
+    import gevent, redis
     from common.redisconn import redis_client, script_runner
     r = redis_client(sys.argv[1])
     run = script_runner(r)
@@ -157,6 +157,19 @@ RUNNER = textwrap.dedent("""
     except (UnicodeError, redis.DataError) as exc:
         print("unencodable:", type(exc).__name__)
     print("after unencodable:", run(echo, ["{t}k"], ["g", 4, "h"]))
+    # a gevent Timeout (or a kill) while the reply is awaited: the connection must not go back
+    # to the pool with that reply still to come, or the next call would read it as its own
+    busy = r.register_script(
+        "local t0 = redis.call('TIME') local s = t0[1] * 1e6 + t0[2] "
+        "while true do local t = redis.call('TIME') "
+        "if t[1] * 1e6 + t[2] - s > 200000 then break end end return 'late reply'")
+    r.script_load(busy.script)  # known to Redis: the runner's own EVALSHA is the one waiting
+    try:
+        with gevent.Timeout(0.05):
+            run(busy, ["{t}k"], [])
+    except gevent.Timeout:
+        print("timed out")
+    print("after timeout:", run(echo, ["{t}k"], ["i", 5, "j"]))
     pool = r.connection_pool
     idle = sum(1 for c in pool.pool.queue if c is not None)  # BlockingConnectionPool's free ones
     print("connections in use:", len(pool._connections) - idle)
@@ -166,7 +179,8 @@ RUNNER = textwrap.dedent("""
 def test_the_script_runner_answers_as_redis_py_and_recovers():
     """Store's EVALSHA on a pooled connection (script_runner): the reply redis-py gives, a
     script Redis forgot is loaded again, a killed connection is replaced, a script's error is
-    the caller's and leaves the connection usable, and every connection goes back to the pool."""
+    the caller's and leaves the connection usable, a call given up on (gevent Timeout) leaves
+    no reply behind for the next one, and every connection goes back to the pool."""
     own = RedisServer()
     try:
         out = subprocess.run([PY, "-c", RUNNER, own.url], cwd=ROOT, capture_output=True,
@@ -183,6 +197,8 @@ def test_the_script_runner_answers_as_redis_py_and_recovers():
         "after error: ['{t}k', 'e', 4, 'f']",
         "unencodable: UnicodeEncodeError",
         "after unencodable: ['{t}k', 'g', 5, 'h']",
+        "timed out",
+        "after timeout: ['{t}k', 'i', 6, 'j']",
         "connections in use: 0",
     ], out.stdout + out.stderr
 
