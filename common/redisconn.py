@@ -96,19 +96,14 @@ def script_runner(client) -> ScriptCall:
         conn = pool.get_connection()
         try:
             conn.send_packed_command((packed,))
-            reply = conn.read_response()
+            return conn.read_response()
         except NoScriptError:
-            pool.release(conn)
-            return script(keys=keys, args=args)
+            pass
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()
+        finally:
             pool.release(conn)
-            return script(keys=keys, args=args)
-        except BaseException:
-            pool.release(conn)
-            raise
-        pool.release(conn)
-        return reply
+        return script(keys=keys, args=args)  # redis-py's way: loads it, retries
     return run
 
 

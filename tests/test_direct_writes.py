@@ -19,7 +19,7 @@ import psutil
 import pytest
 from attacks import RawWS
 from peer import Peer, close_all, exchange, pair
-from procs import one_worker
+from procs import one_worker, wait_until
 
 LONG = 10_000  # characters per message: 600 of them are 6 MB, more than any socket buffers
 COUNT = 600
@@ -168,13 +168,8 @@ async def test_a_client_that_stops_reading_is_let_go_with_what_was_kept_for_it(q
             if not ack.get("ok"):
                 break  # its session has ended: no chat any more
 
-        def released() -> bool:
-            end = time.monotonic() + 30
-            while worker_holds(web, client) and time.monotonic() < end:
-                time.sleep(0.2)
-            return not worker_holds(web, client)
-
-        assert await asyncio.to_thread(released)
+        await asyncio.to_thread(wait_until, lambda: not worker_holds(web, client), 30,
+                                "the worker to let go of the stalled client's connection")
         # the worker is well: a new pair chats
         a, b = Peer(web.url, "alice"), Peer(web.url, "bob")
         try:

@@ -181,12 +181,10 @@ class DirectSocket(eio_socket.Socket):
             return
         self.overflowed = True
         metrics.QUEUE_OVERFLOWS.inc()
-        ws = self.ws
         log.warning("closed a %s connection: over %d bytes of packets waited for it "
                     "(MAX_QUEUED_BYTES); its client resumes when it reconnects",
-                    "WebSocket" if ws is not None else "long-polling", self.max_queued)
-        handler = getattr(getattr(ws, "_sock", None), "handler", None)
-        self.server.start_background_task(self._close_overflowed, handler)
+                    "WebSocket" if self.ws is not None else "long-polling", self.max_queued)
+        self.server.start_background_task(self._close_overflowed, self.transport)
 
     def _close_overflowed(self, handler) -> None:
         close_session(self.server, self.sid, abort=True,
