@@ -3,9 +3,8 @@
 A port is picked now and bound later by another process (a web worker, nginx, Redis), so two
 things can take it in between. Ports the kernel hands out (`bind` to port 0, and the local port
 of every outgoing connection: a worker's connections to Redis) come from its ephemeral range,
-and a port picked there was seen taken by a Redis connection of another test before its
-worker bound it (gunicorn: "Address already in use", and the test's clients reached another
-test's worker). So ports are picked below that range, where the kernel never hands any out,
+and in CI two tests' web workers were once given the same port that way (gunicorn: "Address
+already in use", and one test's clients reached the other test's worker). So ports are picked below that range, where the kernel never hands any out,
 by a cursor that walks it from a random start; and each pytest-xdist process walks a slice of
 its own (PYTEST_XDIST_WORKER, inherited by the stacks a test starts), so two test processes
 never pick the same port. Each pick is checked by binding it.
