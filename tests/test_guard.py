@@ -252,6 +252,31 @@ async def test_a_huge_websocket_frame_is_cut_from_its_header(worker, chatting):
     await exchange(a, b, "after-huge-frame")
 
 
+async def test_a_frame_over_the_limit_with_a_16_bit_length_is_refused_from_its_header(
+        worker, chatting):
+    """The size a chat packet's frame announces (two length bytes), past MAX_FRAME_BYTES: the
+    worker answers 1009 (or cuts) on the header alone, without waiting for a payload that
+    never comes."""
+    a, b = chatting
+
+    def attack():
+        s = ws_open(worker, ATTACKER)
+        with s:
+            s.settimeout(5)
+            s.sendall(frame_header(MAX_FRAME + 1000))
+            try:
+                opcode, payload = read_frame(s)
+            except TimeoutError:
+                return "no answer: the worker waited for the payload"
+            except (ConnectionError, OSError):
+                return None  # cut (reset) instead of a close frame
+            return struct.unpack("!H", payload[:2])[0] if opcode == 8 else (opcode, payload)
+
+    assert MAX_FRAME + 1000 < 65536
+    assert await asyncio.to_thread(attack) in (1009, None)
+    await exchange(a, b, "after-16-bit-frame")
+
+
 async def test_a_fragmented_message_over_the_limit_is_refused_with_1009(worker, chatting):
     a, b = chatting
 
