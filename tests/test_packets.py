@@ -569,3 +569,18 @@ def test_cpu_per_valid_packet_before_and_after_the_gate(capsys):
         print(f"\nCPU per valid event packet (dispatch + handler + ack, best of 3 x {n}): "
               f"without gate {before:.2f} us, with gate {after:.2f} us "
               f"(+{after - before:.2f} us)")
+
+
+@pytest.mark.parametrize("obj", [
+    [{"ok": True, "id": "m-1", "ts": 1733380000000, "seq": 17}],
+    ["message", {"id": "m-1", "room": "r", "text": "é 你好 \U0001f600 \"q\" \\ \n\t\x00", "ts": 1,
+                 "seq": 2}],
+    ["stats", {"online": 3, "ratio": 0.5, "none": None, "no": False, "list": [1, [2, []], {}]}],
+    "a string alone", 12, None,
+])
+def test_packets_encode_as_the_json_module_does(obj):
+    """The packet encoder built once writes what json.dumps with compact separators writes,
+    for the values the chat sends (non-ASCII as \\u escapes, as JavaScript's JSON.parse reads)."""
+    expected = json.dumps(obj, separators=(",", ":"))
+    assert packets.PacketJson.dumps(obj, separators=(",", ":")) == expected
+    assert packets.PacketJson.dumps(obj) == expected

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import json
+import json.encoder as json_encoder
 import logging
 import time
 
@@ -75,6 +76,12 @@ def _bounded_int(digits: str) -> int:
 _DECODER = json.JSONDecoder(parse_int=_bounded_int)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _COMPACT = {"separators": (",", ":")}
+# And the C encoder below JSONEncoder.encode built once too: `encode` builds a new one (with a
+# dict for its circular-reference check) on every call, half of its cost for a chat packet
+# (1.8 -> 0.9 us an ack in a loop). The packets are built here, never circular.
+_C_ENCODE = (json_encoder.c_make_encoder(
+    None, _ENCODER.default, json_encoder.encode_basestring_ascii, None, ":", ",", False, False,
+    True) if json_encoder.c_make_encoder is not None else None)
 
 
 class PacketJson:
@@ -92,6 +99,8 @@ class PacketJson:
     @staticmethod
     def dumps(obj, **kwargs):
         if not kwargs or kwargs == _COMPACT:
+            if _C_ENCODE is not None:
+                return "".join(_C_ENCODE(obj, 0))
             return _ENCODER.encode(obj)
         return eio_json.dumps(obj, **kwargs)
 
