@@ -584,3 +584,36 @@ def test_packets_encode_as_the_json_module_does(obj):
     expected = json.dumps(obj, separators=(",", ":"))
     assert packets.PacketJson.dumps(obj, separators=(",", ":")) == expected
     assert packets.PacketJson.dumps(obj) == expected
+
+
+@pytest.mark.parametrize("data", [
+    '2["message",{"id":"m-1","text":"a-b"}]', '21["typing",true]', '2["x"]',
+    "2" + "9" * 100 + '["m"]', "2" + "9" * 101 + '["m"]', '2/,7["m"]', '2/chat,1["m"]',
+    '21-["m"]', "2[]", "2{}", '2["m"', '2["m"]x', '2\u0661["m"]', '2 ["m"]', "2", '2"m"',
+    '2[' * 5000,
+])
+def test_an_event_is_read_as_python_socketio_reads_it(data):
+    """The gate's own reading of `2[…]` and `2<id>[…]` gives each event the ack id and arguments
+    python-socketio's packet gives it, and refuses what that packet refuses or is not an
+    event on `/`."""
+    import socketio
+
+    server = socketio.Server(async_mode="threading", logger=False, engineio_logger=False,
+                             async_handlers=False)
+    gate = packets.guard(server, dataclasses.replace(DEFAULTS, packet_rate=1e9,
+                                                     packet_burst=10**9))
+    seen, refused = [], []
+    gate.event = lambda eio_sid, ack_id, args: seen.append((ack_id, args))
+    gate.refuse = lambda eio_sid, bucket, what, exc=None, answer="": refused.append(what)
+    gate.buckets["e1"] = packets.TokenBucket(1e9, 10**9)
+    gate.message("e1", data)
+
+    try:
+        pkt = packets.TextPacket(encoded_packet=data)
+    except Exception:  # noqa: BLE001 - whatever the library refuses
+        expected = None
+    else:
+        ok = pkt.data.__class__ is list and pkt.data and pkt.namespace in (None, "/")
+        expected = (pkt.id, pkt.data) if ok else None
+    assert seen == ([expected] if expected else [])
+    assert len(refused) == (0 if expected else 1)
