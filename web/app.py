@@ -20,7 +20,7 @@ from common.moderation import (BROWSER_COOKIE, BROWSER_COOKIE_AGE, new_browser_i
 from common.redisconn import connect as redis_connect
 from common.store import Store
 
-from . import admin, direct, drain, guard, listener, metrics, sockets
+from . import admin, direct, drain, guard, listener, metrics, sockets, sweep
 from .presence import Connections, heartbeat_loop
 from .tokens import Tokens
 
@@ -95,6 +95,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     guard.name_sessions(socketio.server.eio, settings.worker_id)
     # a packet to an idle WebSocket is written at once; what waits is capped
     direct.install(socketio.server.eio, settings.max_queued_bytes)
+    sweep.install(socketio.server.eio)  # the ping-timeout checks, in batches
     socketio.server.manager.initialize()
     conns = Connections()
     app.extensions["chat"] = {"settings": settings, "store": store, "conns": conns,
