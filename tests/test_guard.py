@@ -26,7 +26,7 @@ from geventwebsocket.websocket import Header
 from peer import Peer, close_all, exchange, pair
 from procs import RedisServer, WebWorker, base_env, one_worker, wait_until
 
-from web.guard import unmask
+from web.guard import GuardedWebSocket, unmask
 
 MAX_FRAME = 16 * 1024  # MAX_FRAME_BYTES, set explicitly below
 MAX_BODY = 64 * 1024  # MAX_BODY_BYTES
@@ -330,6 +330,25 @@ async def test_a_text_message_is_checked_as_utf8_once_it_is_whole(worker, chatti
     else:
         assert got == 1007
     await exchange(a, b, "after-utf8-" + os.urandom(4).hex())
+
+
+def test_text_frames_are_framed_as_gevent_websocket_frames_them():
+    """GuardedWebSocket.send against gevent-websocket's own header and payload, for every
+    length kind (7-bit, 16-bit, 64-bit) and non-ASCII text."""
+    from geventwebsocket.websocket import WebSocket
+
+    class Sink:
+        def __init__(self):
+            self.frames = []
+
+    for text in ["", "4", "x" * 125, "é" * 63, "y" * 126, "z" * 65535, "w" * 65536, "你" * 30000]:
+        ours, theirs = Sink(), Sink()
+        for sink, cls in ((ours, GuardedWebSocket), (theirs, WebSocket)):
+            ws = object.__new__(cls)
+            ws.closed, ws.raw_write = False, sink.frames.append
+            cls.send(ws, text)
+            ws.closed = True  # else its __del__ writes a close frame into the sink
+        assert ours.frames == [bytes(f) for f in theirs.frames], len(text)
 
 
 def test_unmask_is_the_protocols_xor():

@@ -35,7 +35,7 @@ from gevent.lock import Semaphore
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import MSG_SOCKET_DEAD, Header, WebSocket
 from gunicorn.workers.ggevent import PyWSGIServer
 
 from common import config
@@ -395,6 +395,26 @@ class GuardedWebSocket(WebSocket):
                     self.close(1007)
                     return None
         return super().read_message()
+
+    def send(self, message, binary=None):
+        """A text message framed here, in one step: 0.10.1 built each frame's header bit by bit
+        in a bytearray through two more calls (~3 % of a loaded worker's Python time, py-spy
+        --gil). The same bytes; the same errors (WebSocketError, after `on_close`)."""
+        if message.__class__ is not str or binary or self.closed:
+            return super().send(message, binary)
+        data = message.encode("utf-8")
+        n = len(data)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 0x10000:
+            head = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\x7f" + n.to_bytes(8, "big")
+        try:
+            self.raw_write(head + data)
+        except OSError:
+            self.current_app.on_close(MSG_SOCKET_DEAD)
+            raise WebSocketError(MSG_SOCKET_DEAD) from None
 
     def validate_utf8(self, payload):
         """Nothing per frame: `read_message` ends a text message with `bytes.decode('utf-8')`,
