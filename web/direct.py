@@ -51,6 +51,8 @@ class DirectSocket(eio_socket.Socket):
     """
 
     ws = None  # engineio's WebSocket wrapper while _websocket_handler runs
+    frames = None  # and its FrameWriter (web/guard.py), found once, for the direct writes
+    write = None  # and its WebSocket's `send`, below engineio's wrapper
     transport = None  # and its HTTP handler (web/guard.py GuardedHandler), for `close`
     writer_idle = False  # the WebSocket's writer is waiting on the queue
     taking = False  # a writer or a long-poll is waiting on the queue (in `poll`)
@@ -69,6 +71,10 @@ class DirectSocket(eio_socket.Socket):
             log.warning("refused a second WebSocket upgrade of one session")
             return []
         self.ws = ws
+        sock = getattr(ws, "_sock", None)
+        frames = getattr(sock, "raw_write", None)
+        if type(frames) is FrameWriter:
+            self.frames, self.write = frames, sock.send
         # No timeout on the socket. Engine.IO means one of ping interval + timeout, but looks for
         # `settimeout` on gevent-websocket's WebSocket, which has none; set on the socket below
         # it, it cost a gevent Timeout made, started and cancelled around every read (~5 % of a
@@ -85,7 +91,7 @@ class DirectSocket(eio_socket.Socket):
             return super()._websocket_handler(ws)
         finally:
             if self.ws is ws:
-                self.ws = self.transport = None
+                self.ws = self.transport = self.frames = self.write = None
                 if not self.upgraded:
                     # Engine.IO sets it back only on the paths that return: should the probe's
                     # wait raise (an aborted connection), the session's polls would get NOOPs.
@@ -146,23 +152,21 @@ class DirectSocket(eio_socket.Socket):
             self.writer_idle = self.taking = False
 
     def send(self, pkt):
-        ws = self.ws
-        if ws is not None and self.writer_idle and not self.queue.qsize():
-            frames = getattr(getattr(ws, "_sock", None), "raw_write", None)
-            if type(frames) is FrameWriter and frames.ready:
-                if not self.check_ping_timeout():
-                    return
-                frames.now = True
-                try:
-                    ws.send(pkt.encode())
-                except Exception:  # nothing was written: the writer meets the error and closes
-                    pass
-                else:
-                    if frames.pending is not None:
-                        self.queue.put(WAKE)
-                    return
-                finally:
-                    frames.now = False
+        frames = self.frames
+        if frames is not None and self.writer_idle and frames.ready and not self.queue.qsize():
+            if not self.check_ping_timeout():
+                return
+            frames.now = True
+            try:
+                self.write(pkt.encode())
+            except Exception:  # nothing was written: the writer meets the error and closes
+                pass
+            else:
+                if frames.pending is not None:
+                    self.queue.put(WAKE)
+                return
+            finally:
+                frames.now = False
         cap = self.max_queued
         if cap:
             # The cap: see the class's docstring. A packet waits only for a taker that is not
