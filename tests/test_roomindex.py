@@ -35,6 +35,13 @@ def state(m) -> dict:
     }
 
 
+def members(m) -> dict:
+    """What the index's `members` must be: every room but None, its sids in the library's order
+    (an unknown sid entering a room leaves it in the library's table, empty: not here)."""
+    return {(ns, room): tuple(sids) for ns, table in m.rooms.items()
+            for room, sids in table.items() if room is not None and sids}
+
+
 def act(m, op: str, args: tuple):
     """One operation; what it returned or the exception type it raised."""
     try:
@@ -76,6 +83,7 @@ def test_the_index_keeps_the_library_semantics(seed):
             args, op = (sid, ns), "basic_disconnect"
         assert act(plain, op, args) == act(indexed, op, args), (op, args)
         assert state(plain) == state(indexed), (op, args)
+        assert indexed.members == members(plain), (op, args)
     assert sids, "the sequence connected somebody"
     for ns, sid in sids:
         assert sorted(map(str, plain.get_rooms(sid, ns))) == \

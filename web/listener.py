@@ -186,10 +186,10 @@ class Listener:
             return
         self.delivered(self.sids_of(to), room, seq)
 
-    def sids_of(self, to: str) -> list[str]:
-        """The local connections of a user room (`u:<user>`) or of one sid."""
-        sids = self.manager.rooms.get("/", {}).get(to)
-        return list(sids) if sids else []
+    def sids_of(self, to: str) -> tuple[str, ...]:
+        """The local connections of a user room (`u:<user>`) or of one sid, in the order of
+        python-socketio's room table (read from its index: web/roomindex.py)."""
+        return self.manager.members.get(("/", to), ())
 
     def delivered(self, sids, room: str, seq: int) -> None:
         """These connections were sent the partner's message `seq` of `room`."""
@@ -238,7 +238,7 @@ class Listener:
         if len(self.opened) > 2 * len(self.conns) + SEEN_SLACK:
             self._prune()
 
-    def ready(self, user: str, room: str) -> tuple[list[str], int] | None:
+    def ready(self, user: str, room: str) -> tuple[tuple[str, ...], int] | None:
         """`user`'s connections here, and the highest seq of `room` all of them were sent,
         when each of them has been told it is in `room` (else None: a message for them must go
         through the queue, behind whatever is still on its way to them)."""

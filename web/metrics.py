@@ -14,42 +14,47 @@ What is counted where:
 - connections closed for a backlog over MAX_QUEUED_BYTES: web/direct.py `DirectSocket.overflow`;
 - connections and users: read when scraped (the Connections map; Store.counts(), the numbers
   the matcher broadcasts as `stats`: one Lua script and one pipeline per scrape).
+
+The metrics updated per message or per refused event (messages, their latency, refusals, the
+filter's) are web/hotmetrics.py's lock-free ones; the rest are prometheus_client's own.
 """
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
 from common import events as ev
 from common.textfilter import REASONS
 
+from .hotmetrics import HotCounter, HotHistogram
+
 log = logging.getLogger("web.metrics")
 
-MESSAGES = Counter(
+MESSAGES = HotCounter(
     "chat_messages",
     "Chat messages accepted by this worker: stored, numbered and published to the partner by "
     "message.lua (a resend of an id already stored is not counted again)")
-MESSAGES_HERE = Counter(
+MESSAGES_HERE = HotCounter(
     "chat_messages_here",
     "Of chat_messages, those this worker delivered to the partner itself, without the queue: "
     "the partner's connections were on this worker and had been sent everything published "
     "to them (message.lua)")
-REFUSALS = Counter(
+REFUSALS = HotCounter(
     "chat_refusals",
     "Client events this worker refused (a failed ack or an `error` event), by the refusal's "
     "code (docs/protocol.md)", ["code"])
 for _code in ev.ERRORS:  # every code present from the start (0), so rate() sees the first one
     REFUSALS.labels(_code)
-FILTERED = Counter(
+FILTERED = HotCounter(
     "chat_filtered",
     "Messages the word and link filter refused (also counted in chat_refusals as `filtered`), "
     "by reason: words or links", ["reason"])
 for _reason in REASONS:
     FILTERED.labels(_reason)
-DELIVERY = Histogram(
+DELIVERY = HotHistogram(
     "chat_delivery_seconds",
     "Server side of a message's delivery: seconds from this worker receiving a `message` event "
     "to its Redis script (message.lua: store, number, publish to the partner's workers) "
