@@ -10,13 +10,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import textwrap
+import threading
 
 import gevent.socket
 import pytest
 import redis
 from procs import PY, ROOT, RedisServer
 
-from common.redisconn import PeekCheck, peeking, pending
+from common.redisconn import PeekCheck, peeking, pending, readable
 
 
 @pytest.fixture
@@ -129,6 +130,78 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(kind, r
             own.stop()
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "{}", out.stdout + out.stderr
+
+
+def readable_steps(url: str) -> list[str]:
+    """What `readable` answers on a subscribed connection: nothing yet, a confirmation, a
+    message published while it waits, two messages in one go, a connection the server closed."""
+    import gevent
+    from gevent.monkey import is_module_patched
+
+    conn = redis.Connection(**redis.ConnectionPool.from_url(url, protocol=2).connection_kwargs)
+    other = redis.Redis.from_url(url)
+    out = []
+    try:
+        out.append(f"idle: {readable(conn, 0.05)}")
+        conn.send_command("SUBSCRIBE", "ch")
+        out.append(f"confirmation: {readable(conn, 5)} {conn.read_response()[0]}")
+        out.append(f"nothing more: {readable(conn, 0.05)}")
+        if is_module_patched("socket"):
+            later = gevent.spawn_later(0.05, other.publish, "ch", "later")
+        else:
+            later = threading.Timer(0.05, other.publish, ("ch", "later"))
+            later.start()
+        out.append(f"while waiting: {readable(conn, 5)} {conn.read_response()[2]}")
+        other.publish("ch", "one")
+        other.publish("ch", "two")
+        got = []
+        while len(got) < 2 and readable(conn, 5):
+            got.append(conn.read_response()[2])
+        out.append(f"two: {got}")
+        other.client_kill_filter(_type="pubsub")
+        try:
+            readable(conn, 5) and conn.read_response()
+        except redis.ConnectionError as exc:
+            out.append(f"closed: {exc}")
+    finally:
+        conn.disconnect()
+        other.close()
+    return out
+
+
+READABLE = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import sys; sys.path[:0] = ['tests', '.']
+    import test_redisconn
+    print("\\n".join(test_redisconn.readable_steps(sys.argv[1])))
+""")
+
+
+@pytest.mark.parametrize("mode", ["thread", "gevent"])
+def test_readable_answers_as_can_read(mode):
+    """`readable` (the pub/sub reader's wait for data: a peek, then a wait on gevent's loop)
+    says False after its timeout with nothing sent, True for a reply already there or arriving
+    while it waits, and a closed connection ends in ConnectionError; in plain threads too, where
+    redis-py's own check runs."""
+    server = RedisServer()
+    try:
+        if mode == "thread":
+            lines = readable_steps(server.url)
+        else:
+            out = subprocess.run([PY, "-c", READABLE, server.url], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            lines = out.stdout.splitlines()
+    finally:
+        server.stop()
+    assert lines == [
+        "idle: False",
+        "confirmation: True b'subscribe'",
+        "nothing more: False",
+        "while waiting: True b'later'",
+        "two: [b'one', b'two']",
+        "closed: Connection closed by server.",
+    ]
 
 
 RUNNER = textwrap.dedent("""
