@@ -1,6 +1,7 @@
 """Redis clients: one Redis (REDIS_URL) or a Redis Cluster (REDIS_CLUSTER_URL), one way each."""
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 
@@ -8,14 +9,21 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
+
+try:  # the web worker's sockets, once monkey-patched (gevent is a dependency)
+    from gevent.socket import socket as _GeventSocket
+    from gevent.socket import wait_read as _wait_read
+except ImportError:  # pragma: no cover
+    _GeventSocket = None
 
 from .config import Settings
 from .keys import CLUSTER_SHARDS, Keys
 
 POOL_MAX = 100  # Redis connections per process (per node of a cluster)
 POOL_WAIT = 10.0  # seconds a command may wait for a free one
+IDLE_MAX = 8  # of those, kept between calls by a script runner (script_runner)
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # once: an enum's `|` costs a call each time
 
 
@@ -57,6 +65,33 @@ def pending(sock) -> bool | None:
     return True
 
 
+def readable(conn: redis.Connection, timeout: float) -> bool:
+    """`conn.can_read(timeout)`: whether a reply is there to read, waiting up to `timeout` s.
+
+    redis-py's check with a timeout polls the socket twice (a `select.poll` each: under gevent
+    a poll object, a watcher and a Timeout), then peeks: the web worker's pub/sub reader, which
+    asks before each message, spent 6.0 % of a loaded worker's Python time there (py-spy
+    --gil). On gevent's plain sockets: hiredis's buffer, else one peek, else one wait for the
+    socket on gevent's loop. A socket the server closed is readable, and the read that follows
+    raises ConnectionError, as the check did. Other sockets (TLS, OS threads) get redis-py's.
+    """
+    sock = conn._sock
+    reader = getattr(conn._parser, "_reader", None)  # hiredis's; None: the Python parser
+    if reader is None or type(sock) is not _GeventSocket:
+        return conn.can_read(timeout)
+    if reader.has_data():
+        return True
+    answer = pending(sock)
+    if answer is None:
+        return conn.can_read(timeout)
+    if not answer:
+        try:
+            _wait_read(sock.fileno(), timeout)
+        except socket.timeout:
+            return False
+    return True
+
+
 def peeking(cls: type) -> type:
     """`cls` with PeekCheck, unless TLS (bytes on the OS socket are not the reader's data)."""
     if issubclass(cls, redis.SSLConnection) or issubclass(cls, PeekCheck):
@@ -75,7 +110,7 @@ ScriptCall = Callable[[Script, Sequence, Sequence], object]
 def script_runner(client) -> ScriptCall:
     """How `client` runs a registered script: `run(script, keys, args)`.
 
-    On one Redis, EVALSHA straight on a pooled connection: pack, send, read, give it back.
+    On one Redis, EVALSHA straight on a connection of the runner's own: pack, send, read.
     redis-py's way (Script.__call__ -> evalsha -> execute_command -> a Retry wrapper, a failure
     callback, timing for its observability hooks, a per-argument encoder in Python) cost a web
     worker 35 us of CPU a call against 15 - 20 us this way (a loop of 20,000 calls under
@@ -86,25 +121,74 @@ def script_runner(client) -> ScriptCall:
     fails or times out (closed here, then redis-py's retries, as for any command; a script
     that may have run is one its callers already retry: message.lua de-duplicates by id).
     A Redis Cluster client (routing by slot) and a client without hiredis keep redis-py's way.
+
+    The runner keeps up to IDLE_MAX connections between calls (`_Idle`) rather than taking one
+    from the pool and giving it back each time.
     """
     if type(client) is not redis.Redis or _pack is None:
         return lambda script, keys, args: script(keys=keys, args=args)
     pool = client.connection_pool
+    idle = _Idle(pool)
+    take, keep = idle.take, idle.keep
 
     def run(script: Script, keys: Sequence, args: Sequence):
         packed = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        conn = pool.get_connection()
+        conn = take()
         try:
             conn.send_packed_command((packed,))
-            return conn.read_response()
-        except NoScriptError:
-            pass
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            reply = conn.read_response()
+        except ResponseError as exc:  # an error reply, read whole: the connection is clean
+            keep(conn)
+            if not isinstance(exc, NoScriptError):
+                raise
+        except BaseException as exc:
+            # a failure, a timeout, or a gevent Timeout or kill between send and read: the reply
+            # may still be on its way, and must never be read as the next call's
             conn.disconnect()
-        finally:
             pool.release(conn)
+            if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                raise
+        else:
+            keep(conn)
+            return reply
         return script(keys=keys, args=args)  # redis-py's way: loads it, retries
     return run
+
+
+class _Idle:
+    """The script runner's idle connections: a stack, topped up from the pool, at most IDLE_MAX.
+
+    The pool's get_connection and release around each call (a pid check and a lock each, a
+    gevent queue, its observability counters, a peek for unread data) were 3.4 % + 2.0 % of a
+    loaded web worker's Python time (py-spy --gil), 5.1 us of CPU a call under gevent, for what
+    a list's pop and append do here in 0.4 us, without a lock: both are atomic, and nothing
+    yields between them under gevent. A connection comes back here only with every reply read,
+    so the peek has nothing to find; a server that closed it is found by the call (a
+    ConnectionError: redis-py's way then) or by redis-py's health check before the send.
+    Connections taken from the pool count against its bound, and those past IDLE_MAX go back
+    to it: other commands are never kept from more than IDLE_MAX of its POOL_MAX.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool):
+        self._pool = pool
+        self._stack: list = []
+
+    def take(self):
+        try:
+            conn = self._stack.pop()  # one caller each, OS threads too (the pop is atomic)
+        except IndexError:
+            return self._pool.get_connection()
+        if conn.pid == os.getpid():
+            return conn
+        self._stack.clear()  # made before a fork: the parent's (redis-py's pool forgets them too)
+        return self._pool.get_connection()
+
+    def keep(self, conn) -> None:
+        """Give back a connection with nothing left to read."""
+        if len(self._stack) < IDLE_MAX and not conn.should_reconnect():
+            self._stack.append(conn)
+        else:
+            self._pool.release(conn)
 
 
 def redis_client(url: str, **kwargs) -> redis.Redis:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import textwrap
+import threading
 
 import gevent.socket
 import pytest
 import redis
 from procs import PY, ROOT, RedisServer
 
-from common.redisconn import PeekCheck, peeking, pending
+from common.redisconn import PeekCheck, peeking, pending, readable
 
 
 @pytest.fixture
@@ -131,6 +132,78 @@ def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(kind, r
     assert out.stdout.strip() == "{}", out.stdout + out.stderr
 
 
+def readable_steps(url: str) -> list[str]:
+    """What `readable` answers on a subscribed connection: nothing yet, a confirmation, a
+    message published while it waits, two messages in one go, a connection the server closed."""
+    import gevent
+    from gevent.monkey import is_module_patched
+
+    conn = redis.Connection(**redis.ConnectionPool.from_url(url, protocol=2).connection_kwargs)
+    other = redis.Redis.from_url(url)
+    out = []
+    try:
+        out.append(f"idle: {readable(conn, 0.05)}")
+        conn.send_command("SUBSCRIBE", "ch")
+        out.append(f"confirmation: {readable(conn, 5)} {conn.read_response()[0]}")
+        out.append(f"nothing more: {readable(conn, 0.05)}")
+        if is_module_patched("socket"):
+            later = gevent.spawn_later(0.05, other.publish, "ch", "later")
+        else:
+            later = threading.Timer(0.05, other.publish, ("ch", "later"))
+            later.start()
+        out.append(f"while waiting: {readable(conn, 5)} {conn.read_response()[2]}")
+        other.publish("ch", "one")
+        other.publish("ch", "two")
+        got = []
+        while len(got) < 2 and readable(conn, 5):
+            got.append(conn.read_response()[2])
+        out.append(f"two: {got}")
+        other.client_kill_filter(_type="pubsub")
+        try:
+            readable(conn, 5) and conn.read_response()
+        except redis.ConnectionError as exc:
+            out.append(f"closed: {exc}")
+    finally:
+        conn.disconnect()
+        other.close()
+    return out
+
+
+READABLE = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import sys; sys.path[:0] = ['tests', '.']
+    import test_redisconn
+    print("\\n".join(test_redisconn.readable_steps(sys.argv[1])))
+""")
+
+
+@pytest.mark.parametrize("mode", ["thread", "gevent"])
+def test_readable_answers_as_can_read(mode):
+    """`readable` (the pub/sub reader's wait for data: a peek, then a wait on gevent's loop)
+    says False after its timeout with nothing sent, True for a reply already there or arriving
+    while it waits, and a closed connection ends in ConnectionError; in plain threads too, where
+    redis-py's own check runs."""
+    server = RedisServer()
+    try:
+        if mode == "thread":
+            lines = readable_steps(server.url)
+        else:
+            out = subprocess.run([PY, "-c", READABLE, server.url], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            lines = out.stdout.splitlines()
+    finally:
+        server.stop()
+    assert lines == [
+        "idle: False",
+        "confirmation: True b'subscribe'",
+        "nothing more: False",
+        "while waiting: True b'later'",
+        "two: [b'one', b'two']",
+        "closed: Connection closed by server.",
+    ]
+
+
 RUNNER = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import sys
@@ -170,6 +243,11 @@ RUNNER = textwrap.dedent("""
     except gevent.Timeout:
         print("timed out")
     print("after timeout:", run(echo, ["{t}k"], ["i", 5, "j"]))
+    # the same, the call killed while its reply is awaited
+    g = gevent.spawn(run, busy, ["{t}k"], [])
+    gevent.sleep(0)  # g runs up to its read: the EVALSHA is sent
+    g.kill()
+    print("killed:", type(g.value).__name__, "after kill mid-call:", run(echo, ["{t}k"], ["k", 6, "l"]))
     pool = r.connection_pool
     idle = sum(1 for c in pool.pool.queue if c is not None)  # BlockingConnectionPool's free ones
     print("connections in use:", len(pool._connections) - idle)
@@ -179,8 +257,9 @@ RUNNER = textwrap.dedent("""
 def test_the_script_runner_answers_as_redis_py_and_recovers():
     """Store's EVALSHA on a pooled connection (script_runner): the reply redis-py gives, a
     script Redis forgot is loaded again, a killed connection is replaced, a script's error is
-    the caller's and leaves the connection usable, a call given up on (gevent Timeout) leaves
-    no reply behind for the next one, and every connection goes back to the pool."""
+    the caller's and leaves the connection usable, a call given up on (gevent Timeout, or its
+    greenlet killed) leaves no reply behind for the next one, and every connection but the
+    runner's idle one goes back to the pool."""
     own = RedisServer()
     try:
         out = subprocess.run([PY, "-c", RUNNER, own.url], cwd=ROOT, capture_output=True,
@@ -199,8 +278,84 @@ def test_the_script_runner_answers_as_redis_py_and_recovers():
         "after unencodable: ['{t}k', 'g', 5, 'h']",
         "timed out",
         "after timeout: ['{t}k', 'i', 6, 'j']",
-        "connections in use: 0",
+        "killed: GreenletExit after kill mid-call: ['{t}k', 'k', 7, 'l']",
+        "connections in use: 1",  # the runner's idle one
     ], out.stdout + out.stderr
+
+
+RUNNER_IDLE = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import os, sys
+    import gevent
+    from common.redisconn import IDLE_MAX, redis_client, script_runner
+    r = redis_client(sys.argv[1])
+    pool = r.connection_pool
+    run = script_runner(r)
+    echo = r.register_script("return ARGV[1]")
+    slow = r.register_script(  # ~20 ms of Redis's time: calls in flight together pile up
+        "local t0 = redis.call('TIME') local s = t0[1] * 1e6 + t0[2] "
+        "while true do local t = redis.call('TIME') "
+        "if t[1] * 1e6 + t[2] - s > 20000 then break end end return ARGV[1]")
+    r.script_load(echo.script)  # known: no NOSCRIPT, so no redis-py call in the counts
+    r.script_load(slow.script)
+
+    def held():  # connections the pool handed out and has not had back
+        return len(pool._connections) - sum(1 for c in pool.pool.queue if c is not None)
+
+    def answers(script, tag, n):  # n calls in a row, each must get its own reply
+        return all(run(script, [], [f"{tag} {i}"]) == f"{tag} {i}" for i in range(n))
+
+    taken, given = [], []  # the pool's traffic: what the runner saves
+    get, release = pool.get_connection, pool.release
+    pool.get_connection = lambda: taken.append(1) or get()
+    pool.release = lambda conn: given.append(1) or release(conn)
+    print("in a row:", answers(echo, "row", 200), len(taken), len(given), held())
+    calls = [gevent.spawn(run, slow, [], [f"burst {i}"]) for i in range(3 * IDLE_MAX)]
+    gevent.joinall(calls, raise_error=True)
+    right = [g.value for g in calls] == [f"burst {i}" for i in range(3 * IDLE_MAX)]
+    print("burst:", right, len(pool._connections) > IDLE_MAX, held() == IDLE_MAX)
+
+    pid = os.fork()  # the child must not use the parent's connections, nor the parent its
+    if pid == 0:
+        os._exit(0 if answers(echo, "child", 2000) else 1)
+    parent = answers(echo, "parent", 2000)
+    print("fork:", parent, os.waitpid(pid, 0)[1] == 0)
+
+    print("restart?", flush=True)
+    sys.stdin.readline()  # Redis restarted: every idle connection is dead, the script unknown
+    # each dead one fails once and goes back to the pool (redis-py's way reconnects it)
+    print("after restart:", answers(echo, "again", IDLE_MAX + 2), held())
+""")
+
+
+def test_the_script_runner_keeps_its_idle_connections_and_never_shares_one():
+    """The runner keeps a few connections between calls: one serves calls in a row; calls in
+    flight together each get their own, and only IDLE_MAX stay with the runner, the others go
+    back to the pool; a forked child makes its own; after Redis restarted, the dead idle
+    connections and the forgotten script fall back to redis-py's way and every call succeeds."""
+    own = RedisServer()
+    try:
+        p = subprocess.Popen([PY, "-c", RUNNER_IDLE, own.url], cwd=ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines = []
+        for line in p.stdout:  # up to the question, then Redis restarts under the child
+            lines.append(line.rstrip("\n"))
+            if line.startswith("restart?"):
+                own.shutdown()
+                own.start_again()
+                p.stdin.write("go\n")
+                p.stdin.flush()
+        err = p.stderr.read()
+        assert p.wait(60) == 0, err
+    finally:
+        own.stop()
+    assert lines == [
+        "in a row: True 1 0 1",
+        "burst: True True True",
+        "fork: True True",
+        "restart?",
+        "after restart: True 1",
+    ], "\n".join(lines) + err
 
 
 def test_a_cluster_client_keeps_redis_py_s_way(redis_cluster):

@@ -29,6 +29,8 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ConnectionError, MovedError, RedisError
 from redis.retry import Retry
 
+from common.redisconn import readable
+
 log = logging.getLogger("web.subscriber")
 
 # Back-off between attempts to connect and subscribe again after a lost connection; also the
@@ -255,7 +257,7 @@ class _Reader(threading.Thread):
             if wanted is not applied:
                 self._follow(conn, wanted, sent, leaving)
                 applied = wanted
-            if not conn.can_read(timeout=POLL):
+            if not readable(conn, POLL):
                 idle = time.monotonic() - last
                 if idle > PING_AFTER + DEAD_AFTER:
                     raise ConnectionError(f"no answer from {self.node} in {idle:.0f} s")
