@@ -6,7 +6,11 @@ import asyncio
 import tempfile
 from collections import Counter
 
+import pytest
+from peer import Peer, pair, wait_for
+from procs import ArchiverProc, Fatal, RedisServer, base_env, free_port, wait_until
 from redis.cluster import RedisCluster
+from rediscluster import RedisClusterServer
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -14,15 +18,10 @@ from archiver.daemon import GROUP
 from archiver.writer import KnownRooms, purge, report_id, write_batch
 from common.config import load
 from common.history.db import as_utc, make_engine
-from common.keys import CLUSTER_SHARDS
 from common.history.migrate import upgrade
 from common.history.models import Message, Report, Room
+from common.keys import CLUSTER_SHARDS
 from common.redisconn import cluster_client, keys_of
-from peer import Peer, pair, wait_for
-from procs import ArchiverProc, Fatal, RedisServer, base_env, free_port, wait_until
-from rediscluster import RedisClusterServer
-
-import pytest
 
 
 def sqlite_url() -> str:
@@ -317,13 +316,16 @@ def sql_history(engine) -> dict:
 
 
 def wait_history(engine, want: dict, timeout: float = 60) -> dict:
-    """SQL's history once it holds as many rows as `want` (or what it holds at the deadline)."""
+    """SQL's history once it holds as many rows as `want` and every room has its close (or what
+    it holds at the deadline): a room's row and its close are written by different entries,
+    which may land in different batches."""
     got = {}
 
     def enough():
         nonlocal got
         got = sql_history(engine)
-        return all(len(got[k]) >= len(want[k]) for k in want)
+        return (all(len(got[k]) >= len(want[k]) for k in want)
+                and all(r.closed_at is not None for r in got["rooms"]))
 
     try:
         wait_until(enough, timeout, "the archived history", interval=0.2)
