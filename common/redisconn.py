@@ -39,13 +39,20 @@ class PeekCheck:
     """
 
     def can_read(self, timeout: float = 0) -> bool:
-        reader = getattr(self._parser, "_reader", None)  # hiredis's; None: the Python parser
-        if timeout or self._sock is None or reader is None:
-            return super().can_read(timeout)
-        if reader.has_data():
-            return True
-        answer = pending(self._sock)
+        answer = None if timeout else unread(self)
         return super().can_read(timeout) if answer is None else answer
+
+
+def unread(conn) -> bool | None:
+    """Whether `conn` has a reply (or its start) to read, without waiting: hiredis's buffer,
+    else one peek; None when that cannot tell (the Python parser, no socket, a socket that
+    cannot be peeked without waiting)."""
+    reader = getattr(conn._parser, "_reader", None)  # hiredis's; None: the Python parser
+    if conn._sock is None or reader is None:
+        return None
+    if reader.has_data():
+        return True
+    return pending(conn._sock)
 
 
 def pending(sock) -> bool | None:
@@ -76,12 +83,7 @@ def readable(conn: redis.Connection, timeout: float) -> bool:
     raises ConnectionError, as the check did. Other sockets (TLS, OS threads) get redis-py's.
     """
     sock = conn._sock
-    reader = getattr(conn._parser, "_reader", None)  # hiredis's; None: the Python parser
-    if reader is None or type(sock) is not _GeventSocket:
-        return conn.can_read(timeout)
-    if reader.has_data():
-        return True
-    answer = pending(sock)
+    answer = unread(conn) if type(sock) is _GeventSocket else None
     if answer is None:
         return conn.can_read(timeout)
     if not answer:

@@ -81,7 +81,7 @@ class DirectSocket(eio_socket.Socket):
         # loaded worker's Python time, py-spy --gil). What it was for: a client that stops
         # reading and sending kept the reader, and a writer blocked on its full socket, waiting
         # long after its session had ended. `close` lets such a connection go instead.
-        transport = self.transport = getattr(getattr(ws, "_sock", None), "handler", None)
+        transport = self.transport = getattr(sock, "handler", None)
         if self.connected and transport is not None:
             # An upgrade: its probe and UPGRADE packet must come within a ping interval and
             # timeout, as the socket's timeout made them. Else a client that keeps its polling
