@@ -586,6 +586,45 @@ def test_packets_encode_as_the_json_module_does(obj):
     assert packets.PacketJson.dumps(obj) == expected
 
 
+@pytest.mark.parametrize("event,data", [
+    ("message", {"id": "m-1", "room": "r", "text": "h\u00e9llo \"x\" \U0001f600", "ts": 1,
+                 "seq": 2}),
+    ("typing", {"typing": True, "room": "r"}), ("stats", None), ("resumed", ({"a": [1, 2]}, "b")),
+    ("waiting", {"online": 10**20}), ("error", {"code": "bad_payload", "message": "<\n>"}),
+])
+def test_an_event_is_encoded_as_the_libraries_encode_it(event, data):
+    """An event's Engine.IO packet is what python-socketio's packet, encoded into Engine.IO's,
+    makes of it: the same text on the wire and on a long-poll, and a MESSAGE with text data."""
+    from engineio import packet as eio_packet
+    from socketio import packet as sio_packet
+
+    args = ([event] if data is None else [event, *data] if isinstance(data, tuple)
+            else [event, data])
+    theirs = eio_packet.Packet(eio_packet.MESSAGE, packets.TextPacket(
+        sio_packet.EVENT, namespace="/", data=args).encode())
+    ours = packets.event_packet(event, data)
+    assert ours.encode() == theirs.encode() and ours.encode(b64=True) == theirs.encode(b64=True)
+    assert (ours.packet_type, ours.data, ours.binary) == (
+        theirs.packet_type, theirs.data, theirs.binary)
+
+
+@pytest.mark.parametrize("ack_id,data", [
+    (0, [{"ok": True, "id": "m-1", "ts": 1733380000000, "seq": 17}]), (7, []),
+    (10**99, [{"ok": False, "error": {"code": "too_long"}}]), (3, ["\u00e9", None, 1.5]),
+])
+def test_an_ack_is_encoded_as_the_libraries_encode_it(ack_id, data):
+    """An ack's Engine.IO packet is the text python-socketio's ACK packet makes of it."""
+    from engineio import packet as eio_packet
+    from socketio import packet as sio_packet
+
+    theirs = eio_packet.Packet(eio_packet.MESSAGE, packets.TextPacket(
+        sio_packet.ACK, namespace="/", id=ack_id, data=data).encode())
+    ours = packets.ack_packet(ack_id, data)
+    assert ours.encode() == theirs.encode()
+    assert (ours.packet_type, ours.data, ours.binary) == (
+        theirs.packet_type, theirs.data, theirs.binary)
+
+
 @pytest.mark.parametrize("data", [
     '2["message",{"id":"m-1","text":"a-b"}]', '21["typing",true]', '2["x"]',
     "2" + "9" * 100 + '["m"]', "2" + "9" * 101 + '["m"]', '2/,7["m"]', '2/chat,1["m"]',

@@ -1,7 +1,30 @@
 """The token buckets (web/ratelimit.py): pure logic, no processes."""
 from __future__ import annotations
 
-from web.ratelimit import KeyedBuckets
+import pytest
+
+from web import ratelimit
+from web.ratelimit import KeyedBuckets, TokenBucket
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit, "monotonic", lambda: now[0])
+    return now
+
+
+def test_a_bucket_refills_at_its_rate_up_to_its_burst(clock):
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    clock[0] += 0.25  # half a token: still none
+    assert bucket.take() is False
+    clock[0] += 0.25  # one whole token
+    assert [bucket.take(), bucket.take()] == [True, False]
+    clock[0] += 3600  # a long quiet: full again, never more than the burst
+    assert bucket.refilled()
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    assert not bucket.refilled()
 
 
 def test_a_key_keeps_its_spent_budget_and_others_have_their_own():

@@ -8,7 +8,7 @@ reconnects, is done in Redis inside common/lua/message.lua.
 from __future__ import annotations
 
 import itertools
-import time
+from time import monotonic
 
 
 class TokenBucket:
@@ -16,19 +16,24 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: int):
         self.rate, self.burst = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
+        self.tokens, self.stamp = float(burst), monotonic()
 
     def refilled(self) -> bool:
         """Whether the bucket would be full now (its owner has been quiet long enough)."""
-        return self.tokens + (time.monotonic() - self.stamp) * self.rate >= self.burst
+        return self.tokens + (monotonic() - self.stamp) * self.rate >= self.burst
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        # Called for every packet: locals and a comparison instead of min() and attribute
+        # updates (a third of its cost).
+        now = monotonic()
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self.stamp = now
-        if self.tokens < 1:
+        if tokens < 1:
+            self.tokens = tokens
             return False
-        self.tokens -= 1
+        self.tokens = tokens - 1
         return True
 
 
