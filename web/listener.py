@@ -163,6 +163,9 @@ class Listener:
         # sid -> the room it has been sent `matched` or `resumed` (chatting) of, through the
         # queue: everything published to it before that has reached it
         self.opened: dict[str, str] = {}
+        # room -> the users this worker told (`matched`, `resumed`) they are in it, at most its
+        # two: when both are, each one's partner is known here without asking Redis (partner_of)
+        self.chatters: dict[str, tuple[str, ...]] = {}
         self.confirmed: dict[str, int] = {}  # worker channel -> SUBSCRIBE confirmations seen
         self.replays = 0  # snapshots sent after a gap
         self._wake = Event()
@@ -207,6 +210,20 @@ class Listener:
         local = {sid for sid, _ in self.conns.items()}
         self.seen = {sid: v for sid, v in self.seen.items() if sid in local}
         self.opened = {sid: v for sid, v in self.opened.items() if sid in local}
+        open_rooms = set(self.opened.values())
+        self.chatters = {room: v for room, v in self.chatters.items() if room in open_rooms}
+
+    def partner_of(self, user: str, room: str) -> str | None:
+        """The other user of `room` when this worker told both of them they are in it. A room
+        is told only to its two users (open.lua, snapshot.lua), so two users told one room are
+        each other's partner: the first typing and message of a chat then need not ask Redis
+        who the partner is (web/sockets.py partner_here; message.lua checks it all the same)."""
+        users = self.chatters.get(room)
+        if users is None or len(users) != 2:
+            return None
+        if users[0] == user:
+            return users[1]
+        return users[0] if users[1] == user else None
 
     def note_opening(self, message: dict) -> None:
         """`matched`/`resumed` tell connections their chat (and a snapshot what they have of
@@ -220,6 +237,15 @@ class Listener:
             return
         sids = self.sids_of(to)
         event = message.get("event")
+        if isinstance(room, str):
+            if event == ev.PARTNER_LEFT:
+                self.chatters.pop(room, None)
+            elif to.startswith(USER_ROOM_PREFIX) and (
+                    event == ev.MATCHED or data.get("state") == "chatting"):
+                user = to[len(USER_ROOM_PREFIX):]
+                users = self.chatters.get(room, ())
+                if user not in users and len(users) < 2:
+                    self.chatters[room] = (*users, user)
         for sid in sids:
             if event == ev.PARTNER_LEFT:
                 # a late one of an older chat leaves the connection's new chat as it is
@@ -235,7 +261,7 @@ class Listener:
                    if isinstance(m, dict) and not m.get("mine")]
             if got:
                 self.delivered(sids, room, max(got))
-        if len(self.opened) > 2 * len(self.conns) + SEEN_SLACK:
+        if len(self.opened) + len(self.chatters) > 3 * len(self.conns) + SEEN_SLACK:
             self._prune()
 
     def ready(self, user: str, room: str) -> tuple[tuple[str, ...], int] | None:

@@ -70,14 +70,19 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def listener():
         return server.manager.listener  # installed after the handlers (web/listener.py)
 
-    def partner_here(sid: str, room: str):
+    def partner_here(sid: str, user: str, room: str):
         """(partner, their connections here, the highest seq of `room` all were sent) when the
-        partner's connections are all on this worker and know they are in `room`, else None."""
-        known = partners.get(sid)
-        if known is None or known[0] != room or listener().opened.get(sid) != room:
+        partner's connections are all on this worker and know they are in `room`, else None.
+        The partner: as message.lua last named them, else as this worker told both the room."""
+        if listener().opened.get(sid) != room:
             return None
-        ready = listener().ready(known[1], room)
-        return None if ready is None else (known[1], *ready)
+        known = partners.get(sid)
+        partner = known[1] if known is not None and known[0] == room else (
+            listener().partner_of(user, room))
+        if partner is None:
+            return None
+        ready = listener().ready(partner, room)
+        return None if ready is None else (partner, *ready)
 
     def message_here(sid: str, user: str, msg_id: str, text: str, room: str):
         """store.message, delivered by this worker itself when message.lua says it may: the
@@ -85,7 +90,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
         this emit cannot overtake anything. A connection of theirs that arrived during the
         call has not been told its chat yet: it gets the message through the queue, after its
         `resumed` (a snapshot taken after this message holds it; one before, not)."""
-        here = partner_here(sid, room)
+        here = partner_here(sid, user, room)
         # while the script runs, the queue's events for the partner wait (Listener.hold): one
         # published after the script (the chat ended by someone else) must not overtake this
         to = user_room(here[0]) if here else None
@@ -328,7 +333,7 @@ def register(socketio: SocketIO, store: Store, settings: Settings, tokens: Token
     def on_typing(sid, user, data):
         typing = parse_typing(data)
         room = known_room(sid)
-        here = partner_here(sid, room) if room else None
+        here = partner_here(sid, user, room) if room else None
         if here is not None:  # a hint, not stored: no need to ask Redis who the partner is
             for to in here[1]:
                 send_self(to, ev.TYPING, {"typing": typing, "room": room})
