@@ -324,6 +324,10 @@ SETTINGS: tuple[Setting, ...] = (
       "new Socket.IO sessions per second per client address, and the burst (nginx's "
       "`limit_req`, and a worker's own limit when reached directly; `0`: off)", 0, 100_000),
     S("SESSION_BURST", "session_burst", "int", "100", None, 1, 1_000_000),
+    S("NGINX_WORKERS", "nginx_workers", "int", "1",
+      "nginx worker processes in front of the web workers (`0`: one per core, nginx's `auto`); "
+      "one proxies thousands of chatting users at a fraction of a core and leaves the other "
+      "cores to the web workers and Redis", 0, 1024),
     S("DRAIN_TIMEOUT", "drain_timeout", "float", "3",
       "seconds a stopping worker gives its clients to reconnect elsewhere before it closes them",
       0, 60),

@@ -68,12 +68,13 @@ def default_settings() -> config.Settings:
 def nginx_limits(settings: config.Settings | None = None, **overrides) -> dict:
     """What nginx enforces in front of the workers, from the same Settings as the workers'
     own guards (web/guard.py): body sizes, header and body read timeouts, connections and new
-    Socket.IO sessions per client address (0 = no limit)."""
+    Socket.IO sessions per client address (0 = no limit); and its number of processes."""
     s = settings or default_settings()
     limits = {"max_body_bytes": s.max_body_bytes, "max_frame_bytes": s.max_frame_bytes,
               "header_timeout_ms": int(s.header_timeout * 1000),
               "max_conns_per_addr": s.max_conns_per_addr,
-              "session_rate_per_min": round(s.session_rate * 60), "session_burst": s.session_burst}
+              "session_rate_per_min": round(s.session_rate * 60), "session_burst": s.session_burst,
+              "worker_processes": s.nginx_workers or "auto"}
     limits.update(overrides)
     return limits
 

@@ -34,8 +34,9 @@ DEPLOYED = ("common", "web", "matcher", "archiver")
 # variables only a web worker reads: its address and its name
 WEB_ONLY = {"HOST", "PORT", "WORKER_ID"}
 # for an nginx on the web worker's own machine (`python -m stack cluster`); containers and pods
-# reach each other over TCP, and their files leave it unset
-SAME_MACHINE_ONLY = {"UNIX_SOCKET"}
+# reach each other over TCP, and their files leave it unset (compose's nginx has its own
+# rendered config, nginx/compose.conf; Kubernetes has its ingress)
+SAME_MACHINE_ONLY = {"UNIX_SOCKET", "NGINX_WORKERS"}
 SECRETS = {"SECRET_KEY", "ADMIN_PASSWORD", "DATABASE_URL", "REDIS_URL", "REDIS_CLUSTER_URL"}
 # Python's own variables, set in the image
 PYTHON_VARS = re.compile(r"^(PYTHON[A-Z_]*|PATH|PIP_[A-Z_]+)$")
@@ -224,6 +225,20 @@ def test_local_nginx_config_passes_nginx_t_and_has_what_socketio_needs(tmp_path)
     prefix = str(tmp_path / "nginx")
     for directive in ("pid", "client_body_temp_path", "proxy_temp_path"):
         assert re.search(rf"^\s*{directive} {re.escape(prefix)}/", text, re.M), directive
+
+
+@pytest.mark.parametrize("value,expected", [(None, "1"), ("4", "4"), ("0", "auto")])
+def test_nginx_runs_the_worker_processes_nginx_workers_names(tmp_path, value, expected):
+    """NGINX_WORKERS: one nginx process unless told otherwise, `0` for one per core."""
+    env = {"APP_ENV": "production", "REDIS_URL": "redis://redis:6379/0",
+           "DATABASE_URL": "sqlite:///unused", "SECRET_KEY": "x" * 32}
+    if value is not None:
+        env["NGINX_WORKERS"] = value
+    conf = cluster.local_nginx_conf(tmp_path / "nginx", [("web1", "127.0.0.1:1")], 1,
+                                    limits=cluster.nginx_limits(config.load(env)))
+    assert re.findall(r"^worker_processes (\S+);", conf.read_text(), re.M) == [expected]
+    ok, out = cluster.check_nginx(nginx_binary(), conf)
+    assert ok, out
 
 
 def test_compose_nginx_config_passes_nginx_t(tmp_path):
