@@ -108,7 +108,10 @@ class Keys:
         return tuple(dict.fromkeys((self.home, *self.shard_tags)))
 
     def room_tag(self, room: str) -> str:
-        return self.shard_tags[zlib.crc32(room.encode()) % len(self.shard_tags)]
+        tags = self.shard_tags
+        if len(tags) == 1:  # one Redis: the home slot, no hash to make (one per key, per message)
+            return tags[0]
+        return tags[zlib.crc32(room.encode()) % len(tags)]
 
     # home slot ----------------------------------------------------------------------------------
     def _k(self, name: str) -> str:
@@ -176,17 +179,24 @@ class Keys:
         return self._k("admin:" + name)
 
     # a chat's shard -----------------------------------------------------------------------------
-    def chat(self, room: str) -> str:
-        return self.room_tag(room) + ":chat:" + room
+    # `tag`: the room's, when the caller has it already (message_keys)
+    def chat(self, room: str, tag: str | None = None) -> str:
+        return (tag or self.room_tag(room)) + ":chat:" + room
 
-    def sent(self, room: str) -> str:
-        return self.room_tag(room) + ":sent:" + room
+    def sent(self, room: str, tag: str | None = None) -> str:
+        return (tag or self.room_tag(room)) + ":sent:" + room
 
-    def dedupe(self, room: str, user: str) -> str:
-        return self.room_tag(room) + ":dedupe:" + room + ":" + user
+    def dedupe(self, room: str, user: str, tag: str | None = None) -> str:
+        return (tag or self.room_tag(room)) + ":dedupe:" + room + ":" + user
 
     def history_of(self, tag: str) -> str:
         return tag + ":history"
+
+    def message_keys(self, room: str, user: str) -> list[str]:
+        """message.lua's keys: chat, dedupe, sent and the shard's history, the tag made once."""
+        tag = self.room_tag(room)
+        return [self.chat(room, tag), self.dedupe(room, user, tag), self.sent(room, tag),
+                self.history_of(tag)]
 
     @property
     def history_streams(self) -> tuple[str, ...]:

@@ -200,7 +200,7 @@ class Store:
         k = self.k
         expect, delivered = here or ("", 0)
         res = self._run(
-            "message", [k.chat(room), k.dedupe(room, user), k.sent(room), k.history_of(k.room_tag(room))],
+            "message", k.message_keys(room, user),
             [user, msg_id, text, self.s.message_rate, self.s.message_burst, SENT_KEPT, SENT_TTL,
              HISTORY_MAXLEN, room, self.s.worker_id if here else "", expect, delivered])
         return MessageResult(res[0], int(res[1]), int(res[2]), res[3], res[4], bool(res[5]))
