@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
+from time import monotonic as _clock
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -13,6 +14,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 try:  # the web worker's sockets, once monkey-patched (gevent is a dependency)
+    import gevent
     from gevent.socket import socket as _GeventSocket
     from gevent.socket import wait_read as _wait_read
 except ImportError:  # pragma: no cover
@@ -24,6 +26,7 @@ from .keys import CLUSTER_SHARDS, Keys
 POOL_MAX = 100  # Redis connections per process (per node of a cluster)
 POOL_WAIT = 10.0  # seconds a command may wait for a free one
 IDLE_MAX = 8  # of those, kept between calls by a script runner (script_runner)
+WATCH_EVERY = 1.0  # seconds between two looks for script replies overdue (ReplyWatch)
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # once: an enum's `|` costs a call each time
 
 
@@ -132,6 +135,7 @@ def script_runner(client) -> ScriptCall:
     pool = client.connection_pool
     idle = _Idle(pool)
     take, keep = idle.take, idle.keep
+    await_reply = _watch.await_reply
 
     def run(script: Script, keys: Sequence, args: Sequence):
         packed = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
@@ -148,6 +152,8 @@ def script_runner(client) -> ScriptCall:
                 sent = sock.send(packed)
                 if sent < len(packed):
                     sock.sendall(memoryview(packed)[sent:])
+                if type(sock) is _GeventSocket:
+                    await_reply(conn, sock)
             reply = conn.read_response()
         except ResponseError as exc:  # an error reply, read whole: the connection is clean
             keep(conn)
@@ -165,6 +171,50 @@ def script_runner(client) -> ScriptCall:
             return reply
         return script(keys=keys, args=args)  # redis-py's way: loads it, retries
     return run
+
+
+class ReplyWatch:
+    """Waits for a script's reply without a timer of its own, and cuts the ones overdue.
+
+    gevent's socket waits for a read with its timeout (socket_timeout) as a gevent Timeout,
+    made, started and closed around each wait: ~3 % of a loaded web worker's Python time
+    (py-spy --gil), one per chat message. Here a call waits on its socket's own read watcher
+    and notes when its reply is due; one greenlet per process looks every WATCH_EVERY seconds
+    and closes the socket of a call past due, which wakes that call with an error (gevent
+    cancels the waits on a socket it closes): the runner then goes redis-py's way, whose
+    socket timeout ends it if Redis still does not answer. So a stuck Redis holds a call for
+    socket_timeout to socket_timeout + WATCH_EVERY, as before within a second. The look and
+    the close run without a switch between them: the socket closed is the late call's.
+    """
+
+    def __init__(self):
+        self.due: dict = {}  # connection -> when its reply is overdue (time.monotonic)
+        self.pid = None  # the process the watching greenlet runs in (none yet, or forked)
+
+    def await_reply(self, conn, sock) -> None:
+        timeout = conn.socket_timeout
+        if timeout is not None:
+            if self.pid != _pid[0]:
+                self.pid = _pid[0]
+                gevent.spawn(self._watch)
+            self.due[conn] = _clock() + timeout
+        try:
+            sock.hub.wait(sock._read_event)
+        finally:
+            self.due.pop(conn, None)
+
+    def _watch(self) -> None:
+        while self.pid == _pid[0]:
+            gevent.sleep(WATCH_EVERY)
+            now = _clock()
+            for conn, due in list(self.due.items()):
+                if due <= now and self.due.pop(conn, None) is not None:
+                    sock = conn._sock
+                    if sock is not None:
+                        sock.close()
+
+
+_watch = ReplyWatch()
 
 
 # This process's id, kept current across forks: os.getpid() is a system call, and a check per

@@ -7,6 +7,8 @@ clients run in child processes monkey-patched like it, against a real Redis and 
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -281,6 +283,51 @@ def test_the_script_runner_answers_as_redis_py_and_recovers():
         "killed: GreenletExit after kill mid-call: ['{t}k', 'k', 7, 'l']",
         "connections in use: 1",  # the runner's idle one
     ], out.stdout + out.stderr
+
+
+RUNNER_STUCK = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import os, signal, sys
+    import gevent, redis
+    from common import redisconn
+    from common.redisconn import redis_client, script_runner
+    r = redis_client(sys.argv[1], socket_timeout=0.5, socket_connect_timeout=0.5)
+    run = script_runner(r)
+    echo = r.register_script("return ARGV[1]")
+    r.script_load(echo.script)
+    print("before:", run(echo, [], ["a"]), run(echo, [], ["b"]))
+    print("watching:", redisconn._watch.pid == os.getpid())
+    redis_pid = int(sys.argv[2])
+    os.kill(redis_pid, signal.SIGSTOP)  # Redis takes the command and never answers
+    try:
+        with gevent.Timeout(20, RuntimeError("the call hung")):  # reports a hang, times nothing
+            run(echo, [], ["c"])
+        print("answered while stopped?")
+    except (redis.TimeoutError, redis.ConnectionError) as exc:
+        print("stopped Redis:", type(exc).__name__)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    print("after:", run(echo, [], ["d"]), run(echo, [], ["e"]))
+""")
+
+
+def test_a_script_call_to_a_redis_that_stops_answering_ends_with_an_error():
+    """The runner waits for a reply without a timer of its own (ReplyWatch): a Redis that stops
+    answering (SIGSTOP) still ends the call with redis-py's timeout error instead of holding
+    it, and once Redis answers again every call does."""
+    own = RedisServer()
+    try:
+        out = subprocess.run([PY, "-c", RUNNER_STUCK, own.url, str(own.p.pid)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=90)
+    finally:
+        os.kill(own.p.pid, signal.SIGCONT)
+        own.stop()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["before: a b", "watching: True"], out.stdout + out.stderr
+    assert lines[2] in ("stopped Redis: TimeoutError", "stopped Redis: ConnectionError"), (
+        out.stdout + out.stderr)
+    assert lines[3:] == ["after: d e"], out.stdout + out.stderr
 
 
 RUNNER_IDLE = textwrap.dedent("""
