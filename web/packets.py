@@ -171,7 +171,6 @@ class Gate:
         self.buckets: dict[str, TokenBucket] = {}
         self.manager = server.manager
         self.decode = server.packet_class
-        self.send_eio = server._send_eio_packet
         self.eio = server.eio
         # Whether the event being handled asked for an ack, per handler greenlet: a refusal is
         # then a failed ack, else an `error` event (web/sockets.py).
@@ -341,9 +340,9 @@ class Gate:
                answer: str = "bad_payload") -> None:
         bucket.tokens -= REFUSED_COST - 1  # may go below zero: the next packet closes it
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
-            self.send_eio(eio_sid, self.answers[answer])
+            self.eio.send_packet(eio_sid, self.answers[answer])
         else:  # not connected to `/` yet: the client waits for a CONNECT answer
-            self.send_eio(eio_sid, self.connect_error)
+            self.eio.send_packet(eio_sid, self.connect_error)
         addr = (self.server.environ.get(eio_sid) or {}).get("REMOTE_ADDR", "?")
         self.note(addr, what if exc is None else f"{what} ({type(exc).__name__})")
 
@@ -351,7 +350,7 @@ class Gate:
         """The budget is spent: one `rate_limited`, then the Engine.IO connection is closed."""
         self.buckets.pop(eio_sid, None)  # two POSTs of one polling session may both get here
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
-            self.send_eio(eio_sid, self.answers["rate_limited"])
+            self.eio.send_packet(eio_sid, self.answers["rate_limited"])
         # Without waiting (from inside this connection's request or reader, a wait could be
         # for a poll that never comes); a GET already waiting carries the error and CLOSE out.
         addr = (self.server.environ.get(eio_sid) or {}).get("REMOTE_ADDR", "?")
